@@ -144,7 +144,8 @@ def decode_request(
         raise PayloadError(
             400,
             "out_of_range",
-            f"pixel values must lie within +-{limits.max_abs_value:g} (images are scaled to [0, 1])",
+            f"pixel values must lie within +-{limits.max_abs_value:g} "
+            "(images are scaled to [0, 1])",
         )
     return images.astype(np.float32)
 
@@ -166,7 +167,9 @@ def encode_predictions(logits: np.ndarray) -> dict[str, Any]:
     }
 
 
-def decode_predictions(body: Any, expected_rows: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_predictions(
+    body: Any, expected_rows: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Response body -> (logits float32 [N, classes], classes int64 [N]).
 
     Raises:

@@ -1,0 +1,177 @@
+"""`make deploy-local` / `make stop` / `make status`: every stack on this workstation.
+
+With a docker engine, docker compose runs all three stacks (the official
+tensorflow/serving image included). Without one, each stack runs as native processes on
+its default ports: TorchServe (Java), gunicorn, and TF Serving when
+`tensorflow_model_server` is on PATH; a stack this machine cannot run is skipped with the
+reason and how to get it. State lives in run/state.json so `stop` and `status` find what
+`up` started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from digitnet.data import load_split
+from digitnet.spec import ModelSpec
+from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, build_all
+from services.process import ServerProcess, port_is_free
+from services.registry import all_stacks, load_stack
+
+RUN_DIR = Path(os.environ.get("DIGITNET_RUN_DIR", "run"))
+STATE_FILE = RUN_DIR / "state.json"
+READY_TIMEOUT_S = float(os.environ.get("DIGITNET_READY_TIMEOUT_S", "180"))
+COMPOSE_FILE = Path("docker-compose.yml")
+
+
+def docker_engine_available() -> bool:
+    """True only when a docker engine answers (the CLI alone is not enough)."""
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False)
+    return probe.returncode == 0
+
+
+def load_state() -> dict:
+    return json.loads(STATE_FILE.read_text()) if STATE_FILE.exists() else {"stacks": {}}
+
+
+def save_state(state: dict) -> None:
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
+
+
+def show_prediction(label: str, url_hint: str, client, images, labels) -> None:
+    logits, classes = client.predict(images[:1])
+    print(
+        f"  {label:<18} {url_hint}\n"
+        f"  {'':<18} digit labelled {labels[0]} -> predicted {classes[0]}, "
+        f"logits[:3]={[round(float(v), 3) for v in logits[0][:3]]}"
+    )
+
+
+def up_native(paths: ArtifactPaths, mode: str) -> int:
+    state = load_state()
+    if any(ServerProcess(**s["server"]).alive() for s in state["stacks"].values()):
+        print("deploy-local: stacks from an earlier `up` are still running; `make stop` first")
+        return 1
+    split = load_split(paths.spec)
+    state = {"mode": mode, "stacks": {}}
+    skipped = []
+    for stack in all_stacks():
+        ok, reason = stack.available()
+        if not ok:
+            skipped.append((stack.name, reason))
+            continue
+        busy = [port for port in stack.default_ports.values() if not port_is_free(port)]
+        if busy:
+            skipped.append((stack.name, f"ports {busy} are already in use by another program"))
+            continue
+        started = time.monotonic()
+        server = stack.start(paths, RUN_DIR / stack.name, stack.default_ports)
+        state["stacks"][stack.name] = {
+            "server": {k: v for k, v in asdict(server).items() if k != "popen"}
+            | {"log_path": str(server.log_path)},
+            "ports": dict(stack.default_ports),
+            "started_at": time.time(),
+        }
+        save_state(state)
+        try:
+            stack.wait_ready(server, READY_TIMEOUT_S)
+        except (TimeoutError, RuntimeError) as err:
+            print(f"deploy-local: {stack.name} failed to become ready: {err}")
+            print(server.log_tail())
+            return 1
+        ready_s = time.monotonic() - started
+        state["stacks"][stack.name]["ready_seconds"] = round(ready_s, 2)
+        save_state(state)
+        print(f"{stack.name}: ready in {ready_s:.1f} s (start to model answering), log {server.log_path}")
+        for client in stack.clients(server, paths):
+            show_prediction(client.label, getattr(client, "url", str(server.endpoints)), client,
+                            split.test_images, split.test_labels)
+    for name, reason in skipped:
+        print(f"{name}: SKIPPED: {reason}")
+    print("stop everything with `make stop`; see what runs with `make status`")
+    return 0
+
+
+def up_compose(paths: ArtifactPaths) -> int:
+    subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE_FILE), "up", "-d", "--build", "--wait"],
+        check=True,
+    )
+    save_state({"mode": "compose", "stacks": {}})
+    print("deploy-local: docker compose stacks are up and healthy (`docker compose ps`)")
+    return 0
+
+
+def stop() -> int:
+    state = load_state()
+    if state.get("mode") == "compose":
+        subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "down"], check=False)
+    for name, entry in state["stacks"].items():
+        server = ServerProcess(**entry["server"] | {"log_path": Path(entry["server"]["log_path"])})
+        was_running = server.alive()
+        load_stack(name).stop(server)
+        print(f"{name}: {'stopped' if was_running else 'was not running'}")
+    if STATE_FILE.exists():
+        STATE_FILE.unlink()
+    if not state["stacks"] and state.get("mode") != "compose":
+        print("stop: nothing was started by deploy-local")
+    return 0
+
+
+def status() -> int:
+    state = load_state()
+    if not state["stacks"]:
+        print(f"status: nothing started by deploy-local ({state.get('mode', 'no state')})")
+        return 0
+    for name, entry in state["stacks"].items():
+        server = ServerProcess(**entry["server"] | {"log_path": Path(entry["server"]["log_path"])})
+        alive = server.alive()
+        print(
+            f"{name:<12} pid {server.pid:<8} {'running' if alive else 'DEAD':<8} "
+            f"ports {entry['ports']}  ready in {entry.get('ready_seconds', '?')} s  "
+            f"log {server.log_path}"
+        )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "stop", "status"])
+    parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    parser.add_argument(
+        "--mode",
+        choices=["auto", "native", "compose"],
+        default=os.environ.get("DEPLOY_MODE", "auto"),
+        help="auto: compose when a docker engine answers, else native processes",
+    )
+    args = parser.parse_args()
+    if args.command == "stop":
+        return stop()
+    if args.command == "status":
+        return status()
+    spec = ModelSpec.from_env()
+    paths = ArtifactPaths(args.artifacts, spec)
+    if not paths.complete():
+        build_all(args.artifacts, spec)
+    mode = args.mode
+    if mode == "auto":
+        mode = "compose" if docker_engine_available() else "native"
+        if mode == "native":
+            print("deploy-local: no docker engine answers; running the stacks as native processes")
+    return up_compose(paths) if mode == "compose" else up_native(paths, mode)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())
