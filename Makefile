@@ -4,11 +4,21 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 ARTIFACTS   ?= artifacts
 PYTEST_ARGS ?=
+PROFILE     ?= quick
+STACKS      ?= tf_serving,torchserve,flask_torch
+STACK       ?= flask_torch
+PROTOCOL    ?= rest
+USERS       ?= 8
+RATE        ?= 0
+BATCH       ?= 1
+DURATION    ?= 20
+RUN         ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv artifacts deploy-local stop status parity test test-fast lint clean
+.PHONY: help venv artifacts deploy-local stop status parity bench loadtest report baselines \
+	test test-fast lint clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +42,20 @@ status: ## Show what deploy-local started and whether it still runs
 
 parity: artifacts ## Compare logits of every in-process and served path on the test split
 	$(PY) -m services.parity --artifacts $(ARTIFACTS)
+
+bench: artifacts ## Whole comparison: sweep every stack/protocol (PROFILE=quick|full), write results/<run>/REPORT.md
+	$(PY) -m loadtests.runner sweep --profile $(PROFILE) --stacks $(STACKS) --artifacts $(ARTIFACTS)
+
+loadtest: artifacts ## One load point: STACK=... PROTOCOL=... USERS=... [RATE=req/s for open loop] [BATCH=] [DURATION=]
+	$(PY) -m loadtests.runner point --stack $(STACK) --protocol $(PROTOCOL) --users $(USERS) \
+		--rate $(RATE) --batch $(BATCH) --duration $(DURATION) --artifacts $(ARTIFACTS)
+
+report: venv ## Rebuild summary.json, REPORT.md and plots from saved data: RUN=results/<run-id>
+	@test -n "$(RUN)" || { echo "usage: make report RUN=results/<run-id>"; exit 2; }
+	$(PY) -m loadtests.report $(RUN)
+
+baselines: artifacts ## In-process inference timings only (the floor)
+	$(PY) -m loadtests.baselines --artifacts $(ARTIFACTS)
 
 test: venv ## Run the whole test suite (starts real servers on free loopback ports)
 	$(PY) -m pytest $(PYTEST_ARGS)

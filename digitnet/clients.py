@@ -101,6 +101,7 @@ class TfServingGrpcClient:
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         self.label = "tf_serving/grpc"
+        self.target = target
         self.spec = spec
         self.timeout_s = timeout_s
         self.channel = grpc.insecure_channel(target)
@@ -118,15 +119,21 @@ class TfServingGrpcClient:
         )
         return request
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def send(self, request):
+        """One Predict call; split from encoding so load tests time only the call."""
+        return self.stub.Predict(request, timeout=self.timeout_s)
+
+    def read_reply(self, response, rows: int) -> tuple[np.ndarray, np.ndarray]:
         import tensorflow as tf
 
-        response = self.stub.Predict(self.build_request(images), timeout=self.timeout_s)
         logits = tf.make_ndarray(response.outputs[LOGITS_KEY]).astype(np.float32)
         classes = tf.make_ndarray(response.outputs[CLASSES_KEY]).astype(np.int64)
-        if logits.shape != (len(images), self.spec.num_classes):
-            raise ValueError(f"{self.label}: logits shape {logits.shape}")
+        if logits.shape != (rows, self.spec.num_classes) or classes.shape != (rows,):
+            raise ValueError(f"{self.label}: logits {logits.shape}, classes {classes.shape}")
         return logits, classes
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.read_reply(self.send(self.build_request(images)), len(images))
 
     def close(self) -> None:
         self.channel.close()

@@ -6,6 +6,8 @@ Layout under the artifacts directory (git-ignored, rebuilt by `make artifacts`):
   torchscript/digitnet.torchscript.pt  served by TorchServe and Flask
   tf_serving/<name>/<version>/       SavedModel served by TF Serving
   torchserve/model-store/<name>.mar  TorchServe archive
+  reference_predictions.json         TorchScript logits and classes on the test split, the
+                                     answer key load tests check responses against
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class ArtifactPaths:
         return self.tf_serving_base / self.spec.name / str(self.spec.version)
 
     @property
+    def reference_predictions(self) -> Path:
+        return self.root / "reference_predictions.json"
+
+    @property
     def model_store(self) -> Path:
         return self.root / "torchserve" / "model-store"
 
@@ -62,7 +68,14 @@ class ArtifactPaths:
     def complete(self) -> bool:
         return all(
             p.exists()
-            for p in (self.metrics, self.state_dict, self.torchscript, self.savedmodel, self.mar)
+            for p in (
+                self.metrics,
+                self.state_dict,
+                self.torchscript,
+                self.savedmodel,
+                self.mar,
+                self.reference_predictions,
+            )
         )
 
 
@@ -96,6 +109,19 @@ def build_all(root: Path, spec: ModelSpec) -> dict:
     paths.state_dict.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), paths.state_dict)
     export_torchscript(model, paths.torchscript)
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(split.test_images)).numpy()
+    paths.reference_predictions.write_text(
+        json.dumps(
+            {
+                "split": "test",
+                "logits": reference.round(6).tolist(),
+                "classes": reference.argmax(axis=1).tolist(),
+                "labels": split.test_labels.tolist(),
+            }
+        )
+        + "\n"
+    )
 
     keras_model = DigitConvNetKeras(spec)
     port_torch_to_keras(model, keras_model)

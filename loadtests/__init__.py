@@ -1,0 +1,1 @@
+"""Locust load runs over every stack and protocol, and the comparison report."""

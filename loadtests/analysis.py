@@ -1,0 +1,138 @@
+"""Figures from per-request records: percentiles, throughput, knee, SLO capacity.
+
+Pure functions over numpy arrays and plain dicts, so the report can be rebuilt from
+saved raw data and tested without a server.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# A generator process above this share of its cores was busy enough to delay requests:
+# its figures measure the generator, not the server.
+GENERATOR_SATURATED_PCT = 90.0
+# The knee: the first level after which more load buys less than this throughput gain.
+KNEE_MIN_GAIN = 0.10
+
+
+@dataclass(frozen=True)
+class Records:
+    start_s: np.ndarray
+    latency_ms: np.ndarray
+    service_ms: np.ndarray
+    ok: np.ndarray
+    server_ms: np.ndarray  # NaN where the server sent no timing
+
+
+def read_records(paths: Iterable[Path]) -> Records:
+    """Concatenates the per-process CSV files of one load point."""
+    rows: list[list[str]] = []
+    for path in paths:
+        with open(path, newline="") as handle:
+            reader = csv.reader(handle)
+            next(reader, None)
+            rows.extend(reader)
+    if not rows:
+        empty = np.zeros(0)
+        return Records(empty, empty, empty, empty.astype(bool), empty)
+    table = list(zip(*rows, strict=False))
+    return Records(
+        start_s=np.asarray(table[0], dtype=np.float64),
+        latency_ms=np.asarray(table[1], dtype=np.float64),
+        service_ms=np.asarray(table[2], dtype=np.float64),
+        ok=np.asarray(table[3], dtype=np.int64).astype(bool),
+        server_ms=np.asarray([float(v) if v else np.nan for v in table[4]], dtype=np.float64),
+    )
+
+
+def measured_window(records: Records, warmup_s: float) -> tuple[Records, float]:
+    """Drops requests that started during warm-up; returns them and the window length.
+
+    The window runs from the end of warm-up to the last request start, so requests cut
+    off by the generator's stop do not dilute throughput.
+    """
+    if len(records.start_s) == 0:
+        return records, 0.0
+    begin = records.start_s.min() + warmup_s
+    keep = records.start_s >= begin
+    kept = Records(*(getattr(records, f)[keep] for f in Records.__dataclass_fields__))
+    window = float(kept.start_s.max() - begin) if len(kept.start_s) else 0.0
+    return kept, window
+
+
+def point_stats(records: Records, warmup_s: float, batch_size: int) -> dict:
+    """Throughput and latency percentiles of one load point, after warm-up."""
+    kept, window = measured_window(records, warmup_s)
+    count = len(kept.latency_ms)
+    failures = int((~kept.ok).sum())
+    if count == 0 or window <= 0:
+        return {"requests": count, "failures": failures, "rps": 0.0, "window_s": window}
+    lat = kept.latency_ms
+    server = kept.server_ms[~np.isnan(kept.server_ms)]
+    successes = count - failures
+    return {
+        "requests": count,
+        "failures": failures,
+        "window_s": round(window, 3),
+        "rps": successes / window,
+        "images_per_s": successes * batch_size / window,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p90_ms": float(np.percentile(lat, 90)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+        "mean_ms": float(lat.mean()),
+        "service_p50_ms": float(np.percentile(kept.service_ms, 50)),
+        "server_p50_ms": float(np.percentile(server, 50)) if len(server) else None,
+    }
+
+
+def aggregate_repeats(points: Sequence[dict]) -> dict:
+    """Median of each figure over repeats, with the min-max spread of rps and p99."""
+    keys = ("rps", "images_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms")
+    merged = dict(points[0])
+    for key in keys:
+        values = [p[key] for p in points if p.get(key) is not None]
+        if values:
+            merged[key] = float(np.median(values))
+            merged[f"{key}_min"] = float(min(values))
+            merged[f"{key}_max"] = float(max(values))
+    merged["requests"] = sum(p.get("requests", 0) for p in points)
+    merged["failures"] = sum(p.get("failures", 0) for p in points)
+    merged["repeats"] = len(points)
+    merged["generator_saturated"] = any(p.get("generator_saturated") for p in points)
+    for key in ("generator_cpu_pct", "server_cpu_pct", "server_rss_mb"):
+        values = [p[key] for p in points if p.get(key) is not None]
+        if values:
+            merged[key] = float(np.median(values))
+    return merged
+
+
+def knee(levels: Sequence[float], rps: Sequence[float]) -> int | None:
+    """Index of the knee of a closed-loop curve: the first level after which raising the
+    load gains less than KNEE_MIN_GAIN in throughput (latency then only queues)."""
+    for i in range(len(rps) - 1):
+        if rps[i] > 0 and (rps[i + 1] - rps[i]) / rps[i] < KNEE_MIN_GAIN * (
+            (levels[i + 1] - levels[i]) / levels[i]
+        ):
+            return i
+    return None
+
+
+def max_rps_under_slo(points: Sequence[dict], slo_p99_ms: float) -> dict | None:
+    """The highest-throughput point whose p99 met the objective, with no failures and
+    an unsaturated generator."""
+    eligible = [
+        p
+        for p in points
+        if p.get("p99_ms") is not None
+        and p["p99_ms"] <= slo_p99_ms
+        and p.get("failures", 0) == 0
+        and not p.get("generator_saturated")
+    ]
+    return max(eligible, key=lambda p: p["rps"], default=None)

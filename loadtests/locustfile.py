@@ -1,0 +1,197 @@
+"""Locust users for every stack and protocol.
+
+Run one user class per process, against one server:
+  locust -f loadtests/locustfile.py --headless -u 8 -r 8 -t 30s \
+      --host http://127.0.0.1:8000 FlaskRestUser
+Settings come from the environment (loadtests/settings.py); `make loadtest` and the
+runner set them. REST users use FastHttpUser; the gRPC user fires Locust's request events
+itself, Locust's documented pattern for other protocols. Every reply is checked against
+the answer key: a wrong or malformed answer is a failure, not a fast success.
+"""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+from locust import FastHttpUser, User, constant, events, task
+
+from digitnet.clients import (
+    FLASK_PREDICT_PATH,
+    TFS_PREDICT_PATH,
+    TORCHSERVE_PREDICT_PATH,
+    bearer,
+)
+from digitnet.codec import JSON_CONTENT_TYPE
+from digitnet.spec import ModelSpec
+from loadtests.payload import PayloadSet, check_answer, check_json_reply
+from loadtests.records import RequestRecorder
+from loadtests.settings import LoadSettings, Mode, Protocol, Stack
+
+SETTINGS = LoadSettings.from_env()
+SPEC = ModelSpec.from_env()
+SERVER_TIME_HEADER = "X-Inference-Time-Ms"
+
+recorder = RequestRecorder(SETTINGS.records)
+events.request.add_listener(recorder.on_request)
+events.test_stop.add_listener(recorder.flush)
+
+_payloads: PayloadSet | None = None
+
+
+def payloads() -> PayloadSet:
+    global _payloads  # noqa: PLW0603 - one answer key per process, built on first use
+    if _payloads is None:
+        _payloads = PayloadSet(SPEC, SETTINGS.batch_size, SETTINGS.reference)
+    return _payloads
+
+
+class ArrivalSchedule:
+    """Open loop: one shared timetable of request starts at SETTINGS.rate per second.
+
+    A user takes the next slot and sleeps until it; when every user is busy, slots fall
+    due unserved and their latency keeps counting from the slot time.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.origin: float | None = None
+        self.taken = 0
+
+    def next_slot(self) -> float:
+        if self.origin is None:
+            self.origin = time.time()
+        slot = self.origin + self.taken * self.interval
+        self.taken += 1
+        return slot
+
+
+schedule = ArrivalSchedule(SETTINGS.rate)
+
+
+def wait_for_slot() -> float | None:
+    """Closed loop: None at once. Open loop: sleeps until the next slot and returns it."""
+    if SETTINGS.mode is not Mode.OPEN:
+        return None
+    slot = schedule.next_slot()
+    delay = slot - time.time()
+    if delay > 0:
+        gevent.sleep(delay)
+    return slot
+
+
+def request_name(stack: Stack, protocol: Protocol) -> str:
+    return f"{stack.value}/{protocol.value}/b{SETTINGS.batch_size}"
+
+
+class RestPredictUser(FastHttpUser):
+    """POSTs the shared JSON payload and checks the reply; subclasses name the route."""
+
+    abstract = True
+    wait_time = constant(0)
+    stack: Stack
+    path: str
+    headers: dict[str, str] = {}
+
+    @task
+    def predict(self) -> None:
+        batch = payloads().next()
+        context = {"scheduled_s": wait_for_slot()}
+        with self.client.post(
+            self.path,
+            data=batch.body,
+            headers={"Content-Type": JSON_CONTENT_TYPE, **self.headers},
+            name=request_name(self.stack, Protocol.REST),
+            context=context,
+            catch_response=True,
+        ) as response:
+            # Locust fires the event with its own merged copy of `context`.
+            response.request_meta["context"]["server_ms"] = response.headers.get(
+                SERVER_TIME_HEADER, ""
+            )
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            try:
+                body = response.json()
+            except ValueError:
+                response.failure("reply is not JSON")
+                return
+            problem = check_json_reply(batch, body, SPEC.num_classes)
+            if problem:
+                response.failure(problem)
+
+
+class TorchServeRestUser(RestPredictUser):
+    stack = Stack.TORCHSERVE
+    path = TORCHSERVE_PREDICT_PATH.format(name=SPEC.name)
+    headers = bearer(SETTINGS.torchserve_token)
+
+
+class FlaskRestUser(RestPredictUser):
+    stack = Stack.FLASK_TORCH
+    path = FLASK_PREDICT_PATH.format(name=SPEC.name)
+
+
+class TfServingRestUser(RestPredictUser):
+    stack = Stack.TF_SERVING
+    path = TFS_PREDICT_PATH.format(name=SPEC.name)
+
+
+_grpc_gevent_ready = False
+
+
+def enable_grpc_under_gevent() -> None:
+    """grpc's own threads would block gevent's loop; this makes them cooperate (once,
+    before the first channel)."""
+    global _grpc_gevent_ready  # noqa: PLW0603
+    if not _grpc_gevent_ready:
+        import grpc.experimental.gevent as grpc_gevent
+
+        grpc_gevent.init_gevent()
+        _grpc_gevent_ready = True
+
+
+class TfServingGrpcUser(User):
+    """PredictionService.Predict over gRPC, reported through Locust's request event."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        from digitnet.clients import TfServingGrpcClient
+
+        enable_grpc_under_gevent()
+        target = SETTINGS.grpc_target or self.host.split("://")[-1]
+        self.grpc = TfServingGrpcClient(target, SPEC)
+        # Encoded once per batch: the generator's CPU goes to sending, as for REST.
+        self.requests: dict[int, object] = {}
+
+    def on_stop(self) -> None:
+        self.grpc.close()
+
+    @task
+    def predict(self) -> None:
+        batch = payloads().next()
+        context = {"scheduled_s": wait_for_slot()}
+        request = self.requests.get(id(batch))
+        if request is None:
+            request = self.requests[id(batch)] = self.grpc.build_request(batch.images)
+        started = time.time()
+        clock = time.perf_counter()
+        exception = None
+        try:
+            logits, classes = self.grpc.read_reply(self.grpc.send(request), len(batch.images))
+            problem = check_answer(batch, logits, classes)
+            if problem:
+                exception = AssertionError(problem)
+        except Exception as err:  # noqa: BLE001 - any failure is a failed request
+            exception = err
+        events.request.fire(
+            request_type="grpc",
+            name=request_name(Stack.TF_SERVING, Protocol.GRPC),
+            response_time=(time.perf_counter() - clock) * 1000.0,
+            response_length=0,
+            exception=exception,
+            context=context,
+            start_time=started,
+        )

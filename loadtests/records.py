@@ -1,0 +1,61 @@
+"""Keeps every request Locust makes, so percentiles come from raw latencies (Locust's own
+percentiles are rounded to 1 ms below 100 ms) and warm-up can be cut out afterwards."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+COLUMNS = ("start_s", "latency_ms", "service_ms", "ok", "server_ms", "error")
+
+
+class RequestRecorder:
+    """A Locust `request` event listener that buffers rows and writes them at test stop.
+
+    latency_ms is what a client waiting for the answer saw: in open-loop runs it counts
+    from the request's scheduled start, not from when a free user finally sent it.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.rows: list[tuple] = []
+
+    def on_request(
+        self,
+        request_type,
+        name,
+        response_time,
+        response_length,
+        exception=None,
+        context=None,
+        start_time=None,
+        **_kwargs,
+    ) -> None:
+        if self.path is None or start_time is None:
+            return
+        context = context or {}
+        scheduled = context.get("scheduled_s")
+        latency = response_time
+        if scheduled is not None:
+            latency = (start_time - scheduled) * 1000.0 + response_time
+        error = "" if exception is None else str(exception).replace("\n", " ")[:200]
+        self.rows.append(
+            (
+                f"{start_time:.6f}",
+                f"{latency:.3f}",
+                f"{response_time:.3f}",
+                int(exception is None),
+                context.get("server_ms", ""),
+                error,
+            )
+        )
+
+    def flush(self, **_kwargs) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS)
+            writer.writerows(self.rows)
+        self.rows = []

@@ -1,0 +1,53 @@
+"""Server-side timings from Prometheus endpoints, read before and after a load point.
+
+The difference of cumulative counters over the point gives the server's own view
+(queue time, inference time per request) to set beside the client's latency.
+"""
+
+from __future__ import annotations
+
+import re
+
+import requests
+
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)")
+
+# TorchServe 0.12 frontend metrics (metrics_mode=prometheus), cumulative per model.
+TORCHSERVE_COUNTERS = {
+    "requests": "ts_inference_requests_total",
+    "inference_us": "ts_inference_latency_microseconds",
+    "queue_us": "ts_queue_latency_microseconds",
+}
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> dict[str, float]:
+    """Sums every sample of each metric name (labels folded); {} if unreachable."""
+    try:
+        text = requests.get(url, timeout=timeout_s).text
+    except requests.RequestException:
+        return {}
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match:
+            name, _labels, value = match.groups()
+            try:
+                totals[name] = totals.get(name, 0.0) + float(value)
+            except ValueError:
+                continue
+    return totals
+
+
+def torchserve_breakdown(before: dict[str, float], after: dict[str, float]) -> dict | None:
+    """Mean queue and inference (handler + IPC) milliseconds per request over a point."""
+    delta = {
+        key: after.get(name, 0.0) - before.get(name, 0.0)
+        for key, name in TORCHSERVE_COUNTERS.items()
+    }
+    if delta["requests"] <= 0:
+        return None
+    return {
+        "server_requests": int(delta["requests"]),
+        "server_queue_ms": delta["queue_us"] / delta["requests"] / 1000.0,
+        "server_inference_ms": delta["inference_us"] / delta["requests"] / 1000.0,
+    }

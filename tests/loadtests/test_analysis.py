@@ -1,0 +1,74 @@
+"""Figures from per-request records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loadtests import analysis
+from loadtests.records import RequestRecorder
+
+
+def write_records(path, starts, latencies, ok=None):
+    recorder = RequestRecorder(path)
+    for i, (start, latency) in enumerate(zip(starts, latencies, strict=True)):
+        failed = ok is not None and not ok[i]
+        recorder.on_request("POST", "x", latency, 10, exception=RuntimeError("bad") if failed
+                            else None, context={}, start_time=start)
+    recorder.flush()
+
+
+def test_warmup_is_cut_and_percentiles_come_from_raw_latencies(tmp_path):
+    starts = np.concatenate([np.linspace(0, 0.99, 100), np.linspace(1.0, 11.0, 1001)])
+    latencies = np.concatenate([np.full(100, 500.0), np.arange(1, 1002) / 100.0])
+    path = tmp_path / "p.csv"
+    write_records(path, 1000.0 + starts, latencies)
+    stats = analysis.point_stats(analysis.read_records([path]), warmup_s=1.0, batch_size=4)
+    assert stats["requests"] == 1001
+    assert stats["max_ms"] == pytest.approx(10.01)  # the 500 ms warm-up requests are gone
+    assert stats["p50_ms"] == pytest.approx(np.percentile(latencies[100:], 50), abs=1e-3)
+    assert stats["p99_ms"] == pytest.approx(np.percentile(latencies[100:], 99), abs=1e-3)
+    assert stats["rps"] == pytest.approx(1001 / 10.0, rel=1e-3)
+    assert stats["images_per_s"] == pytest.approx(4 * stats["rps"])
+
+
+def test_failures_are_counted_and_not_in_throughput(tmp_path):
+    path = tmp_path / "p.csv"
+    write_records(path, [0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0], ok=[1, 0, 1, 1])
+    stats = analysis.point_stats(analysis.read_records([path]), warmup_s=0.0, batch_size=1)
+    assert stats["failures"] == 1
+    assert stats["rps"] == pytest.approx(3 / 3.0)
+
+
+def test_open_loop_latency_counts_from_the_scheduled_start(tmp_path):
+    recorder = RequestRecorder(tmp_path / "p.csv")
+    recorder.on_request("POST", "x", 2.0, 1, context={"scheduled_s": 10.0}, start_time=10.5)
+    recorder.flush()
+    records = analysis.read_records([tmp_path / "p.csv"])
+    assert records.latency_ms[0] == pytest.approx(502.0)
+    assert records.service_ms[0] == pytest.approx(2.0)
+
+
+def test_repeats_are_merged_by_median_with_spread():
+    points = [{"rps": r, "p99_ms": p, "requests": 10, "failures": f}
+              for r, p, f in [(100, 5, 0), (120, 9, 1), (110, 7, 0)]]
+    merged = analysis.aggregate_repeats(points)
+    assert (merged["rps"], merged["rps_min"], merged["rps_max"]) == (110, 100, 120)
+    assert (merged["p99_ms"], merged["requests"], merged["failures"]) == (7, 30, 1)
+
+
+def test_knee_is_where_more_load_stops_buying_throughput():
+    assert analysis.knee([1, 2, 4, 8, 16], [100, 190, 350, 360, 365]) == 2
+    assert analysis.knee([1, 2, 4], [100, 200, 400]) is None
+
+
+def test_slo_capacity_ignores_failing_and_saturated_points():
+    points = [
+        {"rps": 100, "p99_ms": 10, "failures": 0},
+        {"rps": 300, "p99_ms": 40, "failures": 0},
+        {"rps": 500, "p99_ms": 45, "failures": 3},
+        {"rps": 600, "p99_ms": 20, "failures": 0, "generator_saturated": True},
+        {"rps": 700, "p99_ms": 90, "failures": 0},
+    ]
+    assert analysis.max_rps_under_slo(points, 50.0)["rps"] == 300
+    assert analysis.max_rps_under_slo(points, 5.0) is None

@@ -1,0 +1,80 @@
+"""Short real load runs (seconds): Locust against a real gunicorn server, and against a
+deliberately wrong server to prove that wrong answers count as failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from loadtests import runner
+from loadtests.profiles import PROFILES
+from loadtests.report import write_report
+from loadtests.settings import Mode, Protocol, Stack
+from services.process import LOOPBACK, usable_cores
+
+pytestmark = pytest.mark.integration
+SMOKE = PROFILES["smoke"]
+
+
+def test_closed_and_open_points_against_real_flask(artifacts, tmp_path):
+    server_cores, generator_cores = runner.split_cores(usable_cores())
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with ExitStack() as exits:
+        running = runner.start_stack(Stack.FLASK_TORCH, artifacts, tmp_path, server_cores, exits)
+        assert not isinstance(running, str), running
+        (target,) = runner.targets_of(running)
+        closed = runner.run_point(target, runner.Load(Mode.CLOSED, 2, 2), SMOKE, artifacts,
+                                  raw, generator_cores, repeat=0)
+        opened = runner.run_point(target, runner.Load(Mode.OPEN, 1, 4, rate=50), SMOKE,
+                                  artifacts, raw, generator_cores, repeat=0)
+    for point in (closed, opened):
+        assert point["requests"] > 0 and point["failures"] == 0, point
+        assert point["p50_ms"] <= point["p99_ms"] <= point["max_ms"]
+        assert point["server_rss_mb"] > 0 and point["server_p50_ms"] is not None
+    assert closed["images_per_s"] == pytest.approx(2 * closed["rps"])
+    # 50 req/s offered for ~1.5 s measured: the schedule, not the server, sets the pace.
+    assert opened["rps"] == pytest.approx(50, rel=0.3)
+    (tmp_path / "points.jsonl").write_text(json.dumps(closed) + "\n" + json.dumps(opened) + "\n")
+    (tmp_path / "environment.json").write_text(json.dumps({"profile": "smoke"}))
+    assert "flask_torch / rest / cpu / batch 2 / closed loop" in write_report(tmp_path).read_text()
+
+
+class WrongAnswers(BaseHTTPRequestHandler):
+    """A broken server for this test only: well-formed replies with the wrong class."""
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        logits = [10.0] + [0.0] * 9
+        reply = {"predictions": [{"logits": logits, "classes": 0} for _ in body["instances"]]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_wrong_answers_are_failures_not_fast_successes(artifacts, tmp_path):
+    server = ThreadingHTTPServer((LOOPBACK, 0), WrongAnswers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        target = runner.Target(Stack.FLASK_TORCH, Protocol.REST,
+                               f"http://{LOOPBACK}:{server.server_port}", {},
+                               server_pid=os.getpid())
+        point = runner.run_point(target, runner.Load(Mode.CLOSED, 1, 1), SMOKE, artifacts,
+                                 tmp_path, usable_cores()[-1:], repeat=0)
+    finally:
+        server.shutdown()
+    # Digit 0 is right about a tenth of the time; every other reply must count as failed.
+    assert point["requests"] > 0
+    assert point["failures"] >= 0.7 * point["requests"]
