@@ -1,0 +1,1 @@
+"""Test doubles: stand-ins that are never reported as the real thing."""

@@ -1,0 +1,52 @@
+"""The local TF Serving stack's pieces that run without the binary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from digitnet.spec import ModelSpec
+from services.artifacts import ArtifactPaths
+from services.tf_serving.config_protos import config_messages, parse_text_proto
+from services.tf_serving.launch import STACK, TfServingStack, write_run_configs
+from services.tf_serving.server_flags import REPO_CONFIGS, ConfigFiles, derive_threads
+
+
+def test_stack_identity() -> None:
+    assert STACK.name == "tf_serving"
+    assert dict(STACK.default_ports) == {"rest": 8501, "grpc": 8500}
+
+
+def test_missing_binary_explains_how_to_get_it() -> None:
+    ok, reason = TfServingStack(binary="tensorflow_model_server_not_here").available()
+    assert ok is False
+    assert "tensorflow_model_server_not_here" in reason
+    assert "docker compose up tf-serving" in reason
+    assert "tensorflow-model-server" in reason
+
+
+def test_present_binary_is_available() -> None:
+    ok, reason = TfServingStack(binary="python3").available()
+    assert ok is True and "python3" in reason
+
+
+def test_run_configs_point_at_local_artifacts(tmp_path: Path) -> None:
+    spec = ModelSpec(name="digits_b")
+    paths = ArtifactPaths(tmp_path / "relative" / ".." / "art", spec)
+    run_dir = tmp_path / "run"
+    files = write_run_configs(paths, run_dir, cores=4)
+    assert files == ConfigFiles.in_dir(run_dir)
+    messages = config_messages()
+
+    model_config = parse_text_proto(files.model_config, messages.model_server_config)
+    (entry,) = model_config.model_config_list.config
+    assert entry.name == "digits_b"
+    assert Path(entry.base_path).is_absolute()
+    assert Path(entry.base_path) == (tmp_path / "art" / "tf_serving" / "digits_b").resolve()
+    assert entry.model_version_policy.latest.num_versions == 1
+
+    batching = parse_text_proto(files.batching_parameters, messages.batching_parameters)
+    repo_batching = parse_text_proto(REPO_CONFIGS.batching_parameters, messages.batching_parameters)
+    assert batching.num_batch_threads.value == derive_threads(4).num_batch_threads
+    assert batching.max_batch_size == repo_batching.max_batch_size
+
+    assert files.monitoring_config.read_text() == REPO_CONFIGS.monitoring_config.read_text()
