@@ -1,0 +1,83 @@
+"""gunicorn settings for the Flask + TorchScript stack (option names checked against
+gunicorn 27.0.1's gunicorn/config.py).
+
+    gunicorn -c services/flask_torch/gunicorn.conf.py "services.flask_torch.app:create_app()"
+
+Run from the repository root (the Docker image's WORKDIR): gunicorn puts its working
+directory on sys.path before reading this file, which is how the import below resolves.
+Only numbers are derived here; the app's own settings live in settings.py.
+"""
+
+import os
+
+from services.flask_torch.settings import (
+    BIND_ENV,
+    DEFAULT_BIND,
+    DEFAULT_HTTP_THREADS,
+    HTTP_THREADS_ENV,
+    TORCH_THREADS_ENV,
+    env_int,
+    parallelism_from_env,
+)
+
+# The cores this process may run on: taskset and `docker run --cpuset-cpus` narrow it.
+# A CPU quota (`docker run --cpus`) does not show here; under one, set FLASK_TORCH_WORKERS
+# and FLASK_TORCH_THREADS explicitly.
+_cores = len(os.sched_getaffinity(0))
+_split = parallelism_from_env(_cores)
+
+# Loopback by default so a local run is never reachable from the network; the Docker image
+# sets FLASK_TORCH_BIND=0.0.0.0:8000 because the container's own network is the boundary.
+bind = [os.environ.get(BIND_ENV) or DEFAULT_BIND]
+
+# One process per torch thread group, workers x torch threads <= cores (settings.py):
+# processes sidestep the GIL for the Python half of a request (JSON parse and encode).
+workers = _split.workers
+# Each worker's create_app() reads its torch thread count from this variable; gunicorn sets
+# it in the master's environment before forking, so every worker sees the derived value.
+raw_env = [f"{TORCH_THREADS_ENV}={_split.torch_threads}"]
+
+# gthread: a few threads per worker read requests and write responses, so one slow client
+# (a trickling upload, a stalled reader) cannot block a worker the way it blocks a `sync`
+# worker. Forward passes stay serialised per worker (predictor.py), so these threads add
+# I/O concurrency, not CPU use.
+worker_class = "gthread"
+threads = env_int(HTTP_THREADS_ENV) or DEFAULT_HTTP_THREADS
+
+# The master kills a worker silent for this long. gthread workers heartbeat from their main
+# loop, so this bounds a hung worker, not a slow request; 30 s leaves room for a slow
+# first model load on a busy machine.
+timeout = 30
+# On SIGTERM, in-flight requests get this long to finish before workers are killed; short,
+# because a request takes milliseconds and `docker stop` waits only 10 s by default.
+graceful_timeout = 10
+# Seconds an idle keep-alive connection stays open: load generators and a proxy in front
+# reuse connections, and 5 s is longer than their gap between requests.
+keepalive = 5
+
+# Request-line and header limits well under gunicorn's defaults: the API's longest URL is
+# /v1/models/<name>:predict and clients send a handful of headers. The body is limited by
+# Flask's MAX_CONTENT_LENGTH (413 JSON), which gunicorn has no equivalent for.
+limit_request_line = 1024
+limit_request_fields = 32
+limit_request_field_size = 4096
+
+# Never import the app (and with it torch) in the master: a forward pass in the master starts
+# OpenMP's thread pool, and a forked worker inherits the pool's state without its threads,
+# so its first parallel region deadlocks. The model file is small; each worker loads its own.
+preload_app = False
+
+# The worker heartbeat file is touched constantly; tmpfs keeps it off overlay/disk
+# filesystems where the write can stall (gunicorn's documented Docker advice) and works on a
+# read-only root filesystem.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# Logs go to the process's stdout/stderr (the container log or the run_dir log file).
+# Access logging is off unless asked for: a line per request costs throughput under load.
+errorlog = "-"
+accesslog = os.environ.get("FLASK_TORCH_ACCESS_LOG") or None
+loglevel = "info"
+
+# gunicorn >= 25.1 otherwise opens a control socket under $XDG_RUNTIME_DIR or
+# ~/.gunicorn/, which fails on a read-only root filesystem and for a user without a home.
+control_socket_disable = True

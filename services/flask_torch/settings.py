@@ -1,0 +1,196 @@
+"""Configuration of the Flask + gunicorn stack: one frozen dataclass, defaults visible here,
+each overridable by an environment variable.
+
+gunicorn.conf.py (in the master) and create_app() (in every worker) both read from here,
+so the worker count and torch's thread count are derived by one function. Nothing here
+imports torch: the gunicorn master must stay free of it (see gunicorn.conf.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from digitnet.spec import ModelSpec, ServingLimits
+from services.artifacts import ArtifactPaths
+
+MODEL_PATH_ENV = "FLASK_TORCH_MODEL_PATH"
+TORCH_THREADS_ENV = "FLASK_TORCH_THREADS"
+WORKERS_ENV = "FLASK_TORCH_WORKERS"
+HTTP_THREADS_ENV = "FLASK_TORCH_HTTP_THREADS"
+BIND_ENV = "FLASK_TORCH_BIND"
+DEVICE_ENV = "FLASK_TORCH_DEVICE"
+WARMUP_ENV = "FLASK_TORCH_WARMUP_ITERATIONS"
+LOAD_WAIT_ENV = "FLASK_TORCH_LOAD_WAIT_S"
+
+# Where `make artifacts` writes it, relative to the repository root (gunicorn's working dir).
+DEFAULT_ARTIFACTS_DIR = Path("artifacts")
+DEFAULT_MODEL_PATH = ArtifactPaths(DEFAULT_ARTIFACTS_DIR, ModelSpec()).torchscript
+DEFAULT_BIND = "127.0.0.1:8000"
+# Threads per gunicorn worker that read requests and write responses; inference itself is
+# serialised per worker (see predictor.py), so these only keep slow clients from blocking.
+DEFAULT_HTTP_THREADS = 4
+# One intra-op thread per worker: an 8x8 conv net is far too small for intra-op
+# parallelism to pay off, while one worker per core scales with concurrent requests.
+DEFAULT_TORCH_THREADS = 1
+
+DEVICE_AUTO = "auto"
+DEVICE_CPU = "cpu"
+DEVICE_CUDA = "cuda"
+
+
+def env_int(name: str) -> int | None:
+    """An integer environment variable, or None when unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How a server's cores are split: `workers` processes x `torch_threads` each."""
+
+    workers: int
+    torch_threads: int
+
+
+def derive_parallelism(
+    cores: int, workers: int | None = None, torch_threads: int | None = None
+) -> Parallelism:
+    """Splits `cores` into worker processes and torch intra-op threads per worker.
+
+    Whatever is not given explicitly is derived so that workers x torch_threads <= cores:
+    by default one single-threaded worker per core.
+
+    Args:
+        cores: CPUs the server may use (len(os.sched_getaffinity(0)) in gunicorn.conf.py).
+        workers: an explicit worker count, or None to derive it.
+        torch_threads: an explicit intra-op thread count per worker, or None to derive it.
+
+    Returns:
+        The split; both numbers are at least 1.
+
+    Raises:
+        ValueError: if a count is below 1 or explicit counts oversubscribe the cores.
+    """
+    if cores < 1:
+        raise ValueError(f"cores must be >= 1, got {cores}")
+    for label, value in (("workers", workers), ("torch_threads", torch_threads)):
+        if value is not None and value < 1:
+            raise ValueError(f"{label} must be >= 1, got {value}")
+    if workers is None and torch_threads is None:
+        torch_threads = DEFAULT_TORCH_THREADS
+    if workers is None:
+        workers = max(1, cores // torch_threads)
+    if torch_threads is None:
+        torch_threads = max(1, cores // workers)
+    if workers * torch_threads > cores:
+        raise ValueError(
+            f"{workers} workers x {torch_threads} torch threads = {workers * torch_threads} "
+            f"exceeds the {cores} cores available; lower {WORKERS_ENV} or {TORCH_THREADS_ENV}"
+        )
+    return Parallelism(workers=workers, torch_threads=torch_threads)
+
+
+def parallelism_from_env(cores: int) -> Parallelism:
+    """derive_parallelism with FLASK_TORCH_WORKERS / FLASK_TORCH_THREADS as overrides."""
+    return derive_parallelism(cores, env_int(WORKERS_ENV), env_int(TORCH_THREADS_ENV))
+
+
+def select_device(requested: str, cuda_available: bool) -> str:
+    """The torch device to load the model on.
+
+    "cuda" (or "cuda:N") on a machine without CUDA is an error rather than a silent
+    fallback: a benchmark labelled GPU that quietly ran on the CPU would be a wrong
+    result. "auto" is the explicit way to ask for "CUDA when present, else CPU".
+
+    Args:
+        requested: "cpu", "cuda", "cuda:N" or "auto".
+        cuda_available: torch.cuda.is_available() (passed in so this stays pure).
+
+    Returns:
+        "cpu", "cuda" or "cuda:N".
+
+    Raises:
+        ValueError: for an unknown device or CUDA requested where there is none.
+    """
+    device = requested.strip().lower()
+    if device == DEVICE_AUTO:
+        return DEVICE_CUDA if cuda_available else DEVICE_CPU
+    if device == DEVICE_CPU:
+        return DEVICE_CPU
+    is_cuda = device == DEVICE_CUDA or (
+        device.startswith(DEVICE_CUDA + ":") and device[len(DEVICE_CUDA) + 1 :].isdigit()
+    )
+    if not is_cuda:
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto; got {requested!r}")
+    if not cuda_available:
+        raise ValueError(
+            f"device {requested!r} requested but CUDA is not available (CPU-only torch build "
+            f"or no GPU); set {DEVICE_ENV}=cpu or {DEVICE_ENV}=auto"
+        )
+    return device
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one Flask worker needs; gunicorn's own knobs live in gunicorn.conf.py."""
+
+    # The TorchScript file written by services.artifacts (relative to the working directory):
+    # artifacts/torchscript/digitnet.torchscript.pt.
+    model_path: Path = DEFAULT_MODEL_PATH
+    spec: ModelSpec = field(default_factory=ModelSpec)
+    limits: ServingLimits = field(default_factory=ServingLimits)
+    torch_threads: int = DEFAULT_TORCH_THREADS
+    device: str = DEVICE_CPU
+    # Forward passes run before readiness turns green, so the first real request does not
+    # pay TorchScript's profiling and optimisation passes.
+    warmup_iterations: int = 3
+    # How long a predict request that reaches a still-loading worker waits for its model
+    # before answering 503. With several workers, /readyz turns 200 when the worker that
+    # answered it is ready, while a sibling may still be loading for a moment.
+    load_wait_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        if self.warmup_iterations < 0:
+            raise ValueError(f"warmup_iterations must be >= 0, got {self.warmup_iterations}")
+        if self.load_wait_s < 0:
+            raise ValueError(f"load_wait_s must be >= 0, got {self.load_wait_s}")
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Reads FLASK_TORCH_MODEL_PATH, FLASK_TORCH_THREADS, FLASK_TORCH_DEVICE,
+        FLASK_TORCH_WARMUP_ITERATIONS, FLASK_TORCH_LOAD_WAIT_S, and the DIGITNET_* variables
+        of ModelSpec and ServingLimits."""
+        base = cls()
+        spec = ModelSpec.from_env()
+        threads = env_int(TORCH_THREADS_ENV)
+        warmup = env_int(WARMUP_ENV)
+        # Without an explicit path, the artifact layout's file for this spec's model name.
+        default_path = ArtifactPaths(DEFAULT_ARTIFACTS_DIR, spec).torchscript
+        return cls(
+            model_path=Path(os.environ.get(MODEL_PATH_ENV) or default_path),
+            spec=spec,
+            limits=ServingLimits.from_env(),
+            torch_threads=base.torch_threads if threads is None else threads,
+            device=os.environ.get(DEVICE_ENV) or base.device,
+            warmup_iterations=base.warmup_iterations if warmup is None else warmup,
+            load_wait_s=_env_float(LOAD_WAIT_ENV, base.load_wait_s),
+        )
