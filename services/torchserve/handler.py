@@ -3,12 +3,22 @@
 Lifecycle: `initialize` once per worker, then `handle` per dynamic batch. Each request
 in the batch is validated on its own, so one bad request gets its own 4xx and the rest
 of the batch is still answered (a handler that raises would fail the whole batch with 503).
+
+What TorchServe 0.12 hands the handler (ts/service.py, ts/protocol/otf_message_handler.py):
+one dict per request, the raw body under "body" (the frontend's name for a non-form body).
+The body arrives as bytes when config.properties sets decode_input_request=false (ours
+does); with the default `true` the worker json-decodes application/json bodies itself and
+forwards the bytes only when that fails. Both forms go through digitnet.codec.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,23 +26,90 @@ from digitnet.codec import JSON_CONTENT_TYPE, PayloadError, decode_request, enco
 from digitnet.spec import ModelSpec, ServingLimits
 from digitnet.torchscript import load_torchscript
 
+# Torch intra-op threads per worker; services/torchserve/launch.py derives it from the cores.
 THREADS_ENV = "DIGITNET_TORCH_THREADS"
+DEFAULT_THREADS = 1
+# The frontend names a raw (non-multipart, non-form) request body "body".
+BODY_PARAMETER = "body"
+
+
+def torch_threads() -> int:
+    """Intra-op threads from DIGITNET_TORCH_THREADS (default 1).
+
+    Raises:
+        ValueError: naming the variable when it is not a positive integer.
+    """
+    raw = os.environ.get(THREADS_ENV, "")
+    if raw == "":
+        return DEFAULT_THREADS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def request_content_type(headers: Mapping[str, Any]) -> str | None:
+    """The request's Content-Type header, whatever case the client spelled its name in.
+
+    Only string values count: TorchServe also files a dict per body parameter under the
+    parameter's name ({"body": {"content-type": ...}}) in the same mapping.
+    """
+    for name, value in headers.items():
+        if name.lower() == "content-type" and isinstance(value, str):
+            return value
+    return None
+
+
+def check_json_content_type(content_type: str | None) -> None:
+    """Refuses anything but application/json (parameters like charset are allowed).
+
+    Raises:
+        PayloadError: 415 naming the content type received.
+    """
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != JSON_CONTENT_TYPE:
+        got = f'"{content_type}"' if content_type else "no Content-Type header"
+        raise PayloadError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be {JSON_CONTENT_TYPE}, got {got}",
+        )
+
+
+def request_payload(request: Mapping[str, Any]) -> bytes | bytearray | Mapping[str, Any]:
+    """The body in a form digitnet.codec.decode_request takes.
+
+    Raises:
+        PayloadError: when there is no body, or the worker already decoded it into a JSON
+            value that is not an object (a list, string, number or null).
+    """
+    if BODY_PARAMETER not in request:
+        raise PayloadError(400, "empty_body", "request has no body")
+    payload = request[BODY_PARAMETER]
+    if isinstance(payload, (bytes, bytearray, Mapping)):
+        return payload
+    raise PayloadError(
+        400, "wrong_schema", 'body must be a JSON object {"instances": [...]}'
+    )
 
 
 class DigitNetHandler:
-    """Per-worker state: the scripted model and the request limits."""
+    """Per-worker state: the scripted model and the request limits.
+
+    TorchServe instantiates the only class defined in this module, so helpers above are
+    functions, not classes.
+    """
 
     def __init__(self) -> None:
-        self.model = None
+        self.model: torch.jit.ScriptModule | None = None
         self.device = "cpu"
         self.spec = ModelSpec.from_env()
         self.limits = ServingLimits.from_env()
         self.initialized = False
 
-    def initialize(self, context) -> None:
+    def initialize(self, context: Any) -> None:
         """Called once when a worker starts: loads TorchScript and warms it up."""
         properties = context.system_properties
-        torch.set_num_threads(int(os.environ.get(THREADS_ENV, "1")))
+        torch.set_num_threads(torch_threads())
         gpu_id = properties.get("gpu_id")
         if torch.cuda.is_available() and gpu_id is not None:
             self.device = f"cuda:{gpu_id}"
@@ -42,24 +119,34 @@ class DigitNetHandler:
             self.model(torch.zeros(1, self.spec.side, self.spec.side, device=self.device))
         self.initialized = True
 
-    def handle(self, data: list[dict], context) -> list[dict]:
-        """Called per dynamic batch: one entry in `data` per client request."""
-        responses: list[dict] = [{} for _ in data]
+    def decode(self, request: Mapping[str, Any], headers: Mapping[str, Any]) -> torch.Tensor:
+        """One request's images as float32 [N, side, side].
+
+        Raises:
+            PayloadError: naming the first problem found.
+        """
+        check_json_content_type(request_content_type(headers))
+        images = decode_request(request_payload(request), self.spec, self.limits)
+        return torch.from_numpy(images)
+
+    def handle(self, data: list[dict], context: Any) -> list[str]:
+        """Called per dynamic batch: one entry in `data` per client request.
+
+        Returns:
+            One compact JSON document per request, in order: predictions, or an error
+            whose HTTP status is set on that request alone.
+        """
+        responses: list[str] = [""] * len(data)
         valid: list[tuple[int, torch.Tensor]] = []
         for idx, request in enumerate(data):
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             try:
-                payload = request.get("body")
-                if payload is None:
-                    payload = request.get("data")
-                if payload is None:
-                    raise PayloadError(400, "empty_body", "request body is empty")
-                images = decode_request(payload, self.spec, self.limits)
+                valid.append((idx, self.decode(request, context.get_all_request_header(idx))))
             except PayloadError as err:
-                context.set_response_status(err.status, err.message, idx)
-                responses[idx] = err.to_json()
-                continue
-            valid.append((idx, torch.from_numpy(images)))
+                # The standard phrase, not the message: a reason phrase must be one line
+                # of plain text, while the message quotes client input.
+                context.set_response_status(err.status, HTTPStatus(err.status).phrase, idx)
+                responses[idx] = _compact(err.to_json())
         if valid:
             batch = torch.cat([images for _, images in valid]).to(self.device)
             with torch.inference_mode():
@@ -67,6 +154,14 @@ class DigitNetHandler:
             start = 0
             for idx, images in valid:
                 rows = len(images)
-                responses[idx] = encode_predictions(logits[start : start + rows])
+                # Without a phrase TorchServe sends a bare "HTTP/1.1 200 " status line.
+                context.set_response_status(HTTPStatus.OK.value, HTTPStatus.OK.phrase, idx)
+                responses[idx] = _compact(encode_predictions(logits[start : start + rows]))
                 start += rows
         return responses
+
+
+def _compact(document: Mapping[str, Any]) -> str:
+    # TorchServe would pretty-print a returned dict (indent=2): a third more bytes per
+    # response under load. A string is sent as-is.
+    return json.dumps(document, separators=(",", ":"))

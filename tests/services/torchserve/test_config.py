@@ -1,0 +1,116 @@
+"""Security and limit invariants of the committed TorchServe configuration."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from digitnet.spec import ModelSpec, ServingLimits
+from services.torchserve.launch import CONFIG_TEMPLATE, read_properties
+
+HERE = Path(CONFIG_TEMPLATE).parent
+MODEL_CONFIG = HERE / "model-config.yaml"
+DOCKERFILE = HERE / "Dockerfile"
+
+
+@pytest.fixture(scope="module")
+def props() -> dict[str, str]:
+    return read_properties(CONFIG_TEMPLATE.read_text())
+
+
+def allowed_patterns(props: dict[str, str]) -> list[re.Pattern[str]]:
+    # TorchServe splits on commas and compiles each case-insensitively (ArchiveUtils).
+    return [re.compile(p, re.IGNORECASE) for p in props["allowed_urls"].split(",")]
+
+
+def test_token_authorization_is_on_with_a_long_enough_expiry(props) -> None:
+    assert props["disable_token_authorization"] == "false"
+    # Keys expire (60 min by default); a load run must not outlive them.
+    assert float(props["token_expiration_min"]) >= 12 * 60
+
+
+def test_model_registration_is_disabled(props) -> None:
+    assert props["enable_model_api"] == "false"
+    assert props["install_py_dep_per_model"] == "false"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/digitnet.mar",
+        "https://example.com/digitnet.mar",
+        "HTTPS://example.com/model-store/digitnet.mar",
+        "file:///etc/passwd",
+        "file:///opt/digitnet/model-store/../../../etc/x.mar",
+        "file:///opt/digitnet/model-store/sub/digitnet.mar",
+        "s3://bucket/digitnet.mar",
+    ],
+)
+def test_allowed_urls_refuse_remote_and_outside_archives(props, url) -> None:
+    assert not any(pattern.fullmatch(url) for pattern in allowed_patterns(props))
+
+
+def test_allowed_urls_admit_archives_in_the_model_store(props) -> None:
+    url = f"file://{props['model_store']}/digitnet.mar"
+    assert any(pattern.fullmatch(url) for pattern in allowed_patterns(props))
+    assert "http" not in props["allowed_urls"].lower()
+
+
+def test_only_inference_listens_beyond_loopback(props) -> None:
+    assert urlsplit(props["inference_address"]).hostname == "0.0.0.0"
+    assert urlsplit(props["inference_address"]).port == 8080
+    for key, port in (("management_address", 8081), ("metrics_address", 8082)):
+        assert urlsplit(props[key]).hostname == "127.0.0.1", key
+        assert urlsplit(props[key]).port == port, key
+    assert props["grpc_management_address"] == "127.0.0.1"
+    assert props["grpc_inference_address"] == "127.0.0.1"
+    assert (props["grpc_inference_port"], props["grpc_management_port"]) == ("7070", "7071")
+
+
+def test_size_limits_match_serving_limits(props) -> None:
+    limits = ServingLimits()
+    assert int(props["max_request_size"]) == limits.max_body_bytes == 4194304
+    assert int(props["max_response_size"]) == limits.max_body_bytes
+
+
+def test_model_is_loaded_from_the_store_with_raw_bodies(props) -> None:
+    name = ModelSpec().name
+    assert props["load_models"] == f"{name}={name}.mar"
+    assert props["model_store"] == "/opt/digitnet/model-store"
+    assert int(props["default_workers_per_model"]) >= 1
+    # The handler's codec is the only JSON parser (NaN literals, depth, body size).
+    assert props["decode_input_request"] == "false"
+
+
+def test_prometheus_metrics_with_system_metrics(props) -> None:
+    assert props["metrics_mode"] == "prometheus"
+    assert props["disable_system_metrics"] == "false"
+
+
+def test_dockerfile_serves_the_same_store_and_config(props) -> None:
+    dockerfile = DOCKERFILE.read_text()
+    assert props["model_store"] in dockerfile
+    assert "services/torchserve/config.properties" in dockerfile
+    assert "--disable-token-auth" not in dockerfile and "--dt" not in dockerfile.split()
+    assert re.search(r"^USER\s+(?!(root|0)\b)\S+", dockerfile, re.MULTILINE)
+    # The base image is an ARG whose default names an exact patch release.
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", dockerfile, re.MULTILINE)
+    assert re.search(
+        r"^ARG PYTHON_IMAGE=python:\d+\.\d+\.\d+-slim-\w+$", dockerfile, re.MULTILINE
+    )
+    assert ":latest" not in dockerfile
+    pip_installs = re.findall(r"pip install[^\n]*", dockerfile)
+    assert pip_installs and all("--no-cache-dir" in line for line in pip_installs)
+
+
+def test_model_config_sets_batching_and_leaves_workers_to_the_server() -> None:
+    config = yaml.safe_load(MODEL_CONFIG.read_text())
+    assert config["batchSize"] >= 1
+    assert config["maxBatchDelay"] >= 0
+    assert config["responseTimeout"] > 0
+    # A worker count in the archive would override default_workers_per_model (0.12).
+    assert "minWorkers" not in config and "maxWorkers" not in config

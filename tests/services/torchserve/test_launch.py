@@ -1,0 +1,121 @@
+"""The local launcher's pure parts: thread plan, properties parsing, derived config."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from digitnet.spec import ModelSpec
+from services.artifacts import ArtifactPaths
+from services.torchserve.launch import (
+    CONFIG_TEMPLATE,
+    STACK,
+    ThreadPlan,
+    derive_config,
+    local_overrides,
+    read_properties,
+    read_tokens,
+    thread_plan,
+)
+
+PORTS = {"inference": 18080, "management": 18081, "metrics": 18082,
+         "grpc_inference": 17070, "grpc_management": 17071}
+
+
+@pytest.mark.parametrize(
+    ("cores", "workers", "plan"),
+    [
+        (1, None, ThreadPlan(1, 1)),
+        (2, None, ThreadPlan(2, 1)),
+        (4, 2, ThreadPlan(2, 2)),
+        (3, 2, ThreadPlan(2, 1)),
+        (2, 8, ThreadPlan(2, 1)),
+        (2, 0, ThreadPlan(1, 2)),
+    ],
+)
+def test_thread_plan(cores, workers, plan) -> None:
+    assert thread_plan(cores, workers) == plan
+
+
+@given(st.integers(1, 256), st.one_of(st.none(), st.integers(-4, 300)))
+def test_thread_plan_never_oversubscribes(cores, workers) -> None:
+    plan = thread_plan(cores, workers)
+    assert plan.workers >= 1 and plan.threads >= 1
+    assert plan.workers * plan.threads <= cores
+
+
+def test_stack_shape() -> None:
+    assert STACK.name == "torchserve"
+    assert dict(STACK.default_ports) == {"inference": 8080, "management": 8081,
+                                         "metrics": 8082, "grpc_inference": 7070,
+                                         "grpc_management": 7071}
+
+
+def test_read_properties_handles_comments_escapes_and_refuses_continuations() -> None:
+    text = "# comment\n! also\n\nkey = value \npath=a\\\\b\\.c\nempty=\n"
+    assert read_properties(text) == {"key": "value", "path": "a\\b.c", "empty": ""}
+    with pytest.raises(ValueError, match="line 1"):
+        read_properties("key=first \\\n  second\n")
+    with pytest.raises(ValueError, match="line 2"):
+        read_properties("a=1\njust-a-word\n")
+
+
+def test_derived_config_rebinds_to_loopback_and_keeps_security(tmp_path: Path) -> None:
+    store_root = tmp_path / "art+(x)"
+    paths = ArtifactPaths(store_root, ModelSpec())
+    template = CONFIG_TEMPLATE.read_text()
+    derived = read_properties(
+        derive_config(template, local_overrides(paths, PORTS, ThreadPlan(2, 1)))
+    )
+    production = read_properties(template)
+
+    for key, name in (("inference_address", "inference"), ("management_address", "management"),
+                      ("metrics_address", "metrics")):
+        url = urlsplit(derived[key])
+        assert (url.hostname, url.port) == ("127.0.0.1", PORTS[name])
+    assert derived["grpc_inference_address"] == derived["grpc_management_address"] == "127.0.0.1"
+    assert derived["grpc_inference_port"] == "17070"
+    assert derived["grpc_management_port"] == "17071"
+    assert derived["model_store"] == str(paths.model_store.resolve())
+    assert derived["default_workers_per_model"] == "2"
+    # The store path holds regex metacharacters; they must stay literal.
+    pattern = re.compile(derived["allowed_urls"], re.IGNORECASE)
+    assert pattern.fullmatch(f"file://{paths.model_store.resolve()}/digitnet.mar")
+    assert not pattern.fullmatch("file:///elsewhere/digitnet.mar")
+    unchanged = set(production) - set(local_overrides(paths, PORTS, ThreadPlan(2, 1)))
+    assert {"disable_token_authorization", "enable_model_api", "max_request_size",
+            "token_expiration_min", "decode_input_request"} <= unchanged
+    assert {key: derived[key] for key in unchanged} == {key: production[key] for key in unchanged}
+
+
+def test_derive_config_appends_unknown_keys_and_keeps_comments() -> None:
+    derived = derive_config("# why\na=1\n", {"a": "2", "b": "3"})
+    assert derived.startswith("# why\na=2\n")
+    assert read_properties(derived) == {"a": "2", "b": "3"}
+
+
+def test_read_tokens(tmp_path: Path) -> None:
+    keys = {"management": {"key": "m", "expiration time": "x"},
+            "inference": {"key": "i", "expiration time": "x"}, "API": {"key": "a"}}
+    (tmp_path / "key_file.json").write_text(json.dumps(keys))
+    tokens = read_tokens(tmp_path)
+    assert (tokens.inference, tokens.management, tokens.api) == ("i", "m", "a")
+
+
+def test_start_refuses_a_missing_archive(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="digitnet.mar"):
+        STACK.start(ArtifactPaths(tmp_path, ModelSpec()), tmp_path / "run", PORTS)
+
+
+def test_start_refuses_a_run_dir_too_deep_for_worker_sockets(
+    tmp_path: Path, artifacts: ArtifactPaths
+) -> None:
+    deep = tmp_path / ("d" * 100)
+    with pytest.raises(ValueError, match="socket"):
+        STACK.start(artifacts, deep, PORTS)
