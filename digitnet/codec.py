@@ -112,7 +112,11 @@ def decode_request(
     Raises:
         PayloadError: naming the first problem found.
     """
-    body = payload if isinstance(payload, Mapping) else _parse_json(payload, limits)
+    if isinstance(payload, (bytes, bytearray, str)):
+        body = _parse_json(payload, limits)
+    else:
+        # A framework parsed the JSON already (TorchServe can): any JSON value may arrive.
+        body = payload
     if not isinstance(body, Mapping):
         raise PayloadError(
             400, "wrong_schema", f'body must be a JSON object {{"{INSTANCES_KEY}": [...]}}'

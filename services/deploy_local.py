@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from digitnet.data import load_split
@@ -60,7 +59,7 @@ def show_prediction(label: str, url_hint: str, client, images, labels) -> None:
 
 def up_native(paths: ArtifactPaths, mode: str) -> int:
     state = load_state()
-    if any(ServerProcess(**s["server"]).alive() for s in state["stacks"].values()):
+    if any(ServerProcess.from_json(s["server"]).alive() for s in state["stacks"].values()):
         print("deploy-local: stacks from an earlier `up` are still running; `make stop` first")
         return 1
     split = load_split(paths.spec)
@@ -78,8 +77,7 @@ def up_native(paths: ArtifactPaths, mode: str) -> int:
         started = time.monotonic()
         server = stack.start(paths, RUN_DIR / stack.name, stack.default_ports)
         state["stacks"][stack.name] = {
-            "server": {k: v for k, v in asdict(server).items() if k != "popen"}
-            | {"log_path": str(server.log_path)},
+            "server": server.to_json(),
             "ports": dict(stack.default_ports),
             "started_at": time.time(),
         }
@@ -93,23 +91,55 @@ def up_native(paths: ArtifactPaths, mode: str) -> int:
         ready_s = time.monotonic() - started
         state["stacks"][stack.name]["ready_seconds"] = round(ready_s, 2)
         save_state(state)
-        print(f"{stack.name}: ready in {ready_s:.1f} s (start to model answering), log {server.log_path}")
+        print(f"{stack.name}: ready in {ready_s:.1f} s from start (model answering)")
+        print(f"  log: {server.log_path}")
         for client in stack.clients(server, paths):
-            show_prediction(client.label, getattr(client, "url", str(server.endpoints)), client,
-                            split.test_images, split.test_labels)
+            show_prediction(
+                client.label,
+                getattr(client, "url", str(server.endpoints)),
+                client,
+                split.test_images,
+                split.test_labels,
+            )
     for name, reason in skipped:
         print(f"{name}: SKIPPED: {reason}")
     print("stop everything with `make stop`; see what runs with `make status`")
     return 0
 
 
+def compose_clients(spec: ModelSpec) -> list:
+    """Clients for the compose stacks on their published loopback ports."""
+    from digitnet.clients import TfServingGrpcClient, flask_rest, tf_serving_rest, torchserve_rest
+
+    key_file = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE_FILE), "exec", "-T", "torchserve",
+         "cat", "/home/model-server/key_file.json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    token = json.loads(key_file)["inference"]["key"]
+    return [
+        tf_serving_rest("http://127.0.0.1:8501", spec),
+        TfServingGrpcClient("127.0.0.1:8500", spec),
+        torchserve_rest("http://127.0.0.1:8080", spec, token),
+        flask_rest("http://127.0.0.1:8000", spec),
+    ]
+
+
 def up_compose(paths: ArtifactPaths) -> int:
+    started = time.monotonic()
     subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE_FILE), "up", "-d", "--build", "--wait"],
         check=True,
     )
     save_state({"mode": "compose", "stacks": {}})
-    print("deploy-local: docker compose stacks are up and healthy (`docker compose ps`)")
+    print(
+        f"deploy-local: docker compose stacks healthy after {time.monotonic() - started:.1f} s "
+        "(image builds included; `docker compose ps` lists them)"
+    )
+    split = load_split(paths.spec)
+    for client in compose_clients(paths.spec):
+        url = getattr(client, "url", getattr(client, "target", ""))
+        show_prediction(client.label, url, client, split.test_images, split.test_labels)
     return 0
 
 
@@ -118,7 +148,7 @@ def stop() -> int:
     if state.get("mode") == "compose":
         subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "down"], check=False)
     for name, entry in state["stacks"].items():
-        server = ServerProcess(**entry["server"] | {"log_path": Path(entry["server"]["log_path"])})
+        server = ServerProcess.from_json(entry["server"])
         was_running = server.alive()
         load_stack(name).stop(server)
         print(f"{name}: {'stopped' if was_running else 'was not running'}")
@@ -135,7 +165,7 @@ def status() -> int:
         print(f"status: nothing started by deploy-local ({state.get('mode', 'no state')})")
         return 0
     for name, entry in state["stacks"].items():
-        server = ServerProcess(**entry["server"] | {"log_path": Path(entry["server"]["log_path"])})
+        server = ServerProcess.from_json(entry["server"])
         alive = server.alive()
         print(
             f"{name:<12} pid {server.pid:<8} {'running' if alive else 'DEAD':<8} "

@@ -74,6 +74,24 @@ class ServerProcess:
             return self.popen.poll() is None
         return psutil.pid_exists(self.pid) and psutil.Process(self.pid).status() != "zombie"
 
+    def to_json(self) -> dict:
+        """What `make stop` and `make status` need to find this server again."""
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "log_path": str(self.log_path),
+            "endpoints": dict(self.endpoints),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ServerProcess:
+        return cls(
+            name=data["name"],
+            pid=int(data["pid"]),
+            log_path=Path(data["log_path"]),
+            endpoints=dict(data.get("endpoints", {})),
+        )
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -48,6 +48,8 @@ def test_integers_are_accepted_as_pixels():
 def test_already_parsed_bodies_are_validated_too():
     assert decode_request({"instances": GOOD}, SPEC, LIMITS).shape == (1, 8, 8)
     assert refusal({"instances": [[[float("nan")] * 8] * 8]}).reason == "non_finite"
+    for parsed in ([1, 2], 3.5, None, True):
+        assert refusal(parsed).reason == "wrong_schema"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,75 @@
+"""docker-compose.yml, checked offline (no docker engine here): schema, TF Serving flags
+written once, loopback-only ports, health checks, pinned images."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.tf_serving.server_flags import ConfigFiles, ServerTuning, server_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def validate(path: Path) -> subprocess.CompletedProcess:
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    return subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_compose_file_matches_the_compose_spec():
+    result = validate(COMPOSE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_check_catches_a_misspelled_key(tmp_path):
+    planted = tmp_path / "docker-compose.yml"
+    planted.write_text(COMPOSE.read_text().replace("healthcheck:", "healthchek:", 1))
+    assert validate(planted).returncode != 0
+
+
+def test_tf_serving_runs_the_flags_written_by_server_flags(compose):
+    expected = server_flags(ConfigFiles.in_dir(Path("/config")), 8500, 8501, 2, ServerTuning())
+    assert compose["services"]["tf-serving"]["command"] == expected
+
+
+def test_tf_serving_mounts_the_model_where_models_config_points(compose):
+    mounts = compose["services"]["tf-serving"]["volumes"]
+    assert "./artifacts/tf_serving:/models:ro" in mounts
+    models_config = (ROOT / "services/tf_serving/models.config").read_text()
+    assert 'base_path: "/models/digitnet"' in models_config
+
+
+def test_ports_are_published_on_loopback_only_and_never_management(compose):
+    published = [p for s in compose["services"].values() for p in s.get("ports", [])]
+    assert published
+    for mapping in published:
+        host, host_port, _container = mapping.split(":")
+        assert host == "127.0.0.1", mapping
+        assert host_port not in {"8081", "8082", "7071"}, mapping
+
+
+def test_every_service_is_health_checked_hardened_and_pinned(compose):
+    for name, service in compose["services"].items():
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), name
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        if "build" in service:
+            dockerfile = (ROOT / service["build"]["dockerfile"]).read_text()
+            assert "HEALTHCHECK" in dockerfile and "\nUSER " in dockerfile, name
+        else:
+            assert service["healthcheck"]["test"], name
