@@ -20,7 +20,7 @@ SUMMARY_KEYS = (
     "images_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms", "requests", "failures",
     "generator_cpu_pct", "generator_saturated", "server_cpu_pct", "server_rss_mb",
     "repeats", "rps_min", "rps_max", "p99_ms_min", "p99_ms_max", "server_p50_ms",
-    "server_queue_ms", "server_inference_ms",
+    "server_queue_ms", "server_total_ms",
 )  # fmt: skip
 
 
@@ -43,7 +43,7 @@ def aggregate(points: list[dict]) -> list[dict]:
     merged = []
     for group in groups.values():
         record = analysis.aggregate_repeats(group)
-        for key in ("server_queue_ms", "server_inference_ms", "server_p50_ms"):
+        for key in ("server_queue_ms", "server_total_ms", "server_p50_ms"):
             values = sorted(p[key] for p in group if p.get(key) is not None)
             record[key] = values[len(values) // 2] if values else None
         merged.append({k: record.get(k) for k in SUMMARY_KEYS})
@@ -170,7 +170,8 @@ def plot_baselines(baselines: list[dict], out: Path) -> list[str]:
     for i, batch in enumerate(batches):
         values = [next((r["p50_us"] for r in baselines
                         if r["path"] == p and r["batch_size"] == batch), 0) for p in paths]
-        axis.bar(np.arange(len(paths)) + i * width, values, width, label=f"batch {batch}")
+        bars = axis.bar(np.arange(len(paths)) + i * width, values, width, label=f"batch {batch}")
+        axis.bar_label(bars, fmt="%.0f", fontsize=7)
     axis.set_xticks(np.arange(len(paths)) + width * (len(batches) - 1) / 2)
     axis.set_xticklabels(paths, rotation=20, ha="right", fontsize=8)
     axis.set_yscale("log")
@@ -260,6 +261,15 @@ def choose_when(heads: list[dict], records: list[dict], baselines: list[dict]) -
                 f"in-process {h['floor_path']} call ({h['floor_p50_us']:.0f} µs), so its "
                 "latency is HTTP, serialisation and queueing, not the model."
             )
+    for name, curve in sorted(series(records, "closed", 1).items()):
+        low = min(curve, key=lambda r: r["users"])
+        queue = low.get("server_queue_ms")
+        if queue and low["p50_ms"] and queue > 0.4 * low["p50_ms"]:
+            lines.append(
+                f"- {name}: at {low['users']} user(s), {queue:.1f} of its {low['p50_ms']:.1f} ms"
+                " p50 is queueing in the server (waiting for the dynamic batch to fill): "
+                "for latency-bound, low-concurrency traffic lower maxBatchDelay/batchSize."
+            )
     batch8 = series(records, "closed", 8)
     for name, curve in sorted(batch8.items()):
         top = max(curve, key=lambda r: r["images_per_s"] or 0)
@@ -342,6 +352,7 @@ def write_report(run_dir: Path) -> Path:
             f"{fmt(h['peak_rps'], 0)} | {knee} | {fmt(h['max_rps_under_slo'], 0)} "
             f"({h['max_rps_under_slo_mode'] or '–'}) | {overhead} |"
         )
+    md += device_comparison(heads)
     md += ["", "## Which to choose when", ""] + choose_when(heads, records, baselines)
     for image in images:
         md += ["", f"![{image}]({image})"]
@@ -372,6 +383,24 @@ def write_report(run_dir: Path) -> Path:
     return run_dir / "REPORT.md"
 
 
+def device_comparison(heads: list[dict]) -> list[str]:
+    """CPU and GPU side by side per stack/protocol, when the run has both."""
+    by_target: dict[str, dict[str, dict]] = defaultdict(dict)
+    for h in heads:
+        stack, protocol, device = h["target"].split("/")
+        by_target[f"{stack}/{protocol}"][device] = h
+    both = {t: d for t, d in by_target.items() if len(d) > 1}
+    if not both:
+        return []
+    md = ["", "## CPU vs GPU (closed loop, batch 1)", "",
+          "| stack/protocol | device | p50 ms, lowest load | peak req/s |", "|" + " --- |" * 4]
+    for target, devices in sorted(both.items()):
+        for device, h in sorted(devices.items()):
+            md.append(f"| {target} | {device} | {fmt(h['p50_ms_1_user'])} | "
+                      f"{fmt(h['peak_rps'], 0)} |")
+    return md
+
+
 def group_rows(records: list[dict]) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -381,20 +410,21 @@ def group_rows(records: list[dict]) -> dict[tuple, list[dict]]:
 
 def server_view(records: list[dict]) -> list[str]:
     """Client latency beside the server's own timings, where the server reports them."""
-    rows = [r for r in records if r["server_inference_ms"] is not None
+    rows = [r for r in records if r["server_total_ms"] is not None
             or r["server_p50_ms"] is not None]  # fmt: skip
     if not rows:
         return []
     md = [
         "## Where the time goes (client view vs server's own timings)",
         "",
-        "TorchServe: mean queue and inference (handler + backend IPC) time per request from "
-        "its Prometheus counters. Flask: p50 of the model compute time the app reports in "
-        "`X-Inference-Time-Ms`. The rest of the client's latency is HTTP, JSON and the "
-        "network stack.",
+        "TorchServe: mean time per request from its Prometheus counters: queue (waiting for "
+        "a worker, or for the dynamic batch to fill: up to maxBatchDelay) and server total "
+        "(request received to response sent, queue included). Flask: p50 of the model "
+        "compute time the app reports in `X-Inference-Time-Ms`. The rest of the client's "
+        "latency is HTTP, JSON, the worker hand-off and the network stack.",
         "",
         "| target | batch | mode | level | client p50 ms | server queue ms | "
-        "server inference ms | app compute p50 ms |",
+        "server total ms | app compute p50 ms |",
         "|" + " --- |" * 8,
     ]
     for r in rows:
@@ -402,7 +432,7 @@ def server_view(records: list[dict]) -> list[str]:
         md.append(
             f"| {r['stack']}/{r['protocol']} | {r['batch_size']} | {r['mode']} | "
             f"{fmt(level, 0)} | {fmt(r['p50_ms'])} | {fmt(r['server_queue_ms'])} | "
-            f"{fmt(r['server_inference_ms'])} | {fmt(r['server_p50_ms'], 3)} |"
+            f"{fmt(r['server_total_ms'])} | {fmt(r['server_p50_ms'], 3)} |"
         )
     md.append("")
     return md

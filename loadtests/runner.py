@@ -20,7 +20,8 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,52 @@ def split_cores(cores: list[int]) -> tuple[list[int], list[int]]:
     return cores[:-generator], cores[-generator:]
 
 
+DEVICES = ("cpu", "cuda")
+GPU_STACKS = (Stack.TORCHSERVE, Stack.FLASK_TORCH)
+
+
+def device_env(device: str, cuda_available: bool) -> dict[str, str]:
+    """Environment that puts both torch stacks on `device`.
+
+    CPU hides every GPU (TorchServe would otherwise pick one up by itself); CUDA asks the
+    Flask app for it explicitly. Asking for CUDA where there is none is an error, never a
+    silent CPU run labelled GPU.
+    """
+    if device == "cpu":
+        return {"CUDA_VISIBLE_DEVICES": "", "FLASK_TORCH_DEVICE": "cpu"}
+    if device == "cuda":
+        if not cuda_available:
+            raise ValueError("device cuda requested but torch.cuda.is_available() is False")
+        return {"FLASK_TORCH_DEVICE": "cuda"}
+    raise ValueError(f"unknown device {device!r}; choose from {DEVICES}")
+
+
+def default_devices(cuda_available: bool) -> list[str]:
+    """CPU always; CUDA too when this machine has it, so one run holds both columns."""
+    return ["cpu", "cuda"] if cuda_available else ["cpu"]
+
+
+@contextmanager
+def environment_patch(values: dict[str, str]) -> Iterator[None]:
+    """Sets variables for the servers started inside (start_process copies os.environ)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @dataclass
 class Target:
     """Where Locust sends one stack's protocol, and how to read the server's metrics."""
@@ -67,6 +114,7 @@ class Target:
     env: dict[str, str]
     server_pid: int
     metrics_url: str | None = None
+    device: str = "cpu"
 
 
 @dataclass
@@ -93,7 +141,7 @@ def start_stack(
     return RunningStack(name, server, ports, stack.clients(server, paths))
 
 
-def targets_of(running: RunningStack) -> list[Target]:
+def targets_of(running: RunningStack, device: str = "cpu") -> list[Target]:
     targets = []
     for client in running.clients:
         protocol = Protocol.REST if isinstance(client, RestClient) else Protocol.GRPC
@@ -110,7 +158,7 @@ def targets_of(running: RunningStack) -> list[Target]:
         if running.stack is Stack.TORCHSERVE and "metrics" in running.ports:
             metrics_url = f"http://127.0.0.1:{running.ports['metrics']}/metrics"
         targets.append(
-            Target(running.stack, protocol, host, env, running.server.pid, metrics_url)
+            Target(running.stack, protocol, host, env, running.server.pid, metrics_url, device)
         )
     return targets
 
@@ -138,7 +186,7 @@ def run_point(
     repeat: int,
 ) -> dict:
     """One headless Locust run; returns its point record (figures after warm-up)."""
-    name = f"{target.stack.value}-{target.protocol.value}-{load.slug}-rep{repeat}"
+    name = f"{target.stack.value}-{target.protocol.value}-{target.device}-{load.slug}-rep{repeat}"
     records = raw_dir / f"{name}.csv"
     run_s = profile.warmup_s + profile.duration_s
     env = {
@@ -177,7 +225,7 @@ def run_point(
     point = {
         "stack": target.stack.value,
         "protocol": target.protocol.value,
-        "device": "cpu",
+        "device": target.device,
         "batch_size": load.batch_size,
         "mode": load.mode.value,
         "users": load.users,
@@ -229,8 +277,13 @@ def closed_loads(profile: Profile) -> list[Load]:
 
 
 def sweep(
-    profile: Profile, stacks: list[Stack], paths: ArtifactPaths, run_dir: Path
+    profile: Profile,
+    stacks: list[Stack],
+    paths: ArtifactPaths,
+    run_dir: Path,
+    devices: list[str] | None = None,
 ) -> None:
+    devices = devices or default_devices(cuda_available())
     raw_dir = run_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     server_cores, generator_cores = split_cores(usable_cores())
@@ -245,6 +298,7 @@ def sweep(
             "duration_s": profile.duration_s,
             "repeats": profile.repeats,
             "slo_p99_ms": profile.slo_p99_ms,
+            "devices": devices,
             "model": model_block(paths),
         }
     )
@@ -263,28 +317,40 @@ def sweep(
     points_file = run_dir / "points.jsonl"
     skipped: dict[str, str] = {}
     per_target = len(closed_loads(profile)) + len(profile.open_fractions)
-    planned = sum(len(PROTOCOLS[s]) for s in stacks) * per_target * profile.repeats
+    planned = (
+        len(devices) * sum(len(PROTOCOLS[s]) for s in stacks) * per_target * profile.repeats
+    )
     progress = Progress(planned, profile.warmup_s + profile.duration_s + 3)
     print(f"bench: up to {planned} points; servers on cores {server_cores}, "
           f"Locust on cores {generator_cores}", flush=True)
-    for stack in stacks:
-        with ExitStack() as exits:
-            running = start_stack(stack, paths, run_dir / "servers", server_cores, exits)
-            if isinstance(running, str):
-                skipped[stack.value] = running
+    for device in devices:
+        for stack in stacks:
+            key = f"{stack.value}/{device}"
+            if device != "cpu" and stack not in GPU_STACKS:
+                skipped[key] = "GPU rows cover the torch stacks (TF Serving on GPU needs the " \
+                    "tensorflow/serving:*-gpu image: see k8s/overlays/gpu)"
                 progress.total -= len(PROTOCOLS[stack]) * per_target * profile.repeats
-                print(f"bench: {stack.value} SKIPPED: {running}", flush=True)
                 continue
-            env_block.setdefault("servers", {})[stack.value] = server_settings(running)
-            for target in targets_of(running):
-                peak = 0.0
-                for load in closed_loads(profile):
-                    peak = max(peak, measure(target, load, profile, paths, raw_dir,
-                                             generator_cores, points_file, progress))
-                for fraction in profile.open_fractions:
-                    load = Load(Mode.OPEN, 1, profile.open_users, rate=round(peak * fraction))
-                    measure(target, load, profile, paths, raw_dir, generator_cores,
-                            points_file, progress)
+            with ExitStack() as exits:
+                with environment_patch(device_env(device, cuda_available())):
+                    running = start_stack(stack, paths, run_dir / "servers" / device,
+                                          server_cores, exits)
+                if isinstance(running, str):
+                    skipped[key] = running
+                    progress.total -= len(PROTOCOLS[stack]) * per_target * profile.repeats
+                    print(f"bench: {key} SKIPPED: {running}", flush=True)
+                    continue
+                env_block.setdefault("servers", {})[key] = server_settings(running)
+                for target in targets_of(running, device):
+                    peak = 0.0
+                    for load in closed_loads(profile):
+                        peak = max(peak, measure(target, load, profile, paths, raw_dir,
+                                                 generator_cores, points_file, progress))
+                    for fraction in profile.open_fractions:
+                        load = Load(Mode.OPEN, 1, profile.open_users,
+                                    rate=round(peak * fraction))
+                        measure(target, load, profile, paths, raw_dir, generator_cores,
+                                points_file, progress)
     env_block["skipped"] = skipped
     (run_dir / "environment.json").write_text(json.dumps(env_block, indent=2) + "\n")
 
@@ -345,6 +411,9 @@ def main() -> int:
     sweep_cmd = sub.add_parser("sweep", help="every stack and protocol, then the report")
     sweep_cmd.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     sweep_cmd.add_argument("--stacks", default=",".join(s.value for s in Stack))
+    sweep_cmd.add_argument(
+        "--devices", default="", help="cpu,cuda (default: cpu, plus cuda when available)"
+    )
     point_cmd = sub.add_parser("point", help="one load point against one stack")
     point_cmd.add_argument("--stack", choices=[s.value for s in Stack], required=True)
     point_cmd.add_argument("--protocol", choices=[p.value for p in Protocol], default="rest")
@@ -353,6 +422,7 @@ def main() -> int:
     point_cmd.add_argument("--batch", type=int, default=1)
     point_cmd.add_argument("--duration", type=float, default=20.0)
     point_cmd.add_argument("--warmup", type=float, default=3.0)
+    point_cmd.add_argument("--device", choices=DEVICES, default="cpu")
     for cmd in (sweep_cmd, point_cmd):
         cmd.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
         cmd.add_argument("--run-id", default=None)
@@ -363,7 +433,8 @@ def main() -> int:
 
     if args.command == "sweep":
         stacks = [Stack(s) for s in args.stacks.split(",") if s]
-        sweep(PROFILES[args.profile], stacks, paths, run_dir)
+        devices = [d for d in args.devices.split(",") if d] or None
+        sweep(PROFILES[args.profile], stacks, paths, run_dir, devices)
     else:
         run_single_point(args, paths, run_dir)
     report = write_report(run_dir)
@@ -384,10 +455,11 @@ def run_single_point(args, paths: ArtifactPaths, run_dir: Path) -> None:
     raw_dir = run_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as exits:
-        running = start_stack(stack, paths, run_dir / "servers", server_cores, exits)
+        with environment_patch(device_env(args.device, cuda_available())):
+            running = start_stack(stack, paths, run_dir / "servers", server_cores, exits)
         if isinstance(running, str):
             raise SystemExit(f"loadtest: {stack.value} cannot run here: {running}")
-        target = next(t for t in targets_of(running) if t.protocol is protocol)
+        target = next(t for t in targets_of(running, args.device) if t.protocol is protocol)
         env_block = environment.describe(
             {"profile": "point", "server_cores": server_cores,
              "generator_cores": generator_cores, "warmup_s": args.warmup,

@@ -68,8 +68,20 @@ def test_report_from_saved_data(tmp_path):
     assert "tf_serving | **skipped**: no binary" in report
     assert "generator saturated" in report
     assert "## Which to choose when" in report
+    assert "## CPU vs GPU" not in report  # one device only
     for image in ("latency_vs_throughput.png", "open_loop_latency.png",
                   "in_process_baselines.png", "server_resources.png"):
         data = (run / image).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", image
         assert f"]({image})" in report
+
+
+def test_gpu_rows_get_their_own_columns(tmp_path):
+    run = saved_run(tmp_path)
+    gpu = [point("torchserve", "closed", u, r, p) | {"device": "cuda"}
+           for u, r, p in ((1, 900, 3), (4, 3000, 5))]
+    with open(run / "points.jsonl", "a") as handle:
+        handle.write("\n".join(json.dumps(p) for p in gpu) + "\n")
+    report = write_report(run).read_text()
+    assert "## CPU vs GPU" in report
+    assert "| torchserve/rest | cuda | 1.00 | 3000 |" in report
