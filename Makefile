@@ -28,8 +28,13 @@ $(VENV)/.ready: pyproject.toml requirements.lock scripts/bootstrap_venv.sh
 	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/bootstrap_venv.sh
 	@touch $@
 
-artifacts: venv ## Train on digits, export TorchScript, SavedModel and the .mar
-	$(PY) -m services.artifacts --out $(ARTIFACTS)
+# Artifacts are rebuilt when the model, export or handler code changes.
+MODEL_SOURCES := $(wildcard digitnet/*.py) services/artifacts.py services/tf_serving/export.py \
+	services/torchserve/handler.py services/torchserve/build_mar.py services/torchserve/model-config.yaml
+
+artifacts: $(ARTIFACTS)/metrics.json ## Train on digits, export TorchScript, SavedModel and the .mar
+$(ARTIFACTS)/metrics.json: $(VENV)/.ready $(MODEL_SOURCES)
+	$(PY) -m services.artifacts --out $(ARTIFACTS) --force
 
 deploy-local: artifacts ## Start every stack this machine can run, wait until ready, predict once each
 	$(PY) -m services.deploy_local up --artifacts $(ARTIFACTS)
