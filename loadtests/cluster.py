@@ -1,0 +1,260 @@
+"""The load-test sweep from inside a cluster, against servers given by URL.
+
+  python -m loadtests.cluster --out /results --run-id k8s-gpu-20260101-1200 \\
+      --profile quick --device cuda \\
+      --target tf_serving/rest=http://tf-serving:8501 --target tf_serving/grpc=tf-serving:8500 \\
+      --target torchserve/rest=http://torchserve:8080 \\
+      --target flask_torch/rest=http://flask-torch:8000 \\
+      --torchserve-token-file /var/run/secrets/digitnet/torchserve/inference-key
+
+The Job made from k8s/base/loadgen.yaml runs this (image: loadtests/Dockerfile). Each
+target gets the same sweep as in `make bench` (runner.sweep_target: same locustfile,
+profiles, answer key and per-request records) and the run directory gets what `make
+bench` writes except what needs the servers' own machine: raw/, points.jsonl and
+environment.json, but no in-process baselines and no server CPU/RSS (the servers are
+other pods). When done it writes <out>/<run-id>.complete (or .failed) and waits, up to
+--hold-s, for `make k8s-loadtest` to copy the run out and create <out>/<run-id>.collected;
+the report is built there, where matplotlib is (k8s/cluster.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from digitnet.clients import (
+    TfServingGrpcClient,
+    flask_rest,
+    tf_serving_rest,
+    torchserve_rest,
+)
+from digitnet.spec import ModelSpec
+from loadtests import environment
+from loadtests.payload import PayloadSet, check_answer
+from loadtests.profiles import PROFILES
+from loadtests.runner import Progress, Target, closed_loads, model_block, sweep_target
+from loadtests.settings import PROTOCOLS, Protocol, Stack
+from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
+from services.process import usable_cores
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+READY_TIMEOUT_S = 300.0
+READY_POLL_S = 5.0
+HOLD_POLL_S = 2.0
+COMPLETE_SUFFIX = ".complete"
+FAILED_SUFFIX = ".failed"
+COLLECTED_SUFFIX = ".collected"
+
+
+def parse_target(text: str, device: str, torchserve_token: str | None) -> Target:
+    """`stack/protocol=url` -> a runner Target for a server that runs elsewhere.
+
+    REST urls are base urls (http://torchserve:8080); gRPC takes host:port. The server's
+    process is not ours to sample (server_pid None), and TorchServe's metrics port is
+    loopback-only in its pod by design, so no metrics_url either.
+
+    Raises:
+        ValueError: for a malformed spec, an unknown stack/protocol pair, or TorchServe
+            without a token.
+    """
+    key, sep, url = text.partition("=")
+    stack_name, slash, protocol_name = key.partition("/")
+    if not sep or not slash or not url:
+        raise ValueError(f"target {text!r} is not stack/protocol=url")
+    stack, protocol = Stack(stack_name), Protocol(protocol_name)
+    if protocol not in PROTOCOLS[stack]:
+        raise ValueError(f"{stack.value} does not serve {protocol.value}")
+    env: dict[str, str] = {}
+    if protocol is Protocol.GRPC:
+        address = url.split("://", 1)[-1].rstrip("/")
+        env["TFS_GRPC_TARGET"] = address
+        host = f"http://{address}"
+    else:
+        host = url.rstrip("/")
+    if stack is Stack.TORCHSERVE:
+        if not torchserve_token:
+            raise ValueError("torchserve needs its inference key (--torchserve-token-file)")
+        env["TORCHSERVE_TOKEN"] = torchserve_token
+    return Target(stack, protocol, host, env, server_pid=None, device=device)
+
+
+def target_key(target: Target) -> str:
+    return f"{target.stack.value}/{target.protocol.value}/{target.device}"
+
+
+def cgroup_cpus(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota of this container in CPUs (a pod's limits.cpu), or None if unlimited.
+
+    In a pod the CPU affinity is the whole node; the limit is a CFS quota, visible only
+    here (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us / cpu.cfs_period_us).
+    """
+    v2 = root / "cpu.max"
+    try:
+        if v2.exists():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota_file = root / "cpu" / "cpu.cfs_quota_us"
+        period_file = root / "cpu" / "cpu.cfs_period_us"
+        if quota_file.exists() and period_file.exists():
+            quota_us = int(quota_file.read_text())
+            return None if quota_us <= 0 else quota_us / int(period_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def answer_problem(target: Target, spec: ModelSpec, payloads: PayloadSet) -> str | None:
+    """One real predict through the project's client; None when the answer is right."""
+    batch = payloads.batches[0]
+    if target.protocol is Protocol.GRPC:
+        client = TfServingGrpcClient(target.env["TFS_GRPC_TARGET"], spec)
+    elif target.stack is Stack.TORCHSERVE:
+        client = torchserve_rest(target.host, spec, target.env.get("TORCHSERVE_TOKEN"))
+    elif target.stack is Stack.FLASK_TORCH:
+        client = flask_rest(target.host, spec)
+    else:
+        client = tf_serving_rest(target.host, spec)
+    try:
+        logits, classes = client.predict(batch.images)
+    except Exception as err:  # noqa: BLE001 - any failure means "not answering yet"
+        return f"{type(err).__name__}: {str(err)[:300]}"
+    finally:
+        close = getattr(client, "close", None)
+        if close:
+            close()
+    return check_answer(batch, logits, classes)
+
+
+def wait_for_answers(
+    targets: list[Target],
+    spec: ModelSpec,
+    payloads: PayloadSet,
+    timeout_s: float = READY_TIMEOUT_S,
+    poll_s: float = READY_POLL_S,
+) -> dict[str, str]:
+    """Polls each target until it answers correctly; returns the reasons of those that
+    never did by the deadline (they are skipped and the report lists them)."""
+    pending = {target_key(t): t for t in targets}
+    reasons: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        for key, target in list(pending.items()):
+            problem = answer_problem(target, spec, payloads)
+            if problem is None:
+                print(f"loadgen: {key} answers correctly at {target.host}", flush=True)
+                del pending[key]
+                reasons.pop(key, None)
+            else:
+                reasons[key] = problem
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_s)
+    return {key: f"no correct answer within {timeout_s:.0f} s: {reasons[key]}" for key in pending}
+
+
+def sweep(args: argparse.Namespace, run_dir: Path) -> None:
+    profile = PROFILES[args.profile]
+    spec = ModelSpec.from_env()
+    paths = ArtifactPaths(args.artifacts, spec)
+    token = args.torchserve_token_file.read_text().strip() if args.torchserve_token_file else None
+    targets = [parse_target(text, args.device, token) for text in args.target]
+    generator_cores = usable_cores()
+    generator_cpus = cgroup_cpus() or float(len(generator_cores))
+    raw_dir = run_dir / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    env_block = environment.describe(
+        {
+            "profile": profile.name,
+            "server_cores": "their pods' CPU limits (Kubernetes)",
+            "generator_cores": f"{generator_cpus:g} CPUs (the Locust pod's limit)",
+            "pinning": "Kubernetes: Locust pod on a node without server pods "
+            "(podAntiAffinity), each server in its own pod with Guaranteed QoS",
+            "warmup_s": profile.warmup_s,
+            "duration_s": profile.duration_s,
+            "repeats": profile.repeats,
+            "slo_p99_ms": profile.slo_p99_ms,
+            "devices": [args.device],
+            "model": model_block(paths),
+            "targets": {target_key(t): t.host for t in targets},
+            "cluster": {"node": os.environ.get("NODE_NAME"), "pod": os.environ.get("POD_NAME")},
+        }
+    )
+    env_block["versions"]["tensorflow_model_server"] = "in the tf-serving pod (see servers)"
+    payloads = PayloadSet(spec, 1, paths.reference_predictions)
+    skipped = wait_for_answers(targets, spec, payloads, args.ready_timeout_s)
+    live = [t for t in targets if target_key(t) not in skipped]
+    for key, reason in skipped.items():
+        print(f"loadgen: {key} SKIPPED: {reason}", flush=True)
+    per_target = len(closed_loads(profile)) + len(profile.open_fractions)
+    progress = Progress(len(live) * per_target * profile.repeats,
+                        profile.warmup_s + profile.duration_s + 3)  # fmt: skip
+    print(f"loadgen: {progress.total} points against {len(live)} targets, profile "
+          f"{profile.name}, Locust on {generator_cpus:g} CPUs", flush=True)  # fmt: skip
+    points_file = run_dir / "points.jsonl"
+    points_file.touch()
+    for target in live:
+        sweep_target(target, profile, paths, raw_dir, generator_cores, points_file, progress,
+                     generator_cpus)  # fmt: skip
+    env_block["skipped"] = skipped
+    (run_dir / "environment.json").write_text(json.dumps(env_block, indent=2) + "\n")
+
+
+def hold(out: Path, run_id: str, hold_s: float, poll_s: float = HOLD_POLL_S) -> bool:
+    """Keeps the pod (and so its emptyDir) alive until the results were collected.
+
+    Returns:
+        True when the collector signalled, False when hold_s ran out first.
+    """
+    collected = out / f"{run_id}{COLLECTED_SUFFIX}"
+    deadline = time.monotonic() + hold_s
+    while time.monotonic() < deadline:
+        if collected.exists():
+            return True
+        time.sleep(poll_s)
+    return collected.exists()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="results folder (an emptyDir)")
+    parser.add_argument("--run-id", default=os.environ.get("LOADTEST_RUN_ID")
+                        or time.strftime("k8s-%Y%m%d-%H%M%S"))  # fmt: skip
+    parser.add_argument("--profile", choices=sorted(PROFILES),
+                        default=os.environ.get("LOADTEST_PROFILE") or "quick")  # fmt: skip
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default=os.environ.get("LOADTEST_DEVICE") or "cpu")  # fmt: skip
+    parser.add_argument("--target", action="append", required=True,
+                        help="stack/protocol=url, once per target")  # fmt: skip
+    parser.add_argument("--torchserve-token-file", type=Path, default=None)
+    parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    parser.add_argument("--ready-timeout-s", type=float, default=READY_TIMEOUT_S)
+    parser.add_argument("--hold-s", type=float,
+                        default=float(os.environ.get("LOADTEST_HOLD_S") or 3600))  # fmt: skip
+    args = parser.parse_args(argv)
+    run_dir = args.out / args.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    failed = False
+    try:
+        sweep(args, run_dir)
+        (args.out / f"{args.run_id}{COMPLETE_SUFFIX}").write_text("ok\n")
+        print(f"loadgen: results ready in {run_dir}", flush=True)
+    except Exception:  # noqa: BLE001 - reported, kept for collection, then the Job fails
+        failed = True
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, flush=True)
+        (args.out / f"{args.run_id}{FAILED_SUFFIX}").write_text(error)
+    print(f"loadgen: waiting up to {args.hold_s:.0f} s for the results to be copied out "
+          "(make k8s-loadtest)", flush=True)  # fmt: skip
+    collected = hold(args.out, args.run_id, args.hold_s)
+    print(f"loadgen: {'collected' if collected else 'not collected; giving up'}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

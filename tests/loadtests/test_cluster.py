@@ -1,0 +1,164 @@
+"""loadtests.cluster, the in-cluster sweep: its parsing and cgroup reading, then a real
+smoke run against real Flask and TorchServe servers on loopback (as the Job would run it
+against Services), and the TorchServe key handling of k8s/cluster.py on a real key file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+
+from k8s import cluster as k8s_cluster
+from loadtests import cluster, runner
+from loadtests.payload import PayloadSet
+from loadtests.report import write_report
+from loadtests.settings import Protocol, Stack
+from services.process import usable_cores
+
+
+def test_targets_are_parsed_like_the_job_passes_them():
+    rest = cluster.parse_target("flask_torch/rest=http://flask-torch:8000/", "cuda", None)
+    assert (rest.stack, rest.protocol, rest.host) == (
+        Stack.FLASK_TORCH, Protocol.REST, "http://flask-torch:8000")  # fmt: skip
+    assert rest.server_pid is None and rest.metrics_url is None and rest.device == "cuda"
+    grpc = cluster.parse_target("tf_serving/grpc=tf-serving:8500", "cpu", None)
+    assert grpc.env == {"TFS_GRPC_TARGET": "tf-serving:8500"}
+    assert grpc.host == "http://tf-serving:8500"
+    ts = cluster.parse_target("torchserve/rest=http://torchserve:8080", "cpu", "k3y")
+    assert ts.env == {"TORCHSERVE_TOKEN": "k3y"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("flask_torch/rest", "stack/protocol=url"),
+        ("flask_torch=http://x:1", "stack/protocol=url"),
+        ("torchserve/grpc=x:1", "does not serve grpc"),
+        ("torchserve/rest=http://torchserve:8080", "inference key"),
+    ],
+)
+def test_bad_targets_are_refused_with_the_reason(text, message):
+    with pytest.raises(ValueError, match=message):
+        cluster.parse_target(text, "cpu", None)
+
+
+def test_the_cpu_limit_is_read_from_the_cgroup(tmp_path):
+    (tmp_path / "cpu.max").write_text("200000 100000\n")
+    assert cluster.cgroup_cpus(tmp_path) == 2.0
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cluster.cgroup_cpus(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cluster.cgroup_cpus(v1) == 1.5
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cluster.cgroup_cpus(v1) is None
+    assert cluster.cgroup_cpus(tmp_path / "absent") is None
+
+
+def test_the_pod_holds_until_the_results_are_collected(tmp_path):
+    assert cluster.hold(tmp_path, "run", hold_s=0.2, poll_s=0.05) is False
+    marker = tmp_path / f"run{cluster.COLLECTED_SUFFIX}"
+    timer = threading.Timer(0.2, marker.touch)
+    timer.start()
+    started = time.monotonic()
+    assert cluster.hold(tmp_path, "run", hold_s=30, poll_s=0.05) is True
+    assert time.monotonic() - started < 30
+    timer.join()
+
+
+@pytest.fixture(scope="module")
+def servers(artifacts, tmp_path_factory):
+    """Real Flask and TorchServe on loopback, on the server cores."""
+    run_dir = tmp_path_factory.mktemp("servers")
+    server_cores, _ = runner.split_cores(usable_cores())
+    with ExitStack() as exits:
+        running = {}
+        for stack in (Stack.FLASK_TORCH, Stack.TORCHSERVE):
+            started = runner.start_stack(stack, artifacts, run_dir, server_cores, exits)
+            assert not isinstance(started, str), started
+            running[stack] = started
+        yield running
+
+
+def key_file_of(running) -> str:
+    return (running.server.log_path.parent / "key_file.json").read_text()
+
+
+@pytest.mark.integration
+def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path):
+    (flask,) = runner.targets_of(servers[Stack.FLASK_TORCH])
+    (torchserve,) = runner.targets_of(servers[Stack.TORCHSERVE])
+    # The Secret's content is the inference key read from TorchServe's real key file.
+    key, _stale = k8s_cluster.inference_key(
+        key_file_of(servers[Stack.TORCHSERVE]), datetime.now(UTC), timedelta(0))  # fmt: skip
+    assert key == torchserve.env["TORCHSERVE_TOKEN"]
+    token_file = tmp_path / "inference-key"
+    token_file.write_text(key + "\n")
+    out = tmp_path / "results"
+    code = cluster.main([
+        "--out", str(out), "--run-id", "k8s-smoke", "--profile", "smoke", "--device", "cpu",
+        "--target", f"flask_torch/rest={flask.host}",
+        "--target", f"torchserve/rest={torchserve.host}",
+        # Nothing listens here: the target is skipped with its reason, the rest still run.
+        "--target", "tf_serving/rest=http://127.0.0.1:9",
+        "--torchserve-token-file", str(token_file), "--artifacts", str(artifacts.root),
+        "--ready-timeout-s", "2", "--hold-s", "0",
+    ])  # fmt: skip
+    assert code == 0
+    assert (out / f"k8s-smoke{cluster.COMPLETE_SUFFIX}").exists()
+    run_dir = out / "k8s-smoke"
+    points = [json.loads(line) for line in (run_dir / "points.jsonl").read_text().splitlines()]
+    assert {(p["stack"], p["mode"]) for p in points} == {
+        ("flask_torch", "closed"), ("flask_torch", "open"),
+        ("torchserve", "closed"), ("torchserve", "open"),
+    }  # fmt: skip
+    for point in points:
+        assert point["requests"] > 0 and point["failures"] == 0, point
+        assert point["device"] == "cpu" and point["server_cpu_pct"] is None
+        assert (run_dir / "raw" / point["raw"]).exists()
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert "connection" in env["skipped"]["tf_serving/rest/cpu"].lower()
+    assert env["targets"]["flask_torch/rest/cpu"] == flask.host
+    report = write_report(run_dir).read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {h["target"] for h in summary["headline"]} == {"flask_torch/rest/cpu",
+                                                         "torchserve/rest/cpu"}  # fmt: skip
+    assert "tf_serving/rest/cpu | **skipped**" in report
+
+
+@pytest.mark.integration
+def test_a_wrong_torchserve_key_is_skipped_not_measured(servers, artifacts, tmp_path):
+    (torchserve,) = runner.targets_of(servers[Stack.TORCHSERVE])
+    target = cluster.parse_target(f"torchserve/rest={torchserve.host}", "cpu", "wrong-key")
+    payloads = PayloadSet(artifacts.spec, 1, artifacts.reference_predictions)
+    skipped = cluster.wait_for_answers([target], artifacts.spec, payloads, timeout_s=0.5,
+                                       poll_s=0.1)  # fmt: skip
+    assert "HTTP 400" in skipped["torchserve/rest/cpu"]
+
+
+@pytest.mark.integration
+def test_the_key_renewal_script_replaces_the_inference_key(servers, artifacts):
+    running = servers[Stack.TORCHSERVE]
+    key_path = running.server.log_path.parent / "key_file.json"
+    (client,) = running.clients
+    old_key, _ = k8s_cluster.inference_key(key_path.read_text(), datetime.now(UTC), timedelta(0))
+    script = k8s_cluster.renew_key_script(str(key_path), running.server.endpoints["management"])
+    subprocess.run([sys.executable, "-"], input=script, text=True, check=True, timeout=30)
+    new_key, stale = k8s_cluster.inference_key(key_path.read_text(), datetime.now(UTC),
+                                               k8s_cluster.TOKEN_MIN_VALID)  # fmt: skip
+    assert new_key != old_key and not stale
+    url = client.url
+    body = {"instances": [[[0.0] * 8] * 8]}
+    assert requests.post(url, json=body, headers={"Authorization": f"Bearer {new_key}"},
+                         timeout=10).status_code == 200  # fmt: skip
+    assert requests.post(url, json=body, headers={"Authorization": f"Bearer {old_key}"},
+                         timeout=10).status_code == 400  # fmt: skip
