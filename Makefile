@@ -13,15 +13,31 @@ RATE        ?= 0
 BATCH       ?= 1
 DURATION    ?= 20
 RUN         ?=
+SOAK_DURATION ?= 600
+SOAK_RATE   ?= 100
+# Kubernetes (k8s/README.md): images, overlay, registry, tools.
+REGISTRY    ?=
+TAG         ?= 0.1.0
+CUDA_FLAVOR ?= cu128
+VARIANTS    ?= cpu,cuda
+OVERLAY     ?= cpu
+CONTAINER_ENGINE ?= docker
+KUBECTL     ?= kubectl
+K8S_DIR     ?= k8s
+K8S_LINT_VENV ?= $(VENV)/k8s-lint
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv artifacts deploy-local stop status parity bench loadtest report baselines \
 	test test-fast lint clean
+.PHONY: robustness faults soak audit
+
+.PHONY: k8s-validate images k8s-apply k8s-loadtest k8s-delete k8s-lint-venv k8s-engine \
+	k8s-kubectl
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(VENV)/.ready ## Create the pinned project venv once (about 1 min, ~3 GB)
 $(VENV)/.ready: pyproject.toml requirements.lock scripts/bootstrap_venv.sh
@@ -62,6 +78,21 @@ report: venv ## Rebuild summary.json, REPORT.md and plots from saved data: RUN=r
 baselines: artifacts ## In-process inference timings only (the floor)
 	$(PY) -m loadtests.baselines --artifacts $(ARTIFACTS)
 
+# Reliability (reliability/README.md). With RUN=results/<run-id> the JSON is also copied
+# into that load-test run, and `make report RUN=...` includes it.
+robustness: artifacts ## Every hostile/broken request on every stack: prints the input x stack matrix
+	$(PY) -m reliability matrix --stacks $(STACKS) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
+
+faults: artifacts ## Kill a worker and SIGTERM under load, slow clients: failures and recovery times
+	$(PY) -m reliability faults --stacks $(STACKS) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
+
+soak: artifacts ## SOAK_RATE req/s for SOAK_DURATION s per stack (default 100, 600): errors and RSS slope
+	$(PY) -m reliability soak --stacks $(STACKS) --rate $(SOAK_RATE) --duration $(SOAK_DURATION) \
+		--artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
+
+audit: venv ## pip-audit of requirements.lock; says NOT AUDITED when its database is unreachable
+	$(PY) -m reliability audit --requirements requirements.lock
+
 test: venv ## Run the whole test suite (starts real servers on free loopback ports)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -73,3 +104,37 @@ lint: venv ## ruff over the code
 
 clean: stop ## Remove generated artifacts and run state (keeps the venv)
 	rm -rf $(ARTIFACTS) run results/.tmp
+
+# --- Kubernetes (k8s/README.md) ---------------------------------------------------------
+# kubectl renders the overlays offline (`kubectl kustomize`); apply, load test and delete
+# act on the cluster of the current kubectl context.
+KUBECTL_MISSING := kubectl not found: install it (Debian/Ubuntu: apt-get install kubectl; \
+	Debian's kubernetes-client package is far too old) or see https://kubernetes.io/docs/tasks/tools/
+
+k8s-kubectl:
+	@command -v $(KUBECTL) >/dev/null || { echo "$(KUBECTL_MISSING)"; exit 2; }
+
+k8s-lint-venv: $(VENV)/.ready
+	@PYTHON=$(PYTHON) bash k8s/bootstrap_lint_venv.sh $(K8S_LINT_VENV)
+
+k8s-validate: k8s-kubectl k8s-lint-venv ## Render both overlays; schemas, invariants, checkov, yamllint, hadolint (offline)
+	KUBECTL=$(KUBECTL) K8S_LINT_VENV=$(K8S_LINT_VENV) $(PY) -m k8s.validate --k8s-dir $(K8S_DIR)
+
+k8s-engine:
+	@command -v $(CONTAINER_ENGINE) >/dev/null && $(CONTAINER_ENGINE) info >/dev/null 2>&1 || { \
+		echo "images: no container engine answers ('$(CONTAINER_ENGINE) info' failed): install"; \
+		echo "  Docker (BuildKit) or set CONTAINER_ENGINE=podman. Nothing was built."; exit 2; }
+
+images: k8s-engine artifacts ## Build the cluster's images (VARIANTS=cpu,cuda); with REGISTRY=... [TAG=] also push
+	$(PY) -m k8s.cluster images --engine $(CONTAINER_ENGINE) --registry "$(REGISTRY)" \
+		--tag $(TAG) --cuda-flavor $(CUDA_FLAVOR) --variants $(VARIANTS)
+
+k8s-apply: k8s-kubectl $(VENV)/.ready ## Apply OVERLAY=cpu|gpu [REGISTRY=... TAG=...] to the cluster, wait for the servers
+	KUBECTL=$(KUBECTL) $(PY) -m k8s.cluster apply --overlay $(OVERLAY) --registry "$(REGISTRY)" \
+		--tag $(TAG) --cuda-flavor $(CUDA_FLAVOR)
+
+k8s-loadtest: k8s-kubectl $(VENV)/.ready ## Sweep in the cluster (OVERLAY=, PROFILE=), copy it to results/<run>/, REPORT.md
+	KUBECTL=$(KUBECTL) $(PY) -m k8s.cluster loadtest --overlay $(OVERLAY) --profile $(PROFILE)
+
+k8s-delete: k8s-kubectl ## Delete the comparison from the cluster, namespace and all (OVERLAY=cpu|gpu)
+	$(KUBECTL) delete -k $(K8S_DIR)/overlays/$(OVERLAY) --ignore-not-found

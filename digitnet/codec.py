@@ -141,7 +141,14 @@ def decode_request(
         )
     for index, image in enumerate(instances):
         _check_image(image, index, spec.side)
-    images = np.asarray(instances, dtype=np.float64)
+    try:
+        images = np.asarray(instances, dtype=np.float64)
+    except OverflowError:
+        # An integer literal beyond float64 (a 400-digit one) stays a Python int until here.
+        raise PayloadError(
+            400, "out_of_range", "pixel values must lie within the float64 range and "
+            f"+-{limits.max_abs_value:g} (images are scaled to [0, 1])",
+        ) from None
     if not np.all(np.isfinite(images)):
         raise PayloadError(400, "non_finite", "instances hold NaN or infinite values")
     if np.abs(images).max() > limits.max_abs_value:

@@ -65,6 +65,10 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
+    """The checkout's short commit (+"-dirty"); DIGITNET_GIT_COMMIT where there is no git
+    (the load generator image records the commit it was built from)."""
+    if shutil.which("git") is None:
+        return os.environ.get("DIGITNET_GIT_COMMIT") or "unknown"
     probe = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     )

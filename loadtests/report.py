@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from loadtests import analysis
+from reliability.report import sections_for_run as reliability_sections
 
 TORCH_STACKS = {"torchserve", "flask_torch"}
 FLOOR_PATH = {"torchserve": "TorchScript", "flask_torch": "TorchScript",
@@ -379,6 +380,10 @@ def write_report(run_dir: Path) -> Path:
     devices = {r["device"] for r in records}
     if devices == {"cpu"}:
         md.append("- CPU only: no GPU rows (run `make bench` on a GPU machine to add them).")
+    # `make robustness/faults/soak RUN=<this run>` copied their JSON here.
+    reliability = reliability_sections(run_dir)
+    if reliability:
+        md += ["", *reliability]
     (run_dir / "REPORT.md").write_text("\n".join(md) + "\n")
     return run_dir / "REPORT.md"
 

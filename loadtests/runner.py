@@ -112,7 +112,8 @@ class Target:
     protocol: Protocol
     host: str
     env: dict[str, str]
-    server_pid: int
+    # None when the server runs elsewhere (a pod in a cluster): then it is not sampled.
+    server_pid: int | None
     metrics_url: str | None = None
     device: str = "cpu"
 
@@ -184,8 +185,13 @@ def run_point(
     raw_dir: Path,
     generator_cores: list[int],
     repeat: int,
+    generator_cpus: float | None = None,
 ) -> dict:
-    """One headless Locust run; returns its point record (figures after warm-up)."""
+    """One headless Locust run; returns its point record (figures after warm-up).
+
+    generator_cpus: the CPUs Locust may use, when a quota rather than its cores bounds it
+    (a pod's CPU limit); len(generator_cores) if None.
+    """
     name = f"{target.stack.value}-{target.protocol.value}-{target.device}-{load.slug}-rep{repeat}"
     records = raw_dir / f"{name}.csv"
     run_s = profile.warmup_s + profile.duration_s
@@ -214,14 +220,18 @@ def run_point(
     log = raw_dir / f"{name}.log"
     with open(log, "wb") as log_handle:
         locust = subprocess.Popen(command, env=env, stdout=log_handle, stderr=subprocess.STDOUT)
-        with TreeSampler(target.server_pid) as server_sampler, TreeSampler(locust.pid) as gen:
+        with ExitStack() as sampling:
+            server_sampler = None
+            if target.server_pid is not None:
+                server_sampler = sampling.enter_context(TreeSampler(target.server_pid))
+            gen = sampling.enter_context(TreeSampler(locust.pid))
             code = locust.wait(timeout=run_s + 60)
     after = scrape(target.metrics_url) if target.metrics_url else {}
     if code != 0 or not records.exists():
         raise RuntimeError(f"locust failed ({code}) for {name}; see {log}")
     stats = analysis.point_stats(analysis.read_records([records]), profile.warmup_s,
                                  load.batch_size)
-    generator_capacity = 100.0 * len(generator_cores)
+    generator_capacity = 100.0 * (generator_cpus or len(generator_cores))
     point = {
         "stack": target.stack.value,
         "protocol": target.protocol.value,
@@ -236,8 +246,8 @@ def run_point(
         "generator_cpu_pct": gen.samples.mean_cpu(),
         "generator_saturated": gen.samples.mean_cpu()
         >= analysis.GENERATOR_SATURATED_PCT / 100.0 * generator_capacity,
-        "server_cpu_pct": server_sampler.samples.mean_cpu(),
-        "server_rss_mb": server_sampler.samples.max_rss(),
+        "server_cpu_pct": server_sampler.samples.mean_cpu() if server_sampler else None,
+        "server_rss_mb": server_sampler.samples.max_rss() if server_sampler else None,
     }
     if target.stack is Stack.TORCHSERVE:
         point.update(torchserve_breakdown(before, after) or {})
@@ -342,24 +352,41 @@ def sweep(
                     continue
                 env_block.setdefault("servers", {})[key] = server_settings(running)
                 for target in targets_of(running, device):
-                    peak = 0.0
-                    for load in closed_loads(profile):
-                        peak = max(peak, measure(target, load, profile, paths, raw_dir,
-                                                 generator_cores, points_file, progress))
-                    for fraction in profile.open_fractions:
-                        load = Load(Mode.OPEN, 1, profile.open_users,
-                                    rate=round(peak * fraction))
-                        measure(target, load, profile, paths, raw_dir, generator_cores,
-                                points_file, progress)
+                    sweep_target(target, profile, paths, raw_dir, generator_cores,
+                                 points_file, progress)
     env_block["skipped"] = skipped
     (run_dir / "environment.json").write_text(json.dumps(env_block, indent=2) + "\n")
 
 
-def measure(target, load, profile, paths, raw_dir, generator_cores, points_file, progress):
+def sweep_target(
+    target: Target,
+    profile: Profile,
+    paths: ArtifactPaths,
+    raw_dir: Path,
+    generator_cores: list[int],
+    points_file: Path,
+    progress: Progress,
+    generator_cpus: float | None = None,
+) -> None:
+    """The profile's closed-loop levels, then its open-loop rates as fractions of the
+    closed-loop peak, against one target (local runs and loadtests.cluster alike)."""
+    peak = 0.0
+    for load in closed_loads(profile):
+        peak = max(peak, measure(target, load, profile, paths, raw_dir, generator_cores,
+                                 points_file, progress, generator_cpus))
+    for fraction in profile.open_fractions:
+        load = Load(Mode.OPEN, 1, profile.open_users, rate=round(peak * fraction))
+        measure(target, load, profile, paths, raw_dir, generator_cores, points_file,
+                progress, generator_cpus)
+
+
+def measure(target, load, profile, paths, raw_dir, generator_cores, points_file, progress,
+            generator_cpus=None):
     """Runs the repeats of one load level; returns the best throughput seen (batch 1)."""
     best = 0.0
     for repeat in range(profile.repeats):
-        point = run_point(target, load, profile, paths, raw_dir, generator_cores, repeat)
+        point = run_point(target, load, profile, paths, raw_dir, generator_cores, repeat,
+                          generator_cpus)
         with open(points_file, "a") as handle:
             handle.write(json.dumps(point) + "\n")
         progress.point(f"{target.stack.value}/{target.protocol.value} {load.slug} #{repeat}",

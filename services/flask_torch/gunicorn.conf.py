@@ -13,9 +13,9 @@ import os
 from services.flask_torch.settings import (
     BIND_ENV,
     DEFAULT_BIND,
-    DEFAULT_HTTP_THREADS,
-    HTTP_THREADS_ENV,
+    DEFAULT_WORKER_CONNECTIONS,
     TORCH_THREADS_ENV,
+    WORKER_CONNECTIONS_ENV,
     env_int,
     parallelism_from_env,
 )
@@ -37,16 +37,21 @@ workers = _split.workers
 # it in the master's environment before forking, so every worker sees the derived value.
 raw_env = [f"{TORCH_THREADS_ENV}={_split.torch_threads}"]
 
-# gthread: a few threads per worker read requests and write responses, so one slow client
-# (a trickling upload, a stalled reader) cannot block a worker the way it blocks a `sync`
-# worker. Forward passes stay serialised per worker (predictor.py), so these threads add
-# I/O concurrency, not CPU use.
-worker_class = "gthread"
-threads = env_int(HTTP_THREADS_ENV) or DEFAULT_HTTP_THREADS
+# gevent: every connection is a greenlet, so connections that trickle their body in (slow
+# clients, the "slow POST" attack) cost a socket each, not a thread. With gthread, 32 such
+# connections held all 2 x 4 threads and other clients timed out; with gevent they were
+# answered in milliseconds (reliability/slow_clients.py, `make faults`).
+# Requests are CPU-bound and run one at a time per worker either way (the GIL, and the
+# forward-pass lock in predictor.py); processes, not greenlets, give the parallelism.
+worker_class = "gevent"
+# Open connections per worker, slow ones included; beyond it the worker stops accepting
+# (the kernel queues further connections). A buffering proxy in front is the defence
+# against more slow connections than this.
+worker_connections = env_int(WORKER_CONNECTIONS_ENV) or DEFAULT_WORKER_CONNECTIONS
 
-# The master kills a worker silent for this long. gthread workers heartbeat from their main
-# loop, so this bounds a hung worker, not a slow request; 30 s leaves room for a slow
-# first model load on a busy machine.
+# The master kills a worker silent for this long. gevent workers heartbeat from their hub
+# loop, so this bounds a worker stuck in CPU work (a hung forward pass), not a slow
+# client; 30 s leaves room for a slow first model load on a busy machine.
 timeout = 30
 # On SIGTERM, in-flight requests get this long to finish before workers are killed; short,
 # because a request takes milliseconds and `docker stop` waits only 10 s by default.

@@ -56,7 +56,7 @@ def _port(server: ServerProcess) -> int:
 
 
 class FlaskTorchStack:
-    """gunicorn (gthread workers) serving services.flask_torch.app on 127.0.0.1."""
+    """gunicorn (gevent workers) serving services.flask_torch.app on 127.0.0.1."""
 
     name = "flask_torch"
     default_ports: Mapping[str, int] = {HTTP: 8000}

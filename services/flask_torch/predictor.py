@@ -56,7 +56,7 @@ class TorchScriptModel:
         self._load_error: str | None = None
         # Set once loading has finished, successfully or not, so waiters never hang.
         self._settled = threading.Event()
-        # gthread runs requests on several threads; one forward pass at a time per worker
+        # gevent runs requests in greenlets (tests in threads); one forward pass at a time
         # keeps CPU use at torch_threads per worker, so workers x threads <= cores holds.
         self._compute_lock = threading.Lock()
 

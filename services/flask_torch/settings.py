@@ -18,7 +18,7 @@ from services.artifacts import ArtifactPaths
 MODEL_PATH_ENV = "FLASK_TORCH_MODEL_PATH"
 TORCH_THREADS_ENV = "FLASK_TORCH_THREADS"
 WORKERS_ENV = "FLASK_TORCH_WORKERS"
-HTTP_THREADS_ENV = "FLASK_TORCH_HTTP_THREADS"
+WORKER_CONNECTIONS_ENV = "FLASK_TORCH_WORKER_CONNECTIONS"
 BIND_ENV = "FLASK_TORCH_BIND"
 DEVICE_ENV = "FLASK_TORCH_DEVICE"
 WARMUP_ENV = "FLASK_TORCH_WARMUP_ITERATIONS"
@@ -28,9 +28,9 @@ LOAD_WAIT_ENV = "FLASK_TORCH_LOAD_WAIT_S"
 DEFAULT_ARTIFACTS_DIR = Path("artifacts")
 DEFAULT_MODEL_PATH = ArtifactPaths(DEFAULT_ARTIFACTS_DIR, ModelSpec()).torchscript
 DEFAULT_BIND = "127.0.0.1:8000"
-# Threads per gunicorn worker that read requests and write responses; inference itself is
+# Concurrent connections per gevent worker (gunicorn's default); inference itself is
 # serialised per worker (see predictor.py), so these only keep slow clients from blocking.
-DEFAULT_HTTP_THREADS = 4
+DEFAULT_WORKER_CONNECTIONS = 1000
 # One intra-op thread per worker: an 8x8 conv net is far too small for intra-op
 # parallelism to pay off, while one worker per core scales with concurrent requests.
 DEFAULT_TORCH_THREADS = 1

@@ -31,7 +31,7 @@ def test_every_name_is_a_gunicorn_setting_with_a_valid_value(
     assert not unknown, f"not gunicorn settings (typo?): {unknown}"
     for name, value in settings.items():
         gunicorn_config.set(name, value)  # runs gunicorn's own validator
-    assert gunicorn_config.worker_class_str == "gthread"
+    assert gunicorn_config.worker_class_str == "gevent"
     assert gunicorn_config.preload_app is False
     assert gunicorn_config.control_socket_disable is True
 

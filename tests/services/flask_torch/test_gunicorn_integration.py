@@ -1,4 +1,4 @@
-"""The real stack: gunicorn with gthread workers, started through STACK like
+"""The real stack: gunicorn with gevent workers, started through STACK like
 `make deploy-local` does, on a free loopback port."""
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from digitnet.codec import JSON_CONTENT_TYPE, PayloadError, encode_request
 from digitnet.data import DigitsSplit
 from digitnet.spec import ModelSpec
 from digitnet.torchscript import load_torchscript
+from reliability.matrix import BAD_REQUESTS, BadRequest, good_body
 from services.artifacts import ArtifactPaths
 from services.torchserve.handler import (
     THREADS_ENV,
@@ -20,7 +21,6 @@ from services.torchserve.handler import (
     request_content_type,
     torch_threads,
 )
-from tests.services.torchserve.bad_requests import BAD_REQUESTS, BadRequest, good_body
 from tests.services.torchserve.conftest import FrontendRequest
 
 ATOL = 1e-5

@@ -20,6 +20,7 @@ from digitnet.codec import JSON_CONTENT_TYPE
 from digitnet.data import DigitsSplit
 from digitnet.spec import ModelSpec, ServingLimits
 from digitnet.torchscript import load_torchscript
+from reliability.matrix import BAD_REQUESTS, good_body
 from services.artifacts import ArtifactPaths
 from services.process import LOOPBACK, ServerProcess, free_port, usable_cores
 from services.torchserve.handler import THREADS_ENV
@@ -31,7 +32,6 @@ from services.torchserve.launch import (
     read_tokens,
     session_processes,
 )
-from tests.services.torchserve.bad_requests import BAD_REQUESTS, BadRequest, good_body
 
 pytestmark = pytest.mark.integration
 
@@ -107,20 +107,8 @@ def test_predictions_match_torchscript_on_test_split(
     np.testing.assert_array_equal(classes, expected.argmax(axis=1))
 
 
-@pytest.mark.parametrize(
-    "case", [case for case in BAD_REQUESTS if case.reaches_handler], ids=lambda c: c.name
-)
-def test_bad_request_gets_named_4xx_and_server_keeps_serving(
-    torchserve: RunningTorchServe, case: BadRequest
-) -> None:
-    response = torchserve.post(case.body, case.content_type)
-
-    assert response.status_code == case.status, response.text[:300]
-    assert response.headers["Content-Type"] == JSON_CONTENT_TYPE
-    error = response.json()
-    assert error["reason"] == case.reason
-    assert case.needle in error["error"]
-    assert_still_serving(torchserve)
+# Every bad body of the shared matrix (reliability/matrix.py) is sent to this server, and
+# to every other stack, by tests/reliability/test_matrix.py.
 
 
 def test_multipart_form_body_is_unsupported_media_type(torchserve: RunningTorchServe) -> None:

@@ -1,0 +1,200 @@
+"""Reliability runs against the locally started stacks.
+
+  python -m reliability matrix            # `make robustness`: bad input x stack -> status
+  python -m reliability faults            # `make faults`: kill a worker, SIGTERM, slow clients
+  python -m reliability soak --duration 600   # `make soak`
+  python -m reliability audit             # `make audit`: pip-audit of requirements.lock
+
+Each run starts the stacks it needs on free 127.0.0.1 ports, stops them afterwards, prints
+its table and writes results/<kind>/<timestamp>/ (JSON + Markdown). With --into-run
+results/<run-id> the JSON is also copied there, and `make report RUN=...` includes it.
+Exit status 1 when any check failed (the table says which), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+from digitnet.spec import ModelSpec
+from loadtests.settings import PROTOCOLS, Stack
+from reliability import report, targets
+from reliability.settings import (
+    RESULTS_ROOT,
+    FaultSettings,
+    MatrixSettings,
+    SlowClientSettings,
+    SoakSettings,
+    from_env,
+)
+from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, build_all
+from services.registry import STACK_MODULES
+
+SCENARIOS = ("kill", "sigterm", "slow")
+
+
+def write_results(kind: str, files: dict[str, dict], markdown: list[str], md_name: str,
+                  into_run: Path | None) -> Path:
+    """results/<kind>/<timestamp>/ with each JSON file and the Markdown; returns the folder."""
+    out = RESULTS_ROOT / kind / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        text = json.dumps(data, indent=2) + "\n"
+        (out / name).write_text(text)
+        if into_run is not None:
+            (into_run / report.RUN_SUBDIR).mkdir(parents=True, exist_ok=True)
+            (into_run / report.RUN_SUBDIR / name).write_text(text)
+    (out / md_name).write_text("\n".join(markdown) + "\n")
+    return out
+
+
+def run_matrix(paths: ArtifactPaths, stacks: list[str], into_run: Path | None) -> int:
+    from reliability.robustness import FAIL, run_matrix, skipped_cells, to_json
+
+    settings = from_env(MatrixSettings, "MATRIX")
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="robustness-") as tmp:
+        with targets.running_stacks(paths, Path(tmp), stacks) as (running, skipped):
+            for stack in running:
+                print(f"robustness: {stack.name} ...", flush=True)
+                cells += run_matrix(stack, settings)
+    for name, reason in skipped.items():
+        cells += skipped_cells(name, [p.value for p in PROTOCOLS[Stack(name)]], reason)
+    data = to_json(cells, skipped)
+    md = report.matrix_markdown(data)
+    out = write_results("robustness", {report.MATRIX_FILE: data}, md, "MATRIX.md", into_run)
+    print("\n".join(md))
+    print(f"robustness: wrote {out}")
+    return 1 if any(cell.verdict == FAIL for cell in cells) else 0
+
+
+def run_faults(paths: ArtifactPaths, stacks: list[str], scenarios: list[str],
+               into_run: Path | None) -> int:
+    from reliability.faults import kill_worker, sigterm
+    from reliability.slow_clients import slow_clients
+
+    fault_settings = from_env(FaultSettings, "FAULT")
+    slow_settings = from_env(SlowClientSettings, "SLOW")
+    faults: dict = {"kill_worker": [], "sigterm": [], "skipped": {}}
+    slow: dict = {"runs": [], "skipped": {}}
+    with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
+        for name in stacks:
+            reason = targets.skipped_reason(name)
+            if reason is not None:
+                faults["skipped"][name] = slow["skipped"][name] = reason
+                continue
+            if "kill" in scenarios or "slow" in scenarios:
+                with ExitStack() as exits:
+                    running = targets.start(name, paths, Path(tmp) / name, exits)
+                    if "slow" in scenarios:
+                        print(f"faults: {name} slow clients ...", flush=True)
+                        slow["runs"].append(slow_clients(running, slow_settings))
+                    if "kill" in scenarios:
+                        print(f"faults: {name} kill a worker ...", flush=True)
+                        faults["kill_worker"].append(kill_worker(running, fault_settings))
+            if "sigterm" in scenarios:
+                print(f"faults: {name} SIGTERM ...", flush=True)
+                faults["sigterm"].append(
+                    sigterm(name, paths, Path(tmp) / f"{name}-sigterm", fault_settings))
+    md = report.faults_markdown(faults) + report.slow_clients_markdown(slow)
+    md += [f"- **{name} skipped**: {why}" for name, why in faults["skipped"].items()]
+    files = {report.FAULTS_FILE: faults, report.SLOW_CLIENTS_FILE: slow}
+    out = write_results("faults", files, md, "FAULTS.md", into_run)
+    print("\n".join(md))
+    print(f"faults: wrote {out}")
+    failed = [k for k in faults["kill_worker"] if k.get("applicable") and not k["recovered"]]
+    failed += [t for t in faults["sigterm"] if not (
+        t["in_flight_finished"] and t["new_refused_cleanly"] and t["exited_within_grace"])]
+    failed += [r for r in slow["runs"] if not r["not_starved"]]
+    return 1 if failed else 0
+
+
+def run_soak(paths: ArtifactPaths, stacks: list[str], settings: SoakSettings,
+             into_run: Path | None) -> int:
+    from reliability.soak import soak
+
+    data: dict = {"runs": [], "skipped": {}}
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        for name in stacks:
+            reason = targets.skipped_reason(name)
+            if reason is not None:
+                data["skipped"][name] = reason
+                continue
+            with ExitStack() as exits:
+                running = targets.start(name, paths, Path(tmp) / name, exits)
+                print(f"soak: {name} at {settings.rate:g} req/s for {settings.duration_s:g} s",
+                      flush=True)
+                data["runs"].append(soak(running, settings, progress=True))
+    md = report.soak_markdown(data)
+    out = write_results("soak", {report.SOAK_FILE: data}, md, "SOAK.md", into_run)
+    print("\n".join(md))
+    print(f"soak: wrote {out}")
+    return 0 if all(run["passed"] for run in data["runs"]) else 1
+
+
+def ensure_artifacts(root: Path) -> ArtifactPaths:
+    paths = ArtifactPaths(root, ModelSpec.from_env())
+    if not paths.complete():
+        build_all(root, paths.spec)
+    return paths
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Settings: MATRIX_*, FAULT_*, SLOW_*, SOAK_* variables (reliability/settings.py)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "matrix": sub.add_parser("matrix", help="every bad input on every stack"),
+        "faults": sub.add_parser("faults", help="kill a worker, SIGTERM, slow clients"),
+        "soak": sub.add_parser("soak", help="fixed rate for a long while, memory watched"),
+    }
+    commands["faults"].add_argument("--scenarios", default=",".join(SCENARIOS),
+                                    help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    soak_defaults = from_env(SoakSettings, "SOAK")
+    commands["soak"].add_argument("--duration", type=float, default=soak_defaults.duration_s,
+                                  help="seconds per stack (SOAK_DURATION_S)")
+    commands["soak"].add_argument("--rate", type=float, default=soak_defaults.rate,
+                                  help="requests per second (SOAK_RATE)")
+    for command in commands.values():
+        command.add_argument("--stacks", default=",".join(STACK_MODULES))
+        command.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+        command.add_argument("--into-run", type=Path, default=None,
+                             help="also copy the JSON into this load-test run folder")
+    audit = sub.add_parser("audit", help="pip-audit of requirements.lock, with triage")
+    audit.add_argument("--requirements", type=Path, default=Path("requirements.lock"))
+    args = parser.parse_args()
+    if args.command == "audit":
+        from reliability.audit import main as audit_main
+
+        return audit_main(args.requirements)
+    stacks = [name for name in args.stacks.split(",") if name]
+    unknown = sorted(set(stacks) - set(STACK_MODULES))
+    if unknown:
+        parser.error(f"unknown stacks {unknown}; known: {', '.join(STACK_MODULES)}")
+    paths = ensure_artifacts(args.artifacts)
+    runs: dict[str, Callable[[], int]] = {
+        "matrix": lambda: run_matrix(paths, stacks, args.into_run),
+        "faults": lambda: run_faults(paths, stacks, args.scenarios.split(","), args.into_run),
+        "soak": lambda: run_soak(
+            paths, stacks,
+            dataclasses.replace(soak_defaults, duration_s=args.duration, rate=args.rate,
+                                # Warm-up is a fifth of a short run, 60 s of a long one.
+                                warmup_s=min(soak_defaults.warmup_s, args.duration / 5)),
+            args.into_run),
+    }  # fmt: skip
+    return runs[args.command]()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Fault injection under load: a worker killed mid-run, and SIGTERM to a busy server.
+
+kill_worker: SIGKILL one worker process (a gunicorn worker, a TorchServe Python worker)
+    while closed-loop clients keep sending; the service must replace it by itself. The
+    result counts every failed request and says how long recovery took.
+sigterm: SIGTERM the server the way its container runtime would while requests are in
+    flight; requests already accepted must finish, new ones must be refused cleanly, and
+    the process must exit within its grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from reliability import targets
+from reliability.client import OK, REFUSED, TricklingPost, http_kind
+from reliability.load import ClosedLoop, latency_ms, outcome_counts
+from reliability.settings import FaultSettings
+from reliability.targets import RunningStack
+from services.artifacts import ArtifactPaths
+from services.flask_torch.launch import GUNICORN_CONF
+
+# docker-compose.yml (stop_grace_period) and k8s/base/*.yaml (terminationGracePeriodSeconds)
+# give every container this long between SIGTERM and SIGKILL.
+DEPLOYMENT_GRACE_S = 30.0
+TORCHSERVE_WORKER_SCRIPT = "model_service_worker.py"
+# After SIGTERM, how long clients keep knocking once the server is gone (to see refusals).
+AFTER_EXIT_S = 1.0
+
+
+def gunicorn_graceful_timeout() -> float:
+    """graceful_timeout from services/flask_torch/gunicorn.conf.py, as gunicorn reads it."""
+    return float(runpy.run_path(str(GUNICORN_CONF))["graceful_timeout"])
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _gunicorn_workers(server_pid: int) -> list[psutil.Process]:
+    # gunicorn forks its workers straight from the master.
+    return [p for p in psutil.Process(server_pid).children() if _alive(p)]
+
+
+def _torchserve_workers(server_pid: int) -> list[psutil.Process]:
+    # launcher (python) -> java frontend -> one python model_service_worker.py per worker.
+    found = []
+    for proc in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if any(TORCHSERVE_WORKER_SCRIPT in part for part in proc.cmdline()) and _alive(proc):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+WORKER_FINDERS: dict[str, Callable[[int], list[psutil.Process]]] = {
+    "flask_torch": _gunicorn_workers,
+    "torchserve": _torchserve_workers,
+}
+NOT_APPLICABLE = {
+    "tf_serving": "one process (tensorflow_model_server) with no separate workers to kill",
+}
+
+
+@dataclass(frozen=True)
+class SignalPlan:
+    """Who gets SIGTERM, as the stack's container runtime would send it, and the grace."""
+
+    process_group: bool  # True: the whole group (tini -g), False: the main process only
+    grace_s: float
+    grace_source: str
+
+
+def signal_plan(stack: str) -> SignalPlan:
+    if stack == "flask_torch":
+        # The image runs gunicorn as PID 1 (exec-form CMD): `docker stop` signals the master,
+        # which stops accepting and gives its workers graceful_timeout to finish.
+        return SignalPlan(False, gunicorn_graceful_timeout(),
+                          "gunicorn graceful_timeout (services/flask_torch/gunicorn.conf.py)")
+    if stack == "torchserve":
+        # The image runs `tini -g -- torchserve --foreground`: tini forwards SIGTERM to the
+        # whole process group (launcher, JVM and workers).
+        return SignalPlan(True, DEPLOYMENT_GRACE_S,
+                          "container stop grace (docker-compose.yml, k8s/base)")
+    return SignalPlan(False, DEPLOYMENT_GRACE_S, "container stop grace")
+
+
+def kill_worker(running: RunningStack, settings: FaultSettings) -> dict:
+    """SIGKILLs one worker of `running` under closed-loop load; returns the figures.
+
+    Recovery time: from the kill until both the worker set is whole again and the stack
+    is ready, and no request failed after that (the later of the two is reported).
+    """
+    finder = WORKER_FINDERS.get(running.name)
+    if finder is None:
+        return {"stack": running.name, "applicable": False,
+                "why": NOT_APPLICABLE.get(running.name, "no worker processes known")}
+    before = finder(running.server.pid)
+    if not before:
+        raise RuntimeError(f"{running.name}: no worker processes found to kill")
+    payloads = running.payloads()
+    loop = ClosedLoop(running.endpoint(), payloads, settings.clients, settings.request_timeout_s)
+    with loop:
+        time.sleep(settings.lead_s)
+        victim = before[0]
+        killed_at = time.monotonic()
+        victim.send_signal(signal.SIGKILL)
+        replaced = _wait_for(
+            lambda: _replaced(finder(running.server.pid), before, victim),
+            settings.recovery_timeout_s,
+        )
+        ready = running.ready(settings.recovery_timeout_s)
+        whole_at = time.monotonic()
+        time.sleep(settings.tail_s)
+    samples = loop.recorder.snapshot()
+    failed = [s for s in samples if not s.ok]
+    last_failure = max((s.end_s for s in failed), default=None)
+    recovered_at = max(whole_at, last_failure or whole_at)
+    tail = [s for s in samples if s.start_s >= recovered_at]
+    good_after = running.answers_correctly(running.rest, payloads)
+    return {
+        "stack": running.name,
+        "applicable": True,
+        "victim_pid": victim.pid,
+        "workers_before": len(before),
+        "workers_after": len(finder(running.server.pid)),
+        "clients": settings.clients,
+        "requests": len(samples),
+        "outcomes": outcome_counts(samples),
+        "failed": len(failed),
+        "failed_before_kill": sum(1 for s in failed if s.end_s < killed_at),
+        "worker_replaced": replaced is not None,
+        "worker_replaced_s": replaced,
+        "ready_again": ready,
+        "last_failure_s": None if last_failure is None else last_failure - killed_at,
+        "recovery_s": recovered_at - killed_at,
+        "requests_after_recovery": len(tail),
+        "failed_after_recovery": sum(1 for s in tail if not s.ok),
+        "correct_after": good_after is None,
+        "latency_after_recovery": latency_ms(tail),
+        "recovered": bool(replaced is not None and ready and good_after is None
+                          and all(s.ok for s in tail)),
+        "errors": sorted({s.error for s in failed})[:5],
+    }  # fmt: skip
+
+
+def _replaced(now: list[psutil.Process], before: list[psutil.Process],
+              victim: psutil.Process) -> bool:
+    pids = {p.pid for p in now}
+    return victim.pid not in pids and len(now) >= len(before)
+
+
+def _wait_for(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.05
+              ) -> float | None:
+    """Seconds until `check` passed, or None if it never did within `timeout_s`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            if check():
+                return time.monotonic() - started
+        except psutil.Error:
+            pass
+        time.sleep(interval_s)
+    return None
+
+
+def _all_gone(watched: list[psutil.Process]) -> bool:
+    return not any(_alive(p) for p in watched)
+
+
+def sigterm(name: str, paths: ArtifactPaths, run_dir: Path, settings: FaultSettings) -> dict:
+    """Starts a fresh `name`, loads it, SIGTERMs it mid-load; returns the figures."""
+    plan = signal_plan(name)
+    with ExitStack() as exits:
+        running = targets.start(name, paths, run_dir, exits)
+        server = running.server
+        root = psutil.Process(server.pid)
+        watched = [root, *root.children(recursive=True)]
+        endpoint = running.endpoint()
+        payloads = running.payloads()
+        # A fresh connection per request: then every failure is either a clean refusal
+        # (nothing listens) or a request the server took and dropped.
+        loop = ClosedLoop(endpoint, payloads, settings.clients, settings.request_timeout_s,
+                          fresh_connections=True)
+        loop.start()
+        time.sleep(settings.lead_s)
+        slow = []
+        for _ in range(settings.inflight_requests):
+            body = payloads.next().body
+            chunks = 10
+            slow.append(TricklingPost(endpoint, body, -(-len(body) // chunks),
+                                      settings.inflight_body_s / chunks,
+                                      settings.request_timeout_s + settings.inflight_body_s))
+        for request in slow:
+            request.start()
+        for request in slow:
+            request.connected.wait(settings.request_timeout_s)
+        time.sleep(settings.inflight_body_s / 3)
+        term_at = time.monotonic()
+        if plan.process_group:
+            os.killpg(server.pid, signal.SIGTERM)
+        else:
+            os.kill(server.pid, signal.SIGTERM)
+        exit_s = _wait_for(lambda: _all_gone(watched),
+                           plan.grace_s + 15.0, interval_s=0.05)
+        time.sleep(AFTER_EXIT_S)
+        samples = loop.stop()
+        for request in slow:
+            request.join(settings.request_timeout_s + settings.inflight_body_s)
+        if server.popen is not None and exit_s is not None:
+            server.popen.wait(timeout=5)
+    in_flight = [s for s in samples if s.start_s < term_at <= s.end_s]
+    before = [s for s in samples if s.end_s < term_at]
+    after = [s for s in samples if s.start_s >= term_at]
+    clean = {OK, REFUSED, http_kind(503)}
+    slow_ok = sum(1 for r in slow if r.status == 200)
+    return {
+        "stack": name,
+        "signal": "SIGTERM to the process group" if plan.process_group
+        else "SIGTERM to the main process",
+        "grace_s": plan.grace_s,
+        "grace_source": plan.grace_source,
+        "exit_s": exit_s,
+        "exited_within_grace": exit_s is not None and exit_s <= plan.grace_s,
+        "requests": len(samples),
+        "before_signal": outcome_counts(before),
+        "in_flight": outcome_counts(in_flight),
+        "slow_in_flight": {"sent": len(slow), "ok": slow_ok,
+                           "errors": [r.error or f"HTTP {r.status}" for r in slow
+                                      if r.status != 200]},
+        "after_signal": outcome_counts(after),
+        "in_flight_finished": all(s.ok for s in in_flight) and slow_ok == len(slow),
+        "new_refused_cleanly": all(s.kind in clean for s in after),
+        "errors": sorted({s.error for s in samples if not s.ok and s.kind != REFUSED})[:5],
+    }  # fmt: skip

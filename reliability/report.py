@@ -1,0 +1,207 @@
+"""Markdown for the reliability results: the matrix (input x stack -> status), the fault
+runs, slow clients and the soak. Pure functions of the JSON each run writes, so
+loadtests.report can put the same tables into REPORT.md.
+
+A run's JSON files sit in results/<kind>/<timestamp>/; copied into a load-test run's
+folder as reliability/<kind>.json (`--into-run`), they become sections of its REPORT.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MATRIX_FILE = "matrix.json"
+FAULTS_FILE = "faults.json"
+SLOW_CLIENTS_FILE = "slow_clients.json"
+SOAK_FILE = "soak.json"
+# Inside a load-test run folder.
+RUN_SUBDIR = "reliability"
+
+_MARKS = {"pass": "✓", "FAIL": "✗ FAIL", "recorded": "(recorded)", "skipped": "skipped"}
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _outcomes(counts: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in counts.items()) or "none"
+
+
+def matrix_markdown(data: dict) -> list[str]:
+    """The matrix: one row per case, one column per stack/protocol."""
+    cells = data["cells"]
+    targets = list(dict.fromkeys(cell["target"] for cell in cells))
+    by_key = {(cell["case"], cell["target"]): cell for cell in cells}
+    md = [
+        "## Bad input on every stack",
+        "",
+        f"{data['passed']} cells as expected, {data['failed']} failed, "
+        f"{data['recorded']} recorded without an expectation (TF Serving). ✓ = the expected "
+        "status, a JSON error naming the problem (or a documented front answer†), no stack "
+        "trace, and afterwards the stack was ready and answered a good request correctly.",
+        "",
+        "| case | what | expected | " + " | ".join(targets) + " |",
+        "|" + " --- |" * (3 + len(targets)),
+    ]
+    expected = {c["name"]: (c["about"], f"{c['status']} {c['reason']}")
+                for c in data["cases"]["rest"]}
+    expected.update({c["name"]: (c["about"], c["expected_code"] or "–")
+                     for c in data["cases"]["grpc"]})
+    notes: list[str] = []
+    for case, (about, wanted) in expected.items():
+        row = []
+        for target in targets:
+            cell = by_key.get((case, target))
+            if cell is None:
+                row.append("n/a")  # a gRPC case on a REST column, or the other way round
+                continue
+            if cell["verdict"] == "skipped":
+                row.append("skipped")
+                continue
+            mark = _MARKS.get(cell["verdict"], cell["verdict"])
+            front = "†" if cell["verdict"] == "pass" and not cell["json_error"] else ""
+            row.append(f"{cell['status']} {mark}{front}")
+            if cell["note"] and cell["verdict"] != "skipped":
+                notes.append(f"- {target} / {case}: {cell['note']}")
+        md.append(f"| {case} | {about} | {wanted} | " + " | ".join(row) + " |")
+    md.append("")
+    for stack, reason in data.get("skipped", {}).items():
+        md.append(f"- **{stack} skipped**: {reason}")
+    md += sorted(set(notes))
+    md.append("")
+    return md
+
+
+def faults_markdown(data: dict) -> list[str]:
+    md = ["## Faults under load", ""]
+    kills = data.get("kill_worker", [])
+    if kills:
+        md += [
+            "### A worker killed (SIGKILL) mid-run",
+            "",
+            "| stack | clients | requests | failed | outcomes | worker replaced after s | "
+            "recovery s | failed after recovery | recovered |",
+            "|" + " --- |" * 9,
+        ]
+        for k in kills:
+            if not k.get("applicable", True):
+                md.append(f"| {k['stack']} | – | – | – | not applicable: {k['why']} | – | – | "
+                          "– | – |")
+                continue
+            md.append(
+                f"| {k['stack']} | {k['clients']} | {k['requests']} | {k['failed']} | "
+                f"{_outcomes(k['outcomes'])} | {_fmt(k['worker_replaced_s'])} | "
+                f"{_fmt(k['recovery_s'])} | {k['failed_after_recovery']} | "
+                f"{_fmt(k['recovered'])} |"
+            )
+        md += ["", "Recovery: from the kill until the worker set was whole, the stack ready "
+               "and the last failed request had ended, whichever came last.", ""]
+    terms = data.get("sigterm", [])
+    if terms:
+        md += [
+            "### SIGTERM during load",
+            "",
+            "| stack | signal | exit s (grace) | in flight at the signal | slow bodies in "
+            "flight | sent after the signal | in-flight finished | new refused cleanly |",
+            "|" + " --- |" * 8,
+        ]
+        for t in terms:
+            slow = t["slow_in_flight"]
+            md.append(
+                f"| {t['stack']} | {t['signal']} | {_fmt(t['exit_s'])} ({t['grace_s']:g}, "
+                f"{t['grace_source']}) | {_outcomes(t['in_flight'])} | {slow['ok']} of "
+                f"{slow['sent']} ok | {_outcomes(t['after_signal'])} | "
+                f"{_fmt(t['in_flight_finished'])} | {_fmt(t['new_refused_cleanly'])} |"
+            )
+        md += ["", "Clients open a fresh connection per request: `refused` means nothing "
+               "listened any more (clean), `reset` a connection the server took and closed "
+               "without an answer.", ""]
+    for name, note in data.get("notes", {}).items():
+        md.append(f"- {name}: {note}")
+    if data.get("notes"):
+        md.append("")
+    return md
+
+
+def slow_clients_markdown(data: dict) -> list[str]:
+    md = [
+        "## Slow clients",
+        "",
+        "| stack | slow connections (1 body byte each per interval) | normal requests | failed "
+        "| outcomes | "
+        "p50 ms | p99 ms | max ms | not starved |",
+        "|" + " --- |" * 9,
+    ]
+    for r in data.get("runs", []):
+        lat = r["latency"]
+        md.append(
+            f"| {r['stack']} | {r['slow_clients']} (every {r['byte_interval_s']:g} s) | "
+            f"{r['requests']} | {r['failed']} | {_outcomes(r['outcomes'])} | "
+            f"{_fmt(lat['p50_ms'])} | {_fmt(lat['p99_ms'])} | {_fmt(lat['max_ms'])} | "
+            f"{_fmt(r['not_starved'])} |"
+        )
+    md.append("")
+    return md
+
+
+def soak_markdown(data: dict) -> list[str]:
+    md = [
+        "## Soak",
+        "",
+        "| stack | rate req/s | duration s | requests | failed | p50 ms | p99 ms | RSS MiB "
+        "after warm-up → end | RSS slope MiB/min | judged slopes MiB/min (limit) | verdict |",
+        "|" + " --- |" * 11,
+    ]
+    for r in data.get("runs", []):
+        mem, lat = r["memory"], r["latency"]
+        judged = "; ".join(f"{name} {_fmt(slope)}"
+                           for name, slope in mem.get("judged_slopes", {}).items())
+        verdict = "pass" if r["passed"] else (
+            f"**grows: {', '.join(mem.get('growing', []))}**" if not mem["flat"]
+            else "**errors**")
+        md.append(
+            f"| {r['stack']} | {r['rate']:g} | {r['duration_s']:g} | {r['requests']} | "
+            f"{r['failed']} | {_fmt(lat['p50_ms'])} | {_fmt(lat['p99_ms'])} | "
+            f"{_fmt(mem['start_mib'], 0)} → {_fmt(mem['end_mib'], 0)} | "
+            f"{_fmt(mem['slope_mib_per_min'])} | {judged} ({mem['max_slope_mib_per_min']:g}) | "
+            f"{verdict} |"
+        )
+    for r in data.get("runs", []):
+        heap = r["memory"].get("jvm_live_heap")
+        if heap:
+            md.append(f"\n- {r['stack']}: JVM live heap after a full GC "
+                      f"{heap['after_warmup_mib']:.1f} MiB after warm-up, "
+                      f"{heap['end_mib']:.1f} MiB at the end.")
+    for stack, reason in data.get("skipped", {}).items():
+        md.append(f"\n- **{stack} skipped**: {reason}")
+    md.append("")
+    return md
+
+
+RENDERERS = {
+    MATRIX_FILE: matrix_markdown,
+    FAULTS_FILE: faults_markdown,
+    SLOW_CLIENTS_FILE: slow_clients_markdown,
+    SOAK_FILE: soak_markdown,
+}
+
+
+def sections_for_run(run_dir: Path) -> list[str]:
+    """Markdown for every reliability JSON found in `run_dir/reliability/` (none: [])."""
+    md: list[str] = []
+    for name, render in RENDERERS.items():
+        path = run_dir / RUN_SUBDIR / name
+        if path.exists():
+            md += render(json.loads(path.read_text()))
+    if md:
+        md = ["# Reliability", "", "Figures from `make robustness`, `make faults` and "
+              "`make soak` copied into this run (see reliability/README.md).", "", *md]
+    return md

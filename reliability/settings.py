@@ -1,0 +1,96 @@
+"""Every knob of the reliability runs, with its default visible here and an environment
+variable to override it (the Makefile and the tests set some of them).
+
+Durations are bounded on purpose: every loop here stops by itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+# Same root as the load-test results (loadtests.runner), one folder per kind of run.
+RESULTS_ROOT = Path(os.environ.get("DIGITNET_RESULTS", "results"))
+# How long a stack may take to become ready (TorchServe starts a JVM and its workers).
+READY_TIMEOUT_S = 180.0
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class MatrixSettings:
+    # After each hostile request the stack must be ready again within this long.
+    health_timeout_s: float = 30.0
+    # Per-request client timeout; a server that hangs on a bad request fails the cell.
+    request_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    # Concurrent closed-loop clients while a worker is killed or SIGTERM arrives: enough to
+    # keep every worker busy on a 2-core machine without saturating the client side.
+    clients: int = 4
+    # Load before the fault, so the fault lands on a warm, busy server.
+    lead_s: float = 3.0
+    # Load kept up after the service looks recovered, to catch late failures.
+    tail_s: float = 3.0
+    # Longest a recovery may take before the run is declared not recovered.
+    recovery_timeout_s: float = 60.0
+    # Per-request timeout of the load clients.
+    request_timeout_s: float = 10.0
+    # SIGTERM: how long the slow "in-flight" requests take to send their body. They are
+    # started before the signal and finish sending after it, so they are surely in flight.
+    inflight_body_s: float = 1.5
+    inflight_requests: int = 2
+
+
+@dataclass(frozen=True)
+class SlowClientSettings:
+    # Slow connections held open at once: more than gthread's 2 workers x 4 threads, so a
+    # thread-per-connection server would be starved by them.
+    slow_clients: int = 32
+    # Each slow client sends one body byte this often (a "slow POST" attack).
+    byte_interval_s: float = 0.25
+    # How long normal clients measure while the slow ones trickle.
+    duration_s: float = 6.0
+    # A normal request slower than this counts as starved (timeout), not merely slow.
+    request_timeout_s: float = 5.0
+    normal_clients: int = 2
+
+
+@dataclass(frozen=True)
+class SoakSettings:
+    # Open-loop arrival rate: moderate, well under every stack's closed-loop peak here.
+    rate: float = 100.0
+    duration_s: float = 600.0
+    # RSS before this is discarded: model load, JIT profiling runs and first GCs.
+    warmup_s: float = 60.0
+    sample_interval_s: float = 1.0
+    # A leak verdict: RSS slope after warm-up above this. At 100 req/s, 1 MiB/min is about
+    # 175 bytes kept per request: one leaked small object per request exceeds it, while
+    # allocator and GC noise averages out over minutes. See reliability/README.md.
+    max_slope_mib_per_min: float = 1.0
+    # Client threads sending the scheduled requests (each waits for its reply).
+    senders: int = 8
+    request_timeout_s: float = 10.0
+
+
+def from_env(cls: type, prefix: str):
+    """`cls()` with each field overridable by <PREFIX>_<FIELD> (upper case), e.g.
+    SOAK_DURATION_S=60 or FAULT_CLIENTS=8."""
+    values = {}
+    for field in fields(cls):
+        name = f"{prefix}_{field.name.upper()}"
+        default = getattr(cls(), field.name)
+        value = _env_float(name, float(default))
+        values[field.name] = int(value) if isinstance(default, int) else value
+    return cls(**values)
