@@ -16,6 +16,10 @@ import numpy as np
 # A generator process above this share of its cores was busy enough to delay requests:
 # its figures measure the generator, not the server.
 GENERATOR_SATURATED_PCT = 90.0
+# Requests that start in the last half second overlap Locust's own stop sequence, which
+# holds them for ~50 ms: cut, like the warm-up, so the generator's shutdown is not
+# reported as the server's tail latency.
+COOLDOWN_S = 0.5
 # The knee: the first level after which more load buys less than this throughput gain.
 KNEE_MIN_GAIN = 0.10
 
@@ -50,19 +54,22 @@ def read_records(paths: Iterable[Path]) -> Records:
     )
 
 
-def measured_window(records: Records, warmup_s: float) -> tuple[Records, float]:
-    """Drops requests that started during warm-up; returns them and the window length.
+def measured_window(
+    records: Records, warmup_s: float, cooldown_s: float = COOLDOWN_S
+) -> tuple[Records, float]:
+    """Keeps requests that started after warm-up and before the cool-down; returns them
+    and the window length in seconds.
 
-    The window runs from the end of warm-up to the last request start, so requests cut
-    off by the generator's stop do not dilute throughput.
+    The window ends `cooldown_s` before the last request start: requests caught in the
+    generator's stop neither dilute throughput nor inflate the tail.
     """
     if len(records.start_s) == 0:
         return records, 0.0
     begin = records.start_s.min() + warmup_s
-    keep = records.start_s >= begin
+    end = records.start_s.max() - cooldown_s
+    keep = (records.start_s >= begin) & (records.start_s < end)
     kept = Records(*(getattr(records, f)[keep] for f in Records.__dataclass_fields__))
-    window = float(kept.start_s.max() - begin) if len(kept.start_s) else 0.0
-    return kept, window
+    return kept, max(0.0, float(end - begin)) if len(kept.start_s) else 0.0
 
 
 def point_stats(records: Records, warmup_s: float, batch_size: int) -> dict:

@@ -31,7 +31,18 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
     points = [json.loads(line) for line in points_file.read_text().splitlines() if line.strip()]
     baselines_file = run_dir / "baselines.json"
     baselines = json.loads(baselines_file.read_text()) if baselines_file.exists() else []
+    for point in points:
+        refresh_from_raw(point, run_dir / "raw", float(env.get("warmup_s", 0.0)))
     return env, points, baselines
+
+
+def refresh_from_raw(point: dict, raw_dir: Path, warmup_s: float) -> None:
+    """Recomputes a point's latency and throughput from its per-request records, when
+    they were kept, so a report rebuilt later uses the current analysis."""
+    raw = raw_dir / point.get("raw", "")
+    if point.get("raw") and raw.is_file():
+        records = analysis.read_records([raw])
+        point.update(analysis.point_stats(records, warmup_s, point["batch_size"]))
 
 
 def aggregate(points: list[dict]) -> list[dict]:
@@ -270,6 +281,17 @@ def choose_when(heads: list[dict], records: list[dict], baselines: list[dict]) -
                 f"- {name}: at {low['users']} user(s), {queue:.1f} of its {low['p50_ms']:.1f} ms"
                 " p50 is queueing in the server (waiting for the dynamic batch to fill): "
                 "for latency-bound, low-concurrency traffic lower maxBatchDelay/batchSize."
+            )
+    closed = series(records, "closed", 1)
+    for name, curve in sorted(series(records, "open", 1).items()):
+        top = max(curve, key=lambda r: r["rate"] or 0)
+        peak = max(closed.get(name, []), key=lambda r: r["rps"], default=None)
+        if peak and top["p99_ms"] and peak["p99_ms"]:
+            lines.append(
+                f"- {name} under open-loop arrivals at {top['rate']:.0f} req/s (near its "
+                f"closed-loop peak): p99 {top['p99_ms']:.1f} ms, against {peak['p99_ms']:.1f} ms "
+                "in the closed loop at peak. Closed loops hide queueing; size for the open-loop "
+                "figure when traffic does not slow down for the server."
             )
     batch8 = series(records, "closed", 8)
     for name, curve in sorted(batch8.items()):

@@ -18,26 +18,31 @@ def write_records(path, starts, latencies, ok=None):
     recorder.flush()
 
 
-def test_warmup_is_cut_and_percentiles_come_from_raw_latencies(tmp_path):
-    starts = np.concatenate([np.linspace(0, 0.99, 100), np.linspace(1.0, 11.0, 1001)])
-    latencies = np.concatenate([np.full(100, 500.0), np.arange(1, 1002) / 100.0])
+def test_warmup_and_cooldown_are_cut_and_percentiles_come_from_raw_latencies(tmp_path):
+    # 100 warm-up requests (500 ms), 1000 measured ones, 11 in the stop sequence (900 ms).
+    starts = np.concatenate(
+        [np.linspace(0, 0.99, 100), 1.0 + np.arange(1000) / 100.0, 11.0 + np.arange(11) / 20]
+    )
+    latencies = np.concatenate([np.full(100, 500.0), np.arange(1, 1001) / 100.0,
+                                np.full(11, 900.0)])  # fmt: skip
     path = tmp_path / "p.csv"
     write_records(path, 1000.0 + starts, latencies)
     stats = analysis.point_stats(analysis.read_records([path]), warmup_s=1.0, batch_size=4)
-    assert stats["requests"] == 1001
-    assert stats["max_ms"] == pytest.approx(10.01)  # the 500 ms warm-up requests are gone
-    assert stats["p50_ms"] == pytest.approx(np.percentile(latencies[100:], 50), abs=1e-3)
-    assert stats["p99_ms"] == pytest.approx(np.percentile(latencies[100:], 99), abs=1e-3)
-    assert stats["rps"] == pytest.approx(1001 / 10.0, rel=1e-3)
+    assert stats["requests"] == 1000
+    assert stats["max_ms"] == pytest.approx(10.0)  # warm-up and stop-sequence requests gone
+    measured = latencies[100:1100]
+    assert stats["p50_ms"] == pytest.approx(np.percentile(measured, 50), abs=1e-3)
+    assert stats["p99_ms"] == pytest.approx(np.percentile(measured, 99), abs=1e-3)
+    assert stats["rps"] == pytest.approx(1000 / 10.0, rel=1e-3)
     assert stats["images_per_s"] == pytest.approx(4 * stats["rps"])
 
 
 def test_failures_are_counted_and_not_in_throughput(tmp_path):
     path = tmp_path / "p.csv"
-    write_records(path, [0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0], ok=[1, 0, 1, 1])
+    write_records(path, [0.0, 1.0, 2.0, 3.0, 3.6], [1.0] * 5, ok=[1, 0, 1, 1, 1])
     stats = analysis.point_stats(analysis.read_records([path]), warmup_s=0.0, batch_size=1)
     assert stats["failures"] == 1
-    assert stats["rps"] == pytest.approx(3 / 3.0)
+    assert stats["rps"] == pytest.approx(3 / 3.1)
 
 
 def test_open_loop_latency_counts_from_the_scheduled_start(tmp_path):

@@ -85,3 +85,23 @@ def test_gpu_rows_get_their_own_columns(tmp_path):
     report = write_report(run).read_text()
     assert "## CPU vs GPU" in report
     assert "| torchserve/rest | cuda | 1.00 | 3000 |" in report
+
+
+def test_rebuilt_report_recomputes_figures_from_raw_records(tmp_path):
+    from loadtests.records import RequestRecorder
+
+    run = saved_run(tmp_path)
+    raw = run / "raw"
+    recorder = RequestRecorder(raw / "ts.csv")
+    for i in range(200):  # 2 ms each, 50 req/s for 4 s; the first 2 s are warm-up
+        recorder.on_request("POST", "x", 2.0, 1, context={}, start_time=100.0 + i * 0.02)
+    recorder.flush()
+    points = [json.loads(line) for line in (run / "points.jsonl").read_text().splitlines()]
+    points[0]["raw"] = "ts.csv"  # torchserve, closed, 1 user, repeat 0: stale figures
+    (run / "points.jsonl").write_text("\n".join(json.dumps(p) for p in points) + "\n")
+    summary_points = json.loads(
+        (write_report(run).parent / "summary.json").read_text()
+    )["raw_points"]
+    refreshed = summary_points[0]
+    assert refreshed["p99_ms"] == pytest.approx(2.0)
+    assert refreshed["rps"] == pytest.approx(50.0, rel=0.05)
