@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from digitnet.env import env_int
+
 # Tensor and payload keys: the SavedModel signature, the JSON schema and the gRPC
 # request all use these names, so a rename happens in exactly one place.
 INPUT_KEY = "images"
@@ -20,11 +22,6 @@ SIGNATURE_NAME = "serving_default"
 DIGITS_SIDE = 8
 DIGITS_MAX_PIXEL = 16.0
 NUM_CLASSES = 10
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return default if raw in (None, "") else int(raw)
 
 
 def _env_channels(name: str, default: tuple[int, int]) -> tuple[int, int]:
@@ -74,9 +71,9 @@ class ModelSpec:
         base = cls()
         return cls(
             name=os.environ.get("DIGITNET_NAME", base.name),
-            side=_env_int("DIGITNET_SIDE", base.side),
+            side=env_int("DIGITNET_SIDE", base.side),
             channels=_env_channels("DIGITNET_CHANNELS", base.channels),
-            version=_env_int("DIGITNET_VERSION", base.version),
+            version=env_int("DIGITNET_VERSION", base.version),
         )
 
 
@@ -95,6 +92,6 @@ class ServingLimits:
         """Reads DIGITNET_MAX_BATCH and DIGITNET_MAX_BODY_BYTES."""
         base = cls()
         return cls(
-            max_batch=_env_int("DIGITNET_MAX_BATCH", base.max_batch),
-            max_body_bytes=_env_int("DIGITNET_MAX_BODY_BYTES", base.max_body_bytes),
+            max_batch=env_int("DIGITNET_MAX_BATCH", base.max_batch),
+            max_body_bytes=env_int("DIGITNET_MAX_BODY_BYTES", base.max_body_bytes),
         )

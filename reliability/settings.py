@@ -10,20 +10,12 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from digitnet.env import env_float
+
 # Same root as the load-test results (loadtests.runner), one folder per kind of run.
 RESULTS_ROOT = Path(os.environ.get("DIGITNET_RESULTS", "results"))
 # How long a stack may take to become ready (TorchServe starts a JVM and its workers).
 READY_TIMEOUT_S = 180.0
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -91,6 +83,6 @@ def from_env(cls: type, prefix: str):
     for field in fields(cls):
         name = f"{prefix}_{field.name.upper()}"
         default = getattr(cls(), field.name)
-        value = _env_float(name, float(default))
+        value = env_float(name, float(default))
         values[field.name] = int(value) if isinstance(default, int) else value
     return cls(**values)

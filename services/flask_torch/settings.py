@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from digitnet.env import env_float
 from digitnet.spec import ModelSpec, ServingLimits
 from services.artifacts import ArtifactPaths
 
@@ -49,16 +50,6 @@ def env_int(name: str) -> int | None:
         return int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -192,5 +183,5 @@ class Settings:
             torch_threads=base.torch_threads if threads is None else threads,
             device=os.environ.get(DEVICE_ENV) or base.device,
             warmup_iterations=base.warmup_iterations if warmup is None else warmup,
-            load_wait_s=_env_float(LOAD_WAIT_ENV, base.load_wait_s),
+            load_wait_s=env_float(LOAD_WAIT_ENV, base.load_wait_s),
         )
