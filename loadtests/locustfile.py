@@ -152,6 +152,18 @@ def enable_grpc_under_gevent() -> None:
         _grpc_gevent_ready = True
 
 
+@events.init.add_listener
+def prepare_before_the_clock_starts(environment, **_kwargs) -> None:
+    """Loads the answer key, and for gRPC tensorflow and gevent's gRPC support, before
+    Locust's run time starts: seconds of imports inside the first task would eat a short
+    run and stall every user at once."""
+    payloads()
+    if any(cls.__name__ == "TfServingGrpcUser" for cls in environment.user_classes):
+        enable_grpc_under_gevent()
+        import tensorflow  # noqa: F401
+        from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: F401
+
+
 class TfServingGrpcUser(User):
     """PredictionService.Predict over gRPC, reported through Locust's request event."""
 

@@ -78,3 +78,26 @@ def test_wrong_answers_are_failures_not_fast_successes(artifacts, tmp_path):
     # Digit 0 is right about a tenth of the time; every other reply must count as failed.
     assert point["requests"] > 0
     assert point["failures"] >= 0.7 * point["requests"]
+
+
+@pytest.mark.parametrize("protocol", [Protocol.REST, Protocol.GRPC])
+def test_tf_serving_users_against_the_protocol_double(artifacts, spec, tmp_path, protocol):
+    """The TF Serving Locust users (REST and gRPC) run and check replies. The server here is
+    the PROTOCOL TEST DOUBLE: this tests our users, and its figures are not TF Serving's."""
+    from services.process import free_port
+    from tests.doubles.tf_serving_protocol_double import TfServingProtocolDouble
+
+    with TfServingProtocolDouble(
+        artifacts.savedmodel, spec.name, spec.version, free_port(), free_port()
+    ) as double:
+        if protocol is Protocol.REST:
+            target = runner.Target(Stack.TF_SERVING, protocol, double.rest_url, {},
+                                   server_pid=os.getpid())
+        else:
+            target = runner.Target(Stack.TF_SERVING, protocol, f"http://{double.grpc_target}",
+                                   {"TFS_GRPC_TARGET": double.grpc_target},
+                                   server_pid=os.getpid())  # fmt: skip
+        point = runner.run_point(target, runner.Load(Mode.CLOSED, 2, 2), SMOKE, artifacts,
+                                 tmp_path, usable_cores()[-1:], repeat=0)
+    assert point["requests"] > 0 and point["failures"] == 0, point
+    assert point["stack"] == "tf_serving" and point["protocol"] == protocol.value
