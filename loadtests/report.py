@@ -1,6 +1,6 @@
 """Builds summary.json, REPORT.md and the PNG plots of a run from its saved data.
 
-  python -m loadtests.report results/<run-id>      # what `make report RUN=...` runs
+python -m loadtests.report results/<run-id>      # what `make report RUN=...` runs
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SUMMARY_KEYS = (
     "images_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms", "requests", "failures",
     "generator_cpu_pct", "generator_saturated", "server_cpu_pct", "server_rss_mb",
     "repeats", "rps_min", "rps_max", "p99_ms_min", "p99_ms_max", "server_p50_ms",
-    "server_queue_ms", "server_total_ms",
+    "server_queue_ms", "server_total_ms", "server_runtime_ms",
 )  # fmt: skip
 
 
@@ -49,19 +49,35 @@ def aggregate(points: list[dict]) -> list[dict]:
     """One record per (stack, protocol, device, batch, mode, level), repeats merged."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for point in points:
-        key = (point["stack"], point["protocol"], point.get("device", "cpu"),
-               point["batch_size"], point["mode"], point.get("users"), point.get("rate"))
+        key = (
+            point["stack"],
+            point["protocol"],
+            point.get("device", "cpu"),
+            point["batch_size"],
+            point["mode"],
+            point.get("users"),
+            point.get("rate"),
+        )
         groups[key].append(point)
     merged = []
     for group in groups.values():
         record = analysis.aggregate_repeats(group)
-        for key in ("server_queue_ms", "server_total_ms", "server_p50_ms"):
+        for key in ("server_queue_ms", "server_total_ms", "server_runtime_ms", "server_p50_ms"):
             values = sorted(p[key] for p in group if p.get(key) is not None)
             record[key] = values[len(values) // 2] if values else None
         merged.append({k: record.get(k) for k in SUMMARY_KEYS})
-    return sorted(merged, key=lambda r: (r["stack"], r["protocol"], r["device"],
-                                         r["batch_size"], r["mode"], r["users"] or 0,
-                                         r["rate"] or 0))
+    return sorted(
+        merged,
+        key=lambda r: (
+            r["stack"],
+            r["protocol"],
+            r["device"],
+            r["batch_size"],
+            r["mode"],
+            r["users"] or 0,
+            r["rate"] or 0,
+        ),
+    )
 
 
 def series(records: list[dict], mode: str, batch: int) -> dict[str, list[dict]]:
@@ -135,8 +151,13 @@ def plot_curves(records: list[dict], out: Path) -> list[str]:
             for axis, key in zip(axes, ("p50_ms", "p99_ms"), strict=True):
                 axis.plot(x, [r[key] for r in curve], marker="o", label=name)
                 for r in curve:
-                    axis.annotate(f"{r['users']}u", (r["rps"], r[key]), fontsize=7,
-                                  textcoords="offset points", xytext=(3, 3))
+                    axis.annotate(
+                        f"{r['users']}u",
+                        (r["rps"], r[key]),
+                        fontsize=7,
+                        textcoords="offset points",
+                        xytext=(3, 3),
+                    )
         for axis, key in zip(axes, ("p50", "p99"), strict=True):
             axis.set_xlabel("throughput (requests/s)")
             axis.set_ylabel(f"{key} latency (ms)")
@@ -152,10 +173,20 @@ def plot_curves(records: list[dict], out: Path) -> list[str]:
         fig, axis = plt.subplots(figsize=(7, 4.8))
         for name, curve in sorted(opened.items()):
             curve = sorted(curve, key=lambda r: r["rate"])
-            (line,) = axis.plot([r["rate"] for r in curve], [r["p99_ms"] for r in curve],
-                                marker="o", label=f"{name} p99")
-            axis.plot([r["rate"] for r in curve], [r["p50_ms"] for r in curve], marker=".",
-                      linestyle="--", color=line.get_color(), label=f"{name} p50")
+            (line,) = axis.plot(
+                [r["rate"] for r in curve],
+                [r["p99_ms"] for r in curve],
+                marker="o",
+                label=f"{name} p99",
+            )
+            axis.plot(
+                [r["rate"] for r in curve],
+                [r["p50_ms"] for r in curve],
+                marker=".",
+                linestyle="--",
+                color=line.get_color(),
+                label=f"{name} p50",
+            )
         axis.set_xlabel("offered rate (requests/s)")
         axis.set_ylabel("latency from scheduled start (ms)")
         axis.set_yscale("log")
@@ -183,8 +214,10 @@ def plot_baselines(baselines: list[dict], out: Path) -> list[str]:
     fig, axis = plt.subplots(figsize=(10, 4.8))
     width = 0.8 / len(batches)
     for i, batch in enumerate(batches):
-        values = [next((r["p50_us"] for r in baselines
-                        if r["path"] == p and r["batch_size"] == batch), 0) for p in paths]
+        values = [
+            next((r["p50_us"] for r in baselines if r["path"] == p and r["batch_size"] == batch), 0)
+            for p in paths
+        ]
         bars = axis.bar(np.arange(len(paths)) + i * width, values, width, label=f"batch {batch}")
         axis.bar_label(bars, fmt="%.0f", fontsize=7)
     axis.set_xticks(np.arange(len(paths)) + width * (len(batches) - 1) / 2)
@@ -371,8 +404,11 @@ def write_report(run_dir: Path) -> Path:
         "|" + " --- |" * 7,
     ]
     for h in heads:
-        overhead = (f"{h['overhead_x_in_process']:.0f}x {h['floor_path']} "
-                    f"({h['floor_p50_us']:.0f} µs)") if h["overhead_x_in_process"] else "–"
+        overhead = (
+            (f"{h['overhead_x_in_process']:.0f}x {h['floor_path']} ({h['floor_p50_us']:.0f} µs)")
+            if h["overhead_x_in_process"]
+            else "–"
+        )
         knee = f"{h['knee_users']}, {h['knee_rps']:.0f}" if h["knee_users"] else "not reached"
         md.append(
             f"| {h['target']} | {fmt(h['p50_ms_1_user'])} | {fmt(h['p99_ms_1_user'])} | "
@@ -392,14 +428,16 @@ def write_report(run_dir: Path) -> Path:
     md += ["## In-process baselines (one thread, server cores)", ""]
     md += ["| path | batch | p50 µs | p99 µs |", "| --- | --- | --- | --- |"]
     for row in baselines:
-        md.append(f"| {row['path']} | {row['batch_size']} | {row['p50_us']:.1f} | "
-                  f"{row['p99_us']:.1f} |")
+        md.append(
+            f"| {row['path']} | {row['batch_size']} | {row['p50_us']:.1f} | {row['p99_us']:.1f} |"
+        )
     saturated = [r for r in records if r["generator_saturated"]]
     md += ["", "## Flags", ""]
     md.append(
         f"- {len(saturated)} load level(s) had a saturated load generator "
         "(marked ⚠ above; their latency includes the generator's own queueing)."
-        if saturated else "- No point saturated the load generator."
+        if saturated
+        else "- No point saturated the load generator."
     )
     failures = sum(r["failures"] or 0 for r in records)
     md.append(f"- Failed requests over the whole run: {failures}.")
@@ -423,12 +461,18 @@ def device_comparison(heads: list[dict]) -> list[str]:
     both = {t: d for t, d in by_target.items() if len(d) > 1}
     if not both:
         return []
-    md = ["", "## CPU vs GPU (closed loop, batch 1)", "",
-          "| stack/protocol | device | p50 ms, lowest load | peak req/s |", "|" + " --- |" * 4]
+    md = [
+        "",
+        "## CPU vs GPU (closed loop, batch 1)",
+        "",
+        "| stack/protocol | device | p50 ms, lowest load | peak req/s |",
+        "|" + " --- |" * 4,
+    ]
     for target, devices in sorted(both.items()):
         for device, h in sorted(devices.items()):
-            md.append(f"| {target} | {device} | {fmt(h['p50_ms_1_user'])} | "
-                      f"{fmt(h['peak_rps'], 0)} |")
+            md.append(
+                f"| {target} | {device} | {fmt(h['p50_ms_1_user'])} | {fmt(h['peak_rps'], 0)} |"
+            )
     return md
 
 
@@ -437,6 +481,13 @@ def group_rows(records: list[dict]) -> dict[tuple, list[dict]]:
     for r in records:
         groups[(r["stack"], r["protocol"], r["device"], r["batch_size"], r["mode"])].append(r)
     return groups
+
+
+def model_compute_ms(record: dict) -> float | None:
+    """Flask's reported compute p50, else TF Serving's mean model-run time."""
+    if record["server_p50_ms"] is not None:
+        return record["server_p50_ms"]
+    return record.get("server_runtime_ms")
 
 
 def server_view(records: list[dict]) -> list[str]:
@@ -450,12 +501,13 @@ def server_view(records: list[dict]) -> list[str]:
         "",
         "TorchServe: mean time per request from its Prometheus counters: queue (waiting for "
         "a worker, or for the dynamic batch to fill: up to maxBatchDelay) and server total "
-        "(request received to response sent, queue included). Flask: p50 of the model "
+        "(request received to response sent, queue included). TF Serving: mean request and "
+        "model-run (runtime) latency from its Prometheus histograms. Flask: p50 of the model "
         "compute time the app reports in `X-Inference-Time-Ms`. The rest of the client's "
         "latency is HTTP, JSON, the worker hand-off and the network stack.",
         "",
         "| target | batch | mode | level | client p50 ms | server queue ms | "
-        "server total ms | app compute p50 ms |",
+        "server total ms | model compute ms |",
         "|" + " --- |" * 8,
     ]
     for r in rows:
@@ -463,7 +515,7 @@ def server_view(records: list[dict]) -> list[str]:
         md.append(
             f"| {r['stack']}/{r['protocol']} | {r['batch_size']} | {r['mode']} | "
             f"{fmt(level, 0)} | {fmt(r['p50_ms'])} | {fmt(r['server_queue_ms'])} | "
-            f"{fmt(r['server_total_ms'])} | {fmt(r['server_p50_ms'], 3)} |"
+            f"{fmt(r['server_total_ms'])} | {fmt(model_compute_ms(r), 3)} |"
         )
     md.append("")
     return md

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import psutil
 
-from digitnet.clients import RestClient
+from digitnet.clients import TFS_METRICS_PATH, RestClient
 from digitnet.spec import ModelSpec
 from loadtests import analysis, environment
 from loadtests.profiles import PROFILES, Profile
 from loadtests.sampler import TreeSampler
-from loadtests.server_metrics import scrape, torchserve_breakdown
+from loadtests.server_metrics import breakdown, scrape
 from loadtests.settings import PROTOCOLS, Mode, Protocol, Stack
 from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, build_all
 from services.process import ServerProcess, free_port, usable_cores
@@ -158,6 +158,8 @@ def targets_of(running: RunningStack, device: str = "cpu") -> list[Target]:
         metrics_url = None
         if running.stack is Stack.TORCHSERVE and "metrics" in running.ports:
             metrics_url = f"http://127.0.0.1:{running.ports['metrics']}/metrics"
+        if running.stack is Stack.TF_SERVING and "rest" in running.ports:
+            metrics_url = f"http://127.0.0.1:{running.ports['rest']}{TFS_METRICS_PATH}"
         targets.append(
             Target(running.stack, protocol, host, env, running.server.pid, metrics_url, device)
         )
@@ -249,8 +251,7 @@ def run_point(
         "server_cpu_pct": server_sampler.samples.mean_cpu() if server_sampler else None,
         "server_rss_mb": server_sampler.samples.max_rss() if server_sampler else None,
     }
-    if target.stack is Stack.TORCHSERVE:
-        point.update(torchserve_breakdown(before, after) or {})
+    point.update(breakdown(target.stack.value, before, after))
     return point
 
 

@@ -53,3 +53,35 @@ def torchserve_breakdown(before: dict[str, float], after: dict[str, float]) -> d
         "server_queue_ms": delta["queue_us"] / delta["requests"] / 1000.0,
         "server_total_ms": delta["inference_us"] / delta["requests"] / 1000.0,
     }
+
+
+# TF Serving (monitoring.config enables Prometheus): histograms in microseconds, summed
+# over labels. request_latency spans the whole request in the server (parsing, batching
+# queue, run); runtime_latency only the session run of the signature.
+TF_SERVING_HISTOGRAMS = {
+    "request": ":tensorflow:serving:request_latency",
+    "runtime": ":tensorflow:serving:runtime_latency",
+}
+
+
+def tf_serving_breakdown(before: dict[str, float], after: dict[str, float]) -> dict | None:
+    """Mean server-side request and model-run milliseconds per request over a point."""
+    def mean_ms(histogram: str) -> float | None:
+        count = after.get(f"{histogram}_count", 0.0) - before.get(f"{histogram}_count", 0.0)
+        total = after.get(f"{histogram}_sum", 0.0) - before.get(f"{histogram}_sum", 0.0)
+        return total / count / 1000.0 if count > 0 else None
+
+    request_ms = mean_ms(TF_SERVING_HISTOGRAMS["request"])
+    if request_ms is None:
+        return None
+    return {"server_total_ms": request_ms,
+            "server_runtime_ms": mean_ms(TF_SERVING_HISTOGRAMS["runtime"])}  # fmt: skip
+
+
+def breakdown(stack: str, before: dict[str, float], after: dict[str, float]) -> dict:
+    """The server's own timings for `stack` over a point ({} when it exposes none)."""
+    if stack == "torchserve":
+        return torchserve_breakdown(before, after) or {}
+    if stack == "tf_serving":
+        return tf_serving_breakdown(before, after) or {}
+    return {}

@@ -1,0 +1,55 @@
+"""Server-side timings from Prometheus text: counter and histogram deltas over a point."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtests.server_metrics import SAMPLE, breakdown
+
+TORCHSERVE = """# HELP ts_inference_requests_total Total number of inference requests.
+# TYPE ts_inference_requests_total counter
+ts_inference_requests_total{{model_name="digitnet",model_version="default",}} {n}
+ts_inference_latency_microseconds{{model_name="digitnet",model_version="default",}} {total}
+ts_queue_latency_microseconds{{model_name="digitnet",model_version="default",}} {queue}
+"""
+
+TF_SERVING = """# TYPE :tensorflow:serving:request_latency histogram
+:tensorflow:serving:request_latency_bucket{{API="predict",entrypoint="REST",le="10"}} 1
+:tensorflow:serving:request_latency_sum{{API="predict",entrypoint="REST"}} {total}
+:tensorflow:serving:request_latency_count{{API="predict",entrypoint="REST"}} {n}
+:tensorflow:serving:runtime_latency_sum{{API="Predict",runtime="TF1"}} {run}
+:tensorflow:serving:runtime_latency_count{{API="Predict",runtime="TF1"}} {n}
+"""
+
+
+def parse(text: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match:
+            totals[match.group(1)] = totals.get(match.group(1), 0.0) + float(match.group(3))
+    return totals
+
+
+def test_torchserve_means_per_request_over_the_point():
+    before = parse(TORCHSERVE.format(n=100, total=500_000, queue=100_000))
+    after = parse(TORCHSERVE.format(n=300, total=1_300_000, queue=500_000))
+    figures = breakdown("torchserve", before, after)
+    assert figures["server_requests"] == 200
+    assert figures["server_total_ms"] == pytest.approx(4.0)
+    assert figures["server_queue_ms"] == pytest.approx(2.0)
+
+
+def test_tf_serving_histograms_give_request_and_runtime_means():
+    before = parse(TF_SERVING.format(n=10, total=10_000, run=2_000))
+    after = parse(TF_SERVING.format(n=110, total=310_000, run=52_000))
+    figures = breakdown("tf_serving", before, after)
+    assert figures["server_total_ms"] == pytest.approx(3.0)
+    assert figures["server_runtime_ms"] == pytest.approx(0.5)
+
+
+def test_no_requests_or_no_metrics_give_no_figures():
+    same = parse(TORCHSERVE.format(n=5, total=10, queue=1))
+    assert breakdown("torchserve", same, same) == {}
+    assert breakdown("flask_torch", same, same) == {}
+    assert breakdown("tf_serving", {}, {}) == {}
