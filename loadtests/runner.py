@@ -397,21 +397,42 @@ def measure(target, load, profile, paths, raw_dir, generator_cores, points_file,
     return best
 
 
+# Environment variables that set a server's workers and threads (read back from the
+# running processes, so the report shows what ran, not what was meant to run).
+THREAD_SETTINGS = (
+    "DIGITNET_TORCH_THREADS",
+    "DIGITNET_TORCHSERVE_WORKERS",
+    "FLASK_TORCH_WORKERS",
+    "FLASK_TORCH_THREADS",
+    "OMP_NUM_THREADS",
+)
+
+
 def server_settings(running: RunningStack) -> dict:
-    """Threads and workers as the server runs them (read from its process tree)."""
+    """Workers, threads and pinning as the server runs them (read from its process tree)."""
     try:
         proc = psutil.Process(running.server.pid)
         tree = [proc, *proc.children(recursive=True)]
         threads = sum(p.num_threads() for p in tree)
         affinity = sorted(proc.cpu_affinity())
+        environ = {}
+        for member in tree:
+            environ.update({k: v for k, v in member.environ().items() if k in THREAD_SETTINGS})
+        workers = sum(
+            1
+            for member in tree
+            if "model_service_worker" in " ".join(member.cmdline())
+            or (running.stack is Stack.FLASK_TORCH and member.ppid() == proc.pid)
+        )
     except psutil.Error:
-        tree, threads, affinity = [], 0, []
+        tree, threads, affinity, environ, workers = [], 0, [], {}, 0
     return {
+        "worker_processes": workers,
+        "thread_settings": environ,
         "processes": len(tree),
         "os_threads": threads,
         "cpu_affinity": affinity,
         "ports": running.ports,
-        "settings": getattr(running.server, "endpoints", {}),
     }
 
 
