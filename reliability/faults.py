@@ -98,6 +98,19 @@ def signal_plan(stack: str) -> SignalPlan:
     return SignalPlan(False, DEPLOYMENT_GRACE_S, "container stop grace")
 
 
+def _keep_load_after_last_failure(loop, whole_at: float, settings: FaultSettings) -> None:
+    """Keeps the load up until `tail_s` have passed since both the recovery and the last
+    failed request: a request the dead worker held can fail late (TorchServe answers 507
+    when it notices), and the figures after recovery must cover a full tail."""
+    deadline = whole_at + settings.recovery_timeout_s
+    while time.monotonic() < deadline:
+        last_failure = max((s.end_s for s in loop.recorder.snapshot() if not s.ok),
+                           default=whole_at)  # fmt: skip
+        if time.monotonic() - max(whole_at, last_failure) >= settings.tail_s:
+            return
+        time.sleep(0.1)
+
+
 def kill_worker(running: RunningStack, settings: FaultSettings) -> dict:
     """SIGKILLs one worker of `running` under closed-loop load; returns the figures.
 
@@ -124,7 +137,7 @@ def kill_worker(running: RunningStack, settings: FaultSettings) -> dict:
         )
         ready = running.ready(settings.recovery_timeout_s)
         whole_at = time.monotonic()
-        time.sleep(settings.tail_s)
+        _keep_load_after_last_failure(loop, whole_at, settings)
     samples = loop.recorder.snapshot()
     failed = [s for s in samples if not s.ok]
     last_failure = max((s.end_s for s in failed), default=None)
