@@ -99,14 +99,22 @@ def signal_plan(stack: str) -> SignalPlan:
 
 
 def _keep_load_after_last_failure(loop, whole_at: float, settings: FaultSettings) -> None:
-    """Keeps the load up until `tail_s` have passed since both the recovery and the last
-    failed request: a request the dead worker held can fail late (TorchServe answers 507
-    when it notices), and the figures after recovery must cover a full tail."""
+    """Keeps the load up until, after both the recovery and the last failed request,
+    `tail_s` have passed, every client has had a request answered correctly, and no
+    request from before that point is still waiting: a request the dead worker held can
+    fail late (TorchServe answers 507 when it notices), and the figures after recovery
+    must cover a full tail."""
     deadline = whole_at + settings.recovery_timeout_s
     while time.monotonic() < deadline:
-        last_failure = max((s.end_s for s in loop.recorder.snapshot() if not s.ok),
-                           default=whole_at)  # fmt: skip
-        if time.monotonic() - max(whole_at, last_failure) >= settings.tail_s:
+        samples = loop.recorder.snapshot()
+        since = max([whole_at, *(s.end_s for s in samples if not s.ok)])
+        fresh_ok = sum(1 for s in samples if s.ok and s.start_s >= since)
+        oldest = loop.oldest_in_flight()
+        if (
+            time.monotonic() - since >= settings.tail_s
+            and fresh_ok >= settings.clients
+            and (oldest is None or oldest >= since)
+        ):
             return
         time.sleep(0.1)
 

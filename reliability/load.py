@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loadtests.payload import PayloadSet, check_json_reply
-from reliability.client import OK, REFUSED, WRONG_ANSWER, Connection, Endpoint, Reply, http_kind
+from reliability.client import (
+    OK,
+    OTHER,
+    REFUSED,
+    WRONG_ANSWER,
+    Connection,
+    Endpoint,
+    Reply,
+    http_kind,
+)
 
 # Hard cap on any loop, whatever its caller asks: nothing here may run unbounded.
 MAX_RUN_S = 3600.0
@@ -107,16 +116,31 @@ class ClosedLoop:
         self.deadline = time.monotonic() + min(max_s, MAX_RUN_S)
         self.recorder = Recorder()
         self._stop = threading.Event()
+        # Start time of the request each client has in flight (None between requests).
+        self._inflight: dict[int, float | None] = {i: None for i in range(clients)}
         self._threads = [
-            threading.Thread(target=self._run, name=f"closed-{i}", daemon=True)
+            threading.Thread(target=self._run, args=(i,), name=f"closed-{i}", daemon=True)
             for i in range(clients)
         ]
 
-    def _run(self) -> None:
+    def oldest_in_flight(self) -> float | None:
+        """Start time of the oldest request still waiting for its answer, if any."""
+        starts = [start for start in self._inflight.values() if start is not None]
+        return min(starts, default=None)
+
+    def _run(self, client: int) -> None:
         conn = Connection(self.endpoint, self.timeout_s, fresh=self.fresh)
         try:
             while not self._stop.is_set() and time.monotonic() < self.deadline:
-                sample = send_one(conn, self.payloads)
+                self._inflight[client] = time.monotonic()
+                try:
+                    sample = send_one(conn, self.payloads)
+                except Exception as err:  # noqa: BLE001 - a client must never die silently
+                    now = time.monotonic()
+                    sample = Sample(now, now, OTHER, None, repr(err))
+                    conn.close()
+                finally:
+                    self._inflight[client] = None
                 self.recorder.add(sample)
                 if sample.kind == REFUSED:
                     self._stop.wait(REFUSED_BACKOFF_S)
