@@ -28,13 +28,12 @@ from pathlib import Path
 import psutil
 
 from digitnet.clients import TFS_METRICS_PATH, RestClient
-from digitnet.spec import ModelSpec
 from loadtests import analysis, environment
 from loadtests.profiles import PROFILES, Profile
 from loadtests.sampler import TreeSampler
 from loadtests.server_metrics import breakdown, scrape
 from loadtests.settings import PROTOCOLS, Mode, Protocol, Stack
-from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, build_all
+from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, ensure_artifacts
 from services.process import ServerProcess, free_port, usable_cores
 from services.registry import load_stack
 
@@ -445,13 +444,6 @@ def new_run_dir(run_id: str | None) -> Path:
     run_dir = RESULTS / (run_id or time.strftime("%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def ensure_artifacts(root: Path) -> ArtifactPaths:
-    paths = ArtifactPaths(root, ModelSpec.from_env())
-    if not paths.complete():
-        build_all(root, paths.spec)
-    return paths
 
 
 def main() -> int:

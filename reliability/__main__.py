@@ -24,7 +24,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from digitnet.spec import ModelSpec
 from loadtests.settings import PROTOCOLS, Stack
 from reliability import report, targets
 from reliability.settings import (
@@ -35,7 +34,7 @@ from reliability.settings import (
     SoakSettings,
     from_env,
 )
-from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, build_all
+from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, ensure_artifacts
 from services.registry import STACK_MODULES
 
 SCENARIOS = ("kill", "sigterm", "slow")
@@ -138,13 +137,6 @@ def run_soak(paths: ArtifactPaths, stacks: list[str], settings: SoakSettings,
     print("\n".join(md))
     print(f"soak: wrote {out}")
     return 0 if all(run["passed"] for run in data["runs"]) else 1
-
-
-def ensure_artifacts(root: Path) -> ArtifactPaths:
-    paths = ArtifactPaths(root, ModelSpec.from_env())
-    if not paths.complete():
-        build_all(root, paths.spec)
-    return paths
 
 
 def main() -> int:

@@ -142,6 +142,14 @@ def build_all(root: Path, spec: ModelSpec) -> dict:
     return metrics
 
 
+def ensure_artifacts(root: Path, spec: ModelSpec | None = None) -> ArtifactPaths:
+    """The artifacts under `root`, built first if any is missing."""
+    paths = ArtifactPaths(root, spec or ModelSpec.from_env())
+    if not paths.complete():
+        build_all(root, paths.spec)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_ARTIFACTS)

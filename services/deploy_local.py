@@ -21,7 +21,7 @@ from pathlib import Path
 
 from digitnet.data import load_split
 from digitnet.spec import ModelSpec
-from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, build_all
+from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, ensure_artifacts
 from services.process import ServerProcess, port_is_free
 from services.registry import all_stacks, load_stack
 
@@ -190,10 +190,7 @@ def main() -> int:
         return stop()
     if args.command == "status":
         return status()
-    spec = ModelSpec.from_env()
-    paths = ArtifactPaths(args.artifacts, spec)
-    if not paths.complete():
-        build_all(args.artifacts, spec)
+    paths = ensure_artifacts(args.artifacts)
     mode = args.mode
     if mode == "auto":
         mode = "compose" if docker_engine_available() else "native"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from digitnet.spec import ModelSpec, ServingLimits
-from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, build_all
+from digitnet.spec import ServingLimits
+from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, ensure_artifacts
 from services.process import free_port
 from services.registry import all_stacks
 
@@ -155,10 +155,7 @@ def main() -> int:
     parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     parser.add_argument("--in-process-only", action="store_true")
     args = parser.parse_args()
-    spec = ModelSpec.from_env()
-    paths = ArtifactPaths(args.artifacts, spec)
-    if not paths.complete():
-        build_all(args.artifacts, spec)
+    paths = ensure_artifacts(args.artifacts)
     rows = check_parity(paths, with_servers=not args.in_process_only)
 
     print(f"parity on the 450 held-out digits (25% split), tolerance {PARITY_ATOL:g}")
