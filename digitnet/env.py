@@ -5,15 +5,21 @@ from __future__ import annotations
 import os
 
 
-def env_int(name: str, default: int) -> int:
-    """`default` when `name` is unset or empty, else its value as an integer."""
+def env_optional_int(name: str) -> int | None:
+    """None when `name` is unset or empty, else its value as an integer."""
     raw = os.environ.get(name, "").strip()
     if not raw:
-        return default
+        return None
     try:
         return int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def env_int(name: str, default: int) -> int:
+    """`default` when `name` is unset or empty, else its value as an integer."""
+    value = env_optional_int(name)
+    return default if value is None else value
 
 
 def env_float(name: str, default: float) -> float:

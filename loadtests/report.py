@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from loadtests import analysis
+from loadtests.markdown import fmt
 from reliability.report import sections_for_run as reliability_sections
 
 TORCH_STACKS = {"torchserve", "flask_torch"}
@@ -123,16 +124,6 @@ def headline(records: list[dict], baselines: list[dict], slo_ms: float) -> list[
             "floor_p50_us": floor,
         })  # fmt: skip
     return rows
-
-
-def fmt(value, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def plot_curves(records: list[dict], out: Path) -> list[str]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from loadtests.markdown import fmt
+
 MATRIX_FILE = "matrix.json"
 FAULTS_FILE = "faults.json"
 SLOW_CLIENTS_FILE = "slow_clients.json"
@@ -22,13 +24,8 @@ _MARKS = {"pass": "✓", "FAIL": "✗ FAIL", "recorded": "(recorded)", "skipped"
 
 
 def _fmt(value, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "**no**"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    # A failed yes/no check stands out in bold.
+    return fmt(value, digits, no="**no**")
 
 
 def _outcomes(counts: dict[str, int]) -> str:

@@ -150,13 +150,18 @@ def stop_process_tree(pid: int, grace_s: float = 15.0) -> bool:
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
+    kill_processes(alive)
+    return True
+
+
+def kill_processes(procs: list[psutil.Process]) -> None:
+    """SIGKILL each of `procs` that still runs, and reap them (5 s at most)."""
+    for proc in procs:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=5)
-    return True
+    psutil.wait_procs(procs, timeout=5)
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digitnet.env import env_float
+from digitnet.env import env_optional_int as env_int
 from digitnet.spec import ModelSpec, ServingLimits
 from services.artifacts import ArtifactPaths
 
@@ -39,17 +40,6 @@ DEFAULT_TORCH_THREADS = 1
 DEVICE_AUTO = "auto"
 DEVICE_CPU = "cpu"
 DEVICE_CUDA = "cuda"
-
-
-def env_int(name: str) -> int | None:
-    """An integer environment variable, or None when unset or empty."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
 @dataclass(frozen=True)

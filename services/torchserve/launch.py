@@ -25,6 +25,7 @@ from services.artifacts import ArtifactPaths
 from services.process import (
     LOOPBACK,
     ServerProcess,
+    kill_processes,
     port_is_free,
     start_process,
     stop_process_tree,
@@ -311,13 +312,7 @@ class TorchServeStack:
     def stop(self, server: ServerProcess) -> None:
         stop_process_tree(server.pid, grace_s=STOP_GRACE_S)
         # Anything of ours that escaped the tree walk (e.g. a worker respawned meanwhile).
-        leftovers = session_processes(server.pid)
-        for proc in leftovers:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(leftovers, timeout=5)
+        kill_processes(session_processes(server.pid))
         if server.popen is not None:
             server.popen.wait(timeout=5)
         ports = [int(url.rsplit(":", 1)[1]) for url in server.endpoints.values()]
