@@ -5,7 +5,8 @@ PY          := $(VENV)/bin/python
 ARTIFACTS   ?= artifacts
 PYTEST_ARGS ?=
 PROFILE     ?= quick
-STACKS      ?= tf_serving,torchserve,flask_torch
+# Every registered stack (services/registry.py) unless narrowed, e.g. STACKS=flask_torch.
+STACKS      ?= all
 STACK       ?= flask_torch
 PROTOCOL    ?= rest
 USERS       ?= 8
@@ -29,8 +30,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv artifacts deploy-local stop status parity bench loadtest report baselines \
-	test test-fast lint clean
+.PHONY: help venv tools artifacts configs deploy-local stop status parity bench loadtest report \
+	baselines test test-fast lint clean
 .PHONY: robustness faults soak audit
 
 .PHONY: k8s-validate images k8s-apply k8s-loadtest k8s-delete k8s-lint-venv k8s-engine \
@@ -44,28 +45,37 @@ $(VENV)/.ready: pyproject.toml requirements.lock scripts/bootstrap_venv.sh
 	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/bootstrap_venv.sh
 	@touch $@
 
-# Artifacts are rebuilt when the model, export or handler code changes.
-MODEL_SOURCES := $(wildcard digitnet/*.py) services/artifacts.py services/tf_serving/export.py \
-	services/torchserve/handler.py services/torchserve/build_mar.py services/torchserve/model-config.yaml
+tools: ## Install wrk, nginx-light and h2load (the measurement tools) where the machine allows
+	@bash scripts/install_tools.sh
 
-artifacts: $(ARTIFACTS)/metrics.json ## Train on digits, export TorchScript, SavedModel and the .mar
+# Artifacts are rebuilt when the model, a stack's build code or its packed files change.
+MODEL_SOURCES := $(wildcard digitnet/*.py) harness/artifacts.py tools/artifacts.py \
+	$(wildcard services/*/export.py services/*/build_mar.py) services/torchserve/handler.py \
+	services/torchserve/model-config.yaml
+
+artifacts: $(ARTIFACTS)/metrics.json ## Train on digits, export TorchScript and SavedModel, build each stack's own
 $(ARTIFACTS)/metrics.json: $(VENV)/.ready $(MODEL_SOURCES)
-	$(PY) -m services.artifacts --out $(ARTIFACTS) --force
+	$(PY) -m tools.artifacts --out $(ARTIFACTS) --force
+
+configs: venv ## Regenerate the committed configs each stack generates from digitnet/spec.py's defaults
+	$(PY) -m tools.configs
 
 deploy-local: artifacts ## Start every stack this machine can run, wait until ready, predict once each
-	$(PY) -m services.deploy_local up --artifacts $(ARTIFACTS)
+	$(PY) -m tools.deploy_local up --artifacts $(ARTIFACTS)
 
 stop: ## Stop everything deploy-local started
-	@if [ -x $(PY) ]; then $(PY) -m services.deploy_local stop; else echo "stop: no venv, nothing started"; fi
+	@if [ -x $(PY) ]; then $(PY) -m tools.deploy_local stop; else echo "stop: no venv, nothing started"; fi
 
 status: ## Show what deploy-local started and whether it still runs
-	@if [ -x $(PY) ]; then $(PY) -m services.deploy_local status; else echo "status: no venv"; fi
+	@if [ -x $(PY) ]; then $(PY) -m tools.deploy_local status; else echo "status: no venv"; fi
 
 parity: artifacts ## Compare logits of every in-process and served path on the test split
-	$(PY) -m services.parity --artifacts $(ARTIFACTS)
+	$(PY) -m tools.parity --artifacts $(ARTIFACTS)
 
-bench: artifacts ## Whole comparison: sweep every stack/protocol (PROFILE=quick|full), write results/<run>/REPORT.md
-	$(PY) -m loadtests.runner sweep --profile $(PROFILE) --stacks $(STACKS) --artifacts $(ARTIFACTS)
+STACKS_ARG = $(if $(filter all,$(STACKS)),,--stacks $(STACKS))
+
+bench: artifacts tools ## Whole comparison: sweep every stack/protocol (PROFILE=quick|full), write results/<run>/REPORT.md
+	$(PY) -m loadtests.runner sweep --profile $(PROFILE) $(STACKS_ARG) --artifacts $(ARTIFACTS)
 
 loadtest: artifacts ## One load point: STACK=... PROTOCOL=... USERS=... [RATE=req/s for open loop] [BATCH=] [DURATION=]
 	$(PY) -m loadtests.runner point --stack $(STACK) --protocol $(PROTOCOL) --users $(USERS) \
@@ -73,7 +83,7 @@ loadtest: artifacts ## One load point: STACK=... PROTOCOL=... USERS=... [RATE=re
 
 report: venv ## Rebuild summary.json, REPORT.md and plots from saved data: RUN=results/<run-id>
 	@test -n "$(RUN)" || { echo "usage: make report RUN=results/<run-id>"; exit 2; }
-	$(PY) -m loadtests.report $(RUN)
+	$(PY) -m tools.report $(RUN)
 
 baselines: artifacts ## In-process inference timings only (the floor)
 	$(PY) -m loadtests.baselines --artifacts $(ARTIFACTS)
@@ -81,19 +91,19 @@ baselines: artifacts ## In-process inference timings only (the floor)
 # Reliability (reliability/README.md). With RUN=results/<run-id> the JSON is also copied
 # into that load-test run, and `make report RUN=...` includes it.
 robustness: artifacts ## Every hostile/broken request on every stack: prints the input x stack matrix
-	$(PY) -m reliability matrix --stacks $(STACKS) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
+	$(PY) -m reliability matrix $(STACKS_ARG) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
 
 faults: artifacts ## Kill a worker and SIGTERM under load, slow clients: failures and recovery times
-	$(PY) -m reliability faults --stacks $(STACKS) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
+	$(PY) -m reliability faults $(STACKS_ARG) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
 
 soak: artifacts ## SOAK_RATE req/s for SOAK_DURATION s per stack (default 100, 600): errors and RSS slope
-	$(PY) -m reliability soak --stacks $(STACKS) --rate $(SOAK_RATE) --duration $(SOAK_DURATION) \
+	$(PY) -m reliability soak $(STACKS_ARG) --rate $(SOAK_RATE) --duration $(SOAK_DURATION) \
 		--artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
 
 audit: venv ## pip-audit of requirements.lock; says NOT AUDITED when its database is unreachable
 	$(PY) -m reliability audit --requirements requirements.lock
 
-test: venv ## Run the whole test suite (starts real servers on free loopback ports)
+test: venv tools ## Run the whole test suite (starts real servers on free loopback ports)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv ## Tests that start no server

@@ -34,6 +34,7 @@ class Predictor(Protocol):
     """What parity checks and deploy-local need from any client."""
 
     label: str
+    protocol: str
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -47,6 +48,7 @@ def bearer(token: str | None) -> dict[str, str]:
 class RestClient:
     """POSTs the shared JSON schema to one predict URL."""
 
+    protocol = "rest"
     label: str
     base_url: str
     path: str
@@ -94,6 +96,8 @@ def flask_rest(base_url: str, spec: ModelSpec) -> RestClient:
 
 class TfServingGrpcClient:
     """PredictionService.Predict with tensorflow-serving-api's generated stubs."""
+
+    protocol = "grpc"
 
     def __init__(self, target: str, spec: ModelSpec, timeout_s: float = DEFAULT_TIMEOUT_S):
         # Imported here: tensorflow takes seconds to import and only gRPC callers need it.

@@ -1,11 +1,18 @@
-"""The one JSON payload schema every REST stack speaks (TF Serving's row format).
+"""The one JSON payload schema every REST stack speaks (TF Serving's two predict formats).
 
-Request:  {"instances": [image, ...]}, each image a side x side list of numbers in [0, 1].
-Response: {"predictions": [{"logits": [10 floats], "classes": int}, ...]}.
+Row request:       {"instances": [image, ...]}, each image a side x side list of numbers.
+Columnar request:  {"inputs": [image, ...]} or {"inputs": {"images": [image, ...]}}.
+Row response:      {"predictions": [{"logits": [10 floats], "classes": int}, ...]}.
+Columnar response: {"outputs": {"logits": [[10 floats], ...], "classes": [int, ...]}}.
 Errors:   {"error": "<what is wrong>", "reason": "<machine-readable code>"} with a 4xx status.
 
-Servers call `decode_request` (validation lives only here) and `encode_predictions`;
-clients call `encode_request` and `decode_predictions`.
+As in TF Serving (util/json_tensor.cc), the request's format picks the response's format,
+and a body with both "instances" and "inputs" is refused. Unlike TF Serving, unknown keys
+are refused too: a misspelt key is a client bug we name rather than ignore.
+
+Servers call `decode_request_format` (validation lives only here) and
+`encode_predictions(logits, fmt)`; clients call `encode_request` and `decode_predictions`.
+`decode_request` is the same validation for callers that need only the images.
 """
 
 from __future__ import annotations
@@ -13,15 +20,25 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
-from digitnet.spec import CLASSES_KEY, LOGITS_KEY, ModelSpec, ServingLimits
+from digitnet.spec import CLASSES_KEY, INPUT_KEY, LOGITS_KEY, ModelSpec, ServingLimits
 
 INSTANCES_KEY = "instances"
+INPUTS_KEY = "inputs"
 PREDICTIONS_KEY = "predictions"
+OUTPUTS_KEY = "outputs"
 JSON_CONTENT_TYPE = "application/json"
+
+
+class RequestFormat(Enum):
+    """TF Serving's two JSON predict formats; the request's one is the response's one."""
+
+    ROW = "row"  # {"instances": [...]} -> {"predictions": [...]}
+    COLUMNAR = "columnar"  # {"inputs": ...} -> {"outputs": {...}}
 
 
 @dataclass(frozen=True)
@@ -43,10 +60,43 @@ def _reject_constant(name: str) -> float:
     raise PayloadError(400, "non_finite", f"non-finite number {name} is not allowed")
 
 
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_STEPS = np.zeros(256, dtype=np.int8)
+_STEPS[[ord("["), ord("{")]] = 1
+_STEPS[[ord("]"), ord("}")]] = -1
+# Below this many brackets a Python loop is cheaper than numpy's call overhead.
+_LOOP_MAX_BRACKETS = 256
+_OPEN_CODES = (ord("["), ord("{"))
+
+
+def _nesting_depth(raw: bytes | bytearray | str) -> int:
+    """The deepest bracket nesting in the text, counted before any parser recurses into it.
+
+    Brackets inside strings count too: they only make the figure larger, and the schema
+    has no string that holds one, so a valid request is never refused by it.
+    """
+    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else bytes(raw)
+    brackets = data.translate(None, _NOT_BRACKETS)
+    if len(brackets) > _LOOP_MAX_BRACKETS:
+        steps = _STEPS[np.frombuffer(brackets, dtype=np.uint8)]
+        return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
+    depth = deepest = 0
+    for char in brackets:
+        depth += 1 if char in _OPEN_CODES else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _parse_json(raw: bytes | bytearray | str, limits: ServingLimits) -> Any:
     if len(raw) > limits.max_body_bytes:
         raise PayloadError(
             413, "body_too_large", f"body of {len(raw)} bytes exceeds {limits.max_body_bytes}"
+        )
+    depth = _nesting_depth(raw)
+    if depth > limits.max_json_depth:
+        raise PayloadError(
+            400, "too_deep",
+            f"JSON nesting is too deep: {depth} levels, at most {limits.max_json_depth}",
         )
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
@@ -61,14 +111,14 @@ def _parse_json(raw: bytes | bytearray | str, limits: ServingLimits) -> Any:
         raise PayloadError(400, "malformed_json", f"malformed JSON: {err}") from None
 
 
-def _check_image(image: Any, index: int, side: int) -> None:
+def _check_image(image: Any, index: int, side: int, where: str = INSTANCES_KEY) -> None:
     """Shape and element types of one instance, checked without numpy's silent coercions
-    (numpy would turn "0.5" or true into numbers)."""
+    (numpy would turn "0.5" or true into numbers). `where` names the batch in messages."""
     if not isinstance(image, list) or len(image) != side:
         raise PayloadError(
             400,
             "wrong_shape",
-            f"instances[{index}] must be a list of {side} rows of {side} numbers "
+            f"{where}[{index}] must be a list of {side} rows of {side} numbers "
             f"(shape [{side}, {side}]), got {_describe(image)}",
         )
     for row_index, row in enumerate(image):
@@ -76,7 +126,7 @@ def _check_image(image: Any, index: int, side: int) -> None:
             raise PayloadError(
                 400,
                 "wrong_shape",
-                f"instances[{index}][{row_index}] must be a list of {side} numbers, "
+                f"{where}[{index}][{row_index}] must be a list of {side} numbers, "
                 f"got {_describe(row)}",
             )
         for value in row:
@@ -84,7 +134,7 @@ def _check_image(image: Any, index: int, side: int) -> None:
                 raise PayloadError(
                     400,
                     "wrong_dtype",
-                    f"instances[{index}][{row_index}] holds {_describe(value)}; "
+                    f"{where}[{index}][{row_index}] holds {_describe(value)}; "
                     "pixels must be numbers",
                 )
 
@@ -97,21 +147,9 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {json.dumps(value)[:40]}"
 
 
-def decode_request(
-    payload: bytes | bytearray | str | Mapping[str, Any],
-    spec: ModelSpec,
-    limits: ServingLimits,
-) -> np.ndarray:
-    """Validates a request and returns its images as float32 [N, side, side].
-
-    Args:
-        payload: the raw body, or a body some framework already parsed from JSON.
-        spec: gives the expected image side.
-        limits: batch and body size limits.
-
-    Raises:
-        PayloadError: naming the first problem found.
-    """
+def _parse_body(
+    payload: bytes | bytearray | str | Mapping[str, Any], limits: ServingLimits
+) -> Mapping[str, Any]:
     if isinstance(payload, (bytes, bytearray, str)):
         body = _parse_json(payload, limits)
     else:
@@ -121,36 +159,80 @@ def decode_request(
         raise PayloadError(
             400, "wrong_schema", f'body must be a JSON object {{"{INSTANCES_KEY}": [...]}}'
         )
-    unknown = sorted(set(body) - {INSTANCES_KEY})
-    if unknown or INSTANCES_KEY not in body:
+    return body
+
+
+def _select_batch(body: Mapping[str, Any]) -> tuple[Any, RequestFormat, str]:
+    """The batch a body carries, its format, and how messages name it.
+
+    The row-format messages are the ones clients already match on; they stay as they were.
+    """
+    if INSTANCES_KEY in body and INPUTS_KEY in body:
+        # TF Serving: "Not formatted correctly expecting only one of 'inputs' or
+        # 'instances' keys to exist" (INVALID_ARGUMENT, HTTP 400).
         raise PayloadError(
             400,
             "wrong_schema",
-            f'body must have exactly one key "{INSTANCES_KEY}"; got {sorted(body)}',
+            f'body must have only one of "{INSTANCES_KEY}" (row format) or "{INPUTS_KEY}" '
+            f"(columnar format); got {sorted(body)}",
         )
-    instances = body[INSTANCES_KEY]
-    if not isinstance(instances, list):
-        raise PayloadError(400, "wrong_schema", f'"{INSTANCES_KEY}" must be a list of images')
-    if not instances:
+    if INPUTS_KEY not in body:
+        unknown = sorted(set(body) - {INSTANCES_KEY})
+        if unknown or INSTANCES_KEY not in body:
+            raise PayloadError(
+                400,
+                "wrong_schema",
+                f'body must have exactly one key "{INSTANCES_KEY}"; got {sorted(body)}',
+            )
+        return body[INSTANCES_KEY], RequestFormat.ROW, INSTANCES_KEY
+    unknown = sorted(set(body) - {INPUTS_KEY})
+    if unknown:
+        raise PayloadError(
+            400,
+            "wrong_schema",
+            f'body must have exactly one key "{INPUTS_KEY}"; got {sorted(body)}',
+        )
+    inputs = body[INPUTS_KEY]
+    if not isinstance(inputs, Mapping):
+        # One input, so TF Serving takes the value itself as that input's whole tensor.
+        return inputs, RequestFormat.COLUMNAR, INPUTS_KEY
+    if sorted(inputs) != [INPUT_KEY]:
+        raise PayloadError(
+            400,
+            "wrong_schema",
+            f'"{INPUTS_KEY}" must name exactly the input "{INPUT_KEY}"; got {sorted(inputs)}',
+        )
+    return inputs[INPUT_KEY], RequestFormat.COLUMNAR, f"{INPUTS_KEY}.{INPUT_KEY}"
+
+
+def _check_batch(batch: Any, where: str, spec: ModelSpec, limits: ServingLimits) -> None:
+    if not isinstance(batch, list):
+        raise PayloadError(400, "wrong_schema", f'"{where}" must be a list of images')
+    if not batch:
         raise PayloadError(400, "empty_batch", "batch is empty: send at least one instance")
-    if len(instances) > limits.max_batch:
+    if len(batch) > limits.max_batch:
         raise PayloadError(
             413,
             "batch_too_large",
-            f"batch of {len(instances)} instances exceeds the maximum of {limits.max_batch}",
+            f"batch of {len(batch)} instances exceeds the maximum of {limits.max_batch}",
         )
-    for index, image in enumerate(instances):
-        _check_image(image, index, spec.side)
+    for index, image in enumerate(batch):
+        _check_image(image, index, spec.side, where)
+
+
+def _to_images(batch: list, where: str, limits: ServingLimits) -> np.ndarray:
     try:
-        images = np.asarray(instances, dtype=np.float64)
+        images = np.asarray(batch, dtype=np.float64)
     except OverflowError:
         # An integer literal beyond float64 (a 400-digit one) stays a Python int until here.
         raise PayloadError(
-            400, "out_of_range", "pixel values must lie within the float64 range and "
+            400,
+            "out_of_range",
+            "pixel values must lie within the float64 range and "
             f"+-{limits.max_abs_value:g} (images are scaled to [0, 1])",
         ) from None
     if not np.all(np.isfinite(images)):
-        raise PayloadError(400, "non_finite", "instances hold NaN or infinite values")
+        raise PayloadError(400, "non_finite", f"{where} hold NaN or infinite values")
     if np.abs(images).max() > limits.max_abs_value:
         raise PayloadError(
             400,
@@ -161,15 +243,63 @@ def decode_request(
     return images.astype(np.float32)
 
 
+def decode_request_format(
+    payload: bytes | bytearray | str | Mapping[str, Any],
+    spec: ModelSpec,
+    limits: ServingLimits,
+) -> tuple[np.ndarray, RequestFormat]:
+    """Validates a row or columnar request; servers answer in the format it returns.
+
+    Args:
+        payload: the raw body, or a body some framework already parsed from JSON.
+        spec: gives the expected image side.
+        limits: batch and body size limits.
+
+    Returns:
+        The images as float32 [N, side, side], and the request's format.
+
+    Raises:
+        PayloadError: naming the first problem found.
+    """
+    batch, fmt, where = _select_batch(_parse_body(payload, limits))
+    _check_batch(batch, where, spec, limits)
+    return _to_images(batch, where, limits), fmt
+
+
+def decode_request(
+    payload: bytes | bytearray | str | Mapping[str, Any],
+    spec: ModelSpec,
+    limits: ServingLimits,
+) -> np.ndarray:
+    """Validates a request and returns its images as float32 [N, side, side].
+
+    The same validation as `decode_request_format`, for callers that answer in one format.
+
+    Raises:
+        PayloadError: naming the first problem found.
+    """
+    return decode_request_format(payload, spec, limits)[0]
+
+
 def encode_request(images: np.ndarray) -> dict[str, Any]:
     """float [N, side, side] -> request body."""
     return {INSTANCES_KEY: np.asarray(images, dtype=np.float32).tolist()}
 
 
-def encode_predictions(logits: np.ndarray) -> dict[str, Any]:
-    """[N, classes] logits -> response body, with the arg-max class per row."""
+def encode_predictions(
+    logits: np.ndarray, fmt: RequestFormat = RequestFormat.ROW
+) -> dict[str, Any]:
+    """[N, classes] logits -> response body, with the arg-max class per row.
+
+    Args:
+        logits: the model's output for one request.
+        fmt: the request's format; TF Serving answers a columnar request with one list per
+            output under "outputs", a row request with one object per image.
+    """
     logits = np.asarray(logits, dtype=np.float32)
     classes = logits.argmax(axis=1)
+    if fmt is RequestFormat.COLUMNAR:
+        return {OUTPUTS_KEY: {LOGITS_KEY: logits.tolist(), CLASSES_KEY: classes.tolist()}}
     return {
         PREDICTIONS_KEY: [
             {LOGITS_KEY: row.tolist(), CLASSES_KEY: int(cls)}
@@ -178,28 +308,47 @@ def encode_predictions(logits: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _columns(body: Mapping[str, Any], expected_rows: int) -> tuple[Any, Any]:
+    """(logits rows, classes) from either response format, not yet converted."""
+    if PREDICTIONS_KEY in body:
+        rows = body[PREDICTIONS_KEY]
+        if not isinstance(rows, list) or len(rows) != expected_rows:
+            raise ValueError(f"expected {expected_rows} predictions, got {_describe(rows)}")
+        try:
+            return [row[LOGITS_KEY] for row in rows], [row[CLASSES_KEY] for row in rows]
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed prediction row: {err}") from None
+    outputs = body[OUTPUTS_KEY]
+    if not isinstance(outputs, Mapping) or {LOGITS_KEY, CLASSES_KEY} - set(outputs):
+        raise ValueError(f"{OUTPUTS_KEY!r} must map {LOGITS_KEY!r} and {CLASSES_KEY!r}")
+    logits, classes = outputs[LOGITS_KEY], outputs[CLASSES_KEY]
+    for name, column in ((LOGITS_KEY, logits), (CLASSES_KEY, classes)):
+        if not isinstance(column, list) or len(column) != expected_rows:
+            raise ValueError(f"expected {expected_rows} {name}, got {_describe(column)}")
+    return logits, classes
+
+
 def decode_predictions(
     body: Any, expected_rows: int, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Response body -> (logits float32 [N, classes], classes int64 [N]).
+    """Response body, row or columnar -> (logits float32 [N, classes], classes int64 [N]).
 
     Raises:
         ValueError: when the body is not a well-formed answer for `expected_rows` images;
             load tests count that as a failure, not a success.
     """
-    if not isinstance(body, Mapping) or PREDICTIONS_KEY not in body:
-        raise ValueError(f"response has no {PREDICTIONS_KEY!r}: {str(body)[:200]}")
-    rows = body[PREDICTIONS_KEY]
-    if not isinstance(rows, list) or len(rows) != expected_rows:
-        raise ValueError(f"expected {expected_rows} predictions, got {_describe(rows)}")
+    if not isinstance(body, Mapping) or not ({PREDICTIONS_KEY, OUTPUTS_KEY} & set(body)):
+        raise ValueError(
+            f"response has no {PREDICTIONS_KEY!r} or {OUTPUTS_KEY!r}: {str(body)[:200]}"
+        )
+    raw_logits, raw_classes = _columns(body, expected_rows)
     try:
-        logits = np.asarray([row[LOGITS_KEY] for row in rows], dtype=np.float32)
-        classes = np.asarray([row[CLASSES_KEY] for row in rows], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as err:
+        logits = np.asarray(raw_logits, dtype=np.float32)
+        classes = np.asarray(raw_classes, dtype=np.int64)
+    except (TypeError, ValueError) as err:
         raise ValueError(f"malformed prediction row: {err}") from None
     if logits.shape != (expected_rows, num_classes) or not np.all(np.isfinite(logits)):
         raise ValueError(f"logits have shape {logits.shape} or non-finite values")
-    if not np.array_equal(classes, logits.argmax(axis=1)):
+    if classes.shape != (expected_rows,) or not np.array_equal(classes, logits.argmax(axis=1)):
         raise ValueError("classes disagree with the arg-max of the logits")
     return logits, classes
-

@@ -31,3 +31,37 @@ def env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def env_str(name: str, default: str) -> str:
+    """`default` when `name` is unset or empty, else its value."""
+    return os.environ.get(name, "").strip() or default
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """`default` when `name` is unset or empty; else on/off, true/false, yes/no or 1/0."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ValueError(f"{name} must be one of {TRUE_WORDS + FALSE_WORDS}, got {raw!r}")
+
+
+def env_int_pair(name: str, default: tuple[int, int]) -> tuple[int, int]:
+    """`default` when `name` is unset or empty, else two integers written "a,b"."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    parts = raw.split(",")
+    try:
+        first, second = (int(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"{name} must be two integers like 16,32, got {raw!r}") from None
+    return first, second

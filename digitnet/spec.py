@@ -1,7 +1,11 @@
-"""The model's contract: name, input geometry, tensor names and serving limits.
+"""The model's contract: name, input geometry, tensor names, serving limits and batching.
 
 Everything a caller needs to build or check a request lives here, read once from the
-environment so that one variable changes every stack at the same time.
+environment so that one variable changes every stack at the same time: each stack's
+launcher generates its server's own config from ServingLimits and BatchingPolicy at start
+(TF Serving's batching parameters, TorchServe's config.properties and per-model batching,
+Flask's limits), and the committed copies for compose and k8s are generated from the
+defaults (tests/digitnet/test_knobs.py sets each variable and reads every config back).
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from digitnet.env import env_int
+from digitnet.env import env_bool, env_float, env_int, env_int_pair
 
 # Tensor and payload keys: the SavedModel signature, the JSON schema and the gRPC
 # request all use these names, so a rename happens in exactly one place.
@@ -22,14 +26,6 @@ SIGNATURE_NAME = "serving_default"
 DIGITS_SIDE = 8
 DIGITS_MAX_PIXEL = 16.0
 NUM_CLASSES = 10
-
-
-def _env_channels(name: str, default: tuple[int, int]) -> tuple[int, int]:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    first, second = (int(part) for part in raw.split(","))
-    return first, second
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,7 @@ class ModelSpec:
         return cls(
             name=os.environ.get("DIGITNET_NAME", base.name),
             side=env_int("DIGITNET_SIDE", base.side),
-            channels=_env_channels("DIGITNET_CHANNELS", base.channels),
+            channels=env_int_pair("DIGITNET_CHANNELS", base.channels),
             version=env_int("DIGITNET_VERSION", base.version),
         )
 
@@ -87,11 +83,60 @@ class ServingLimits:
     max_abs_value: float = 1e3
     max_json_depth: int = 8
 
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_body_bytes", "max_json_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
     @classmethod
     def from_env(cls) -> ServingLimits:
-        """Reads DIGITNET_MAX_BATCH and DIGITNET_MAX_BODY_BYTES."""
+        """Reads DIGITNET_MAX_BATCH, DIGITNET_MAX_BODY_BYTES and DIGITNET_MAX_JSON_DEPTH."""
         base = cls()
         return cls(
             max_batch=env_int("DIGITNET_MAX_BATCH", base.max_batch),
             max_body_bytes=env_int("DIGITNET_MAX_BODY_BYTES", base.max_body_bytes),
+            max_json_depth=env_int("DIGITNET_MAX_JSON_DEPTH", base.max_json_depth),
+        )
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    """Server-side dynamic batching: concurrent requests merged into one model call.
+
+    Stacks that batch (TF Serving, TorchServe) generate their own settings from this;
+    a stack that does not batch (Flask runs one request per forward pass) says so in the
+    report. `max_batch_size` counts requests (TorchServe's batchSize); TF Serving counts
+    rows, so it gets ServingLimits.max_batch as its row cap (the largest request must fit
+    one batch) and this policy's delay.
+    """
+
+    enabled: bool = True
+    max_batch_size: int = 8
+    # How long the first request of a batch waits for company: short against a network
+    # round trip, long enough to merge requests that arrive together under load.
+    max_delay_ms: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_delay_ms < 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {self.max_delay_ms}")
+
+    @property
+    def requests_per_batch(self) -> int:
+        """What a server that counts requests per batch should use (1 = no batching)."""
+        return self.max_batch_size if self.enabled else 1
+
+    @property
+    def delay_ms(self) -> float:
+        return self.max_delay_ms if self.enabled else 0.0
+
+    @classmethod
+    def from_env(cls) -> BatchingPolicy:
+        """Reads DIGITNET_BATCHING (on/off), DIGITNET_BATCH_SIZE, DIGITNET_BATCH_DELAY_MS."""
+        base = cls()
+        return cls(
+            enabled=env_bool("DIGITNET_BATCHING", base.enabled),
+            max_batch_size=env_int("DIGITNET_BATCH_SIZE", base.max_batch_size),
+            max_delay_ms=env_float("DIGITNET_BATCH_DELAY_MS", base.max_delay_ms),
         )

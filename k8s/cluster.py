@@ -31,13 +31,16 @@ import yaml
 
 from k8s.validate import K8S_DIR, NAMESPACE, ROOT, kubectl
 from loadtests.profiles import PROFILES
+from services.registry import all_stacks
+from services.stack import CUDA
 
 DEFAULT_TAG = "0.1.0"
 DEFAULT_CUDA_FLAVOR = "cu128"
 TORCH_WHEEL_INDEX = "https://download.pytorch.org/whl/{flavor}"
 GENERATED_OVERLAYS = ROOT / "run" / "k8s"
 RESULTS = ROOT / "results"
-SERVER_DEPLOYMENTS = ("tf-serving", "torchserve", "flask-torch")
+# The servers' Deployments and images, as each stack plugin declares them.
+SERVER_DEPLOYMENTS = tuple(s.k8s_deployment for s in all_stacks() if s.k8s_deployment)
 ROLLOUT_TIMEOUT = "15m"
 
 LOADGEN_CRONJOB = "loadgen"
@@ -68,8 +71,8 @@ class ProjectImage:
 
 PROJECT_IMAGES = (
     ProjectImage("digitnet-model", "k8s/model-image/Dockerfile"),
-    ProjectImage("digitnet-torchserve", "services/torchserve/Dockerfile", cuda_variant=True),
-    ProjectImage("digitnet-flask-torch", "services/flask_torch/Dockerfile", cuda_variant=True),
+    *(ProjectImage(s.image[0], s.image[1], cuda_variant=CUDA in s.devices)
+      for s in all_stacks() if s.image),
     ProjectImage("digitnet-locust", "loadtests/Dockerfile"),
 )
 
@@ -414,7 +417,7 @@ def loadtest(overlay: str, profile: str, results: Path = RESULTS) -> Path:
     env_file = run_dir / "environment.json"
     env = merge_environment(json.loads(env_file.read_text()), describe_servers(pods, nodes))
     env_file.write_text(json.dumps(env, indent=2) + "\n")
-    from loadtests.report import write_report
+    from tools.report import build as write_report
 
     report = write_report(run_dir)
     print(f"k8s: report {report}", flush=True)

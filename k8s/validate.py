@@ -8,9 +8,11 @@ import the same functions.
 2. schema    every object against the Kubernetes OpenAPI schemas, strict (an unknown or
              misspelled field fails), for the oldest and newest version we support
 3. invariants  our own rules, below: GPUs, non-root and hardening, probes, resources,
-             pinned images, no management port in a Service, NetworkPolicy coverage,
-             TF Serving flags from services.tf_serving.server_flags
-4. copies    the TF Serving configs under k8s/base equal services/tf_serving's
+             pinned images, no private port in a Service, NetworkPolicy coverage, and
+             what each stack plugin declares (services.registry): its Deployment, its
+             private ports, one replica where it must, the exact container args
+4. generated the config files under k8s/ that a stack generates from digitnet.spec are
+             up to date (`make configs` writes them)
 5. lint      checkov (rendered manifests and Dockerfiles; skips in k8s/.checkov.yaml),
              yamllint (.yamllint) and hadolint (.hadolint.yaml)
 
@@ -34,7 +36,8 @@ from typing import Any
 
 import yaml
 
-from services.tf_serving.server_flags import ConfigFiles, ServerTuning, server_flags
+from services.registry import all_stacks
+from services.stack import ServingStack
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = ROOT / "k8s"
@@ -50,22 +53,22 @@ NAME_LABEL = "app.kubernetes.io/name"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEY = "nvidia.com/gpu"
-# TorchServe's management, metrics and gRPC ports (config.properties): never in a
-# Service, a container port or a NetworkPolicy rule.
-PRIVATE_PORTS = {
-    8081: "management", 8082: "metrics", 7070: "grpc inference", 7071: "grpc management",
-}
 PRIVATE_PORT_NAMES = {"management", "metrics"}
 # Containers allowed a writable root filesystem, with the reason. None today.
 WRITABLE_ROOT_ALLOWED: dict[str, str] = {}
-TF_SERVING_CONTAINER = "tf-serving"
-TF_SERVING_CONFIG_DIR = Path("/config")
-TF_SERVING_PORTS = (8500, 8501)
-# TorchServe draws a random token per process: a second replica breaks token clients.
-SINGLE_REPLICA = {"torchserve": "its token is per process (k8s/README.md)"}
 
-SERVICES_TF_DIR = ROOT / "services" / "tf_serving"
-TF_CONFIG_COPY = Path("base") / "tf-serving-config"
+
+def private_ports() -> dict[int, str]:
+    """Every stack's private ports (its plugin's private_ports): never in a Service, a
+    container port or a NetworkPolicy rule."""
+    return {port: f"{s.name} {what}" for s in all_stacks()
+            for port, what in s.private_ports.items()}  # fmt: skip
+
+
+def single_replica() -> dict[str, str]:
+    """Deployment name -> why it must keep one replica (the plugins' single_replica_why)."""
+    return {s.k8s_deployment: s.single_replica_why for s in all_stacks()
+            if s.k8s_deployment and s.single_replica_why}  # fmt: skip
 DOCKERFILES = (
     ROOT / "services" / "torchserve" / "Dockerfile",
     ROOT / "services" / "flask_torch" / "Dockerfile",
@@ -362,14 +365,15 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 def service_problems(objects: list[dict[str, Any]]) -> list[str]:
     """ClusterIP only, and no Service or container port is a private TorchServe port."""
     problems = []
+    private = private_ports()
     pods = list(pod_templates(objects))
     for pod in pods:
         for container in pod.containers():
             for port in container.get("ports", []):
-                if port.get("containerPort") in PRIVATE_PORTS:
+                if port.get("containerPort") in private:
                     problems.append(
                         f"{pod.name} container {container.get('name')}: containerPort "
-                        f"{port['containerPort']} ({PRIVATE_PORTS[port['containerPort']]})"
+                        f"{port['containerPort']} ({private[port['containerPort']]})"
                     )
     for service in (o for o in objects if o.get("kind") == "Service"):
         spec = service.get("spec", {})
@@ -383,8 +387,8 @@ def service_problems(objects: list[dict[str, Any]]) -> list[str]:
             numbers = {port.get("port")}
             for pod in backing:
                 numbers.add(container_ports(pod).get(target, target))
-            private = sorted(n for n in numbers if n in PRIVATE_PORTS)
-            if private or port.get("name") in PRIVATE_PORT_NAMES:
+            exposed = sorted(n for n in numbers if n in private)
+            if exposed or port.get("name") in PRIVATE_PORT_NAMES:
                 problems.append(f"{name}: exposes a private port {port}")
     return problems
 
@@ -422,41 +426,55 @@ def network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
                     continue
                 for port in rule["ports"]:
                     number = own.get(port.get("port"))
-                    if number is None or number in PRIVATE_PORTS:
+                    if number is None or number in private_ports():
                         problems.append(f"{where}: port {port.get('port')} is not an inference "
                                         "port of the pod")
     return problems
 
 
-def tf_serving_problems(objects: list[dict[str, Any]]) -> list[str]:
-    """The TF Serving container runs exactly server_flags(...) for its CPU limit, with
-    the config files mounted where the flags point."""
+def stack_problems(objects: list[dict[str, Any]],
+                   stacks: list[ServingStack] | None = None) -> list[str]:
+    """What each stack plugin declares about its k8s deployment: a Deployment of its name,
+    and where it gives them, the exact container args for the container's CPU limit with
+    its config mounted where the args point."""
     problems = []
-    found = False
-    for pod in pod_templates(objects):
-        for container in pod.containers(init=False):
-            if container.get("name") != TF_SERVING_CONTAINER:
-                continue
-            found = True
-            cpus = container.get("resources", {}).get("limits", {}).get("cpu")
-            if cpus is None:
-                problems.append(f"{pod.name}: TF Serving has no limits.cpu to size threads by")
-                continue
-            cores = max(1, int(quantity(cpus)))
-            expected = server_flags(
-                ConfigFiles.in_dir(TF_SERVING_CONFIG_DIR), *TF_SERVING_PORTS, cores,
-                ServerTuning(),
-            )  # fmt: skip
-            if container.get("args") != expected:
-                problems.append(
-                    f"{pod.name}: TF Serving args differ from services.tf_serving.server_flags "
-                    f"for {cores} cores: expected {expected}, got {container.get('args')}"
-                )
-            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
-            if str(TF_SERVING_CONFIG_DIR) not in mounts:
-                problems.append(f"{pod.name}: nothing mounted at {TF_SERVING_CONFIG_DIR}")
-    if not found:
-        problems.append(f"no container named {TF_SERVING_CONTAINER}")
+    deployments = {o["metadata"]["name"] for o in objects if o.get("kind") == "Deployment"}
+    for stack in all_stacks() if stacks is None else stacks:
+        if stack.k8s_deployment is None:
+            continue
+        if stack.k8s_deployment not in deployments:
+            problems.append(f"{stack.name}: declares k8s Deployment {stack.k8s_deployment!r}, "
+                            "which the overlay does not render")
+            continue
+        if stack.k8s_container is None or stack.k8s_args(1) is None:
+            continue
+        found = False
+        for pod in pod_templates(objects):
+            for container in pod.containers(init=False):
+                if container.get("name") != stack.k8s_container:
+                    continue
+                found = True
+                problems += _args_problems(stack, pod, container)
+        if not found:
+            problems.append(f"{stack.name}: no container named {stack.k8s_container}")
+    return problems
+
+
+def _args_problems(stack: ServingStack, pod: PodTemplate, container: dict[str, Any]) -> list[str]:
+    cpus = container.get("resources", {}).get("limits", {}).get("cpu")
+    if cpus is None:
+        return [f"{pod.name}: {stack.name} has no limits.cpu to size threads by"]
+    cores = max(1, int(quantity(cpus)))
+    expected = stack.k8s_args(cores)
+    problems = []
+    if container.get("args") != expected:
+        problems.append(
+            f"{pod.name}: {stack.name} args differ from what its plugin generates for "
+            f"{cores} cores: expected {expected}, got {container.get('args')}"
+        )
+    mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+    if stack.k8s_config_mount and stack.k8s_config_mount not in mounts:
+        problems.append(f"{pod.name}: nothing mounted at {stack.k8s_config_mount}")
     return problems
 
 
@@ -472,9 +490,9 @@ def metadata_problems(objects: list[dict[str, Any]]) -> list[str]:
         if meta.get("labels", {}).get(PART_OF_LABEL) != NAMESPACE:
             problems.append(f"{name}: no {PART_OF_LABEL}={NAMESPACE} label")
         replicas = obj.get("spec", {}).get("replicas") if obj.get("kind") == "Deployment" else None
-        if meta.get("name") in SINGLE_REPLICA and replicas not in (None, 1):
-            problems.append(f"{name}: replicas {replicas}; must be 1: "
-                            f"{SINGLE_REPLICA[meta['name']]}")
+        single = single_replica()
+        if meta.get("name") in single and replicas not in (None, 1):
+            problems.append(f"{name}: replicas {replicas}; must be 1: {single[meta['name']]}")
     for pod in pod_templates(objects):
         for label in (NAME_LABEL, COMPONENT_LABEL, PART_OF_LABEL):
             if label not in pod.labels:
@@ -491,21 +509,23 @@ def invariant_problems(objects: list[dict[str, Any]], expect_gpu: bool) -> list[
         *image_problems(objects),
         *service_problems(objects),
         *network_policy_problems(objects),
-        *tf_serving_problems(objects),
+        *stack_problems(objects),
         *metadata_problems(objects),
     ]
 
 
-def config_copy_problems(k8s_dir: Path = K8S_DIR, source_dir: Path = SERVICES_TF_DIR) -> list[str]:
-    """The ConfigMap's files must equal the ones local runs and compose use."""
+def generated_config_problems(k8s_dir: Path = K8S_DIR) -> list[str]:
+    """The config files under k8s/ that a stack generates from digitnet.spec (its
+    plugin's generated_files) hold what it generates (`make configs` writes them)."""
     problems = []
-    copy_dir = k8s_dir / TF_CONFIG_COPY
-    for source in ConfigFiles.in_dir(source_dir).all():
-        copy = copy_dir / source.name
-        if not copy.exists() or copy.read_bytes() != source.read_bytes():
-            problems.append(
-                f"{copy} differs from {source}; copy it again: cp {source} {copy}"
-            )
+    for stack in all_stacks():
+        for path, text in stack.generated_files().items():
+            if not path.is_relative_to(K8S_DIR):
+                continue
+            copy = k8s_dir / path.relative_to(K8S_DIR)
+            if not copy.exists() or copy.read_text() != text:
+                problems.append(f"{copy} is not what {stack.name} generates from digitnet.spec; "
+                                "regenerate it: make configs")
     return problems
 
 
@@ -618,7 +638,7 @@ def validate_all(k8s_dir: Path = K8S_DIR, lint: bool = True) -> dict[str, list[s
         sections[f"overlay {overlay}: render, schema ({', '.join(K8S_VERSIONS)}), invariants"] = (
             problems
         )
-    sections["TF Serving config copies"] = config_copy_problems(k8s_dir)
+    sections["generated configs"] = generated_config_problems(k8s_dir)
     if lint:
         sections["checkov (kubernetes, dockerfile)"] = checkov_problems(rendered)
         sections["yamllint"] = yamllint_problems(

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from digitnet.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
 from digitnet.data import load_split
 from digitnet.spec import CLASSES_KEY, INPUT_KEY, LOGITS_KEY, SIGNATURE_NAME, ModelSpec
-from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
 
 WARMUP_CALLS = 20
 

@@ -5,7 +5,10 @@
       --target tf_serving/rest=http://tf-serving:8501 --target tf_serving/grpc=tf-serving:8500 \\
       --target torchserve/rest=http://torchserve:8080 \\
       --target flask_torch/rest=http://flask-torch:8000 \\
-      --torchserve-token-file /var/run/secrets/digitnet/torchserve/inference-key
+      --secret-file torchserve=/var/run/secrets/digitnet/torchserve/inference-key
+
+Each target's client comes from its stack plugin (`remote_client`), and `--secret-file`
+hands a stack the credential its clients need (TorchServe's inference key).
 
 The Job made from k8s/base/loadgen.yaml runs this (image: loadtests/Dockerfile). Each
 target gets the same sweep as in `make bench` (runner.sweep_target: same locustfile,
@@ -25,22 +28,26 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-from digitnet.clients import (
-    TfServingGrpcClient,
-    flask_rest,
-    tf_serving_rest,
-    torchserve_rest,
-)
+from digitnet.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
+from digitnet.clients import Predictor
+from digitnet.env import env_float, env_str
 from digitnet.spec import ModelSpec
+from harness.payload import PayloadSet, check_answer
 from loadtests import environment
-from loadtests.payload import PayloadSet, check_answer
 from loadtests.profiles import PROFILES
-from loadtests.runner import Progress, Target, closed_loads, model_block, sweep_target
-from loadtests.settings import PROTOCOLS, Protocol, Stack
-from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
+from loadtests.runner import (
+    Progress,
+    Target,
+    closed_loads,
+    model_block,
+    sweep_target,
+    target_for,
+)
 from services.process import usable_cores
+from services.registry import load_stack
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 READY_TIMEOUT_S = 300.0
@@ -51,40 +58,57 @@ FAILED_SUFFIX = ".failed"
 COLLECTED_SUFFIX = ".collected"
 
 
-def parse_target(text: str, device: str, torchserve_token: str | None) -> Target:
-    """`stack/protocol=url` -> a runner Target for a server that runs elsewhere.
+@dataclass
+class RemoteTarget:
+    """A stack's protocol served elsewhere: the plugin's client for it and the load target
+    made from that client."""
+
+    client: Predictor
+    target: Target
+
+
+def parse_target(text: str, device: str, spec: ModelSpec,
+                 secrets: dict[str, str] | None = None) -> RemoteTarget:
+    """`stack/protocol=url` -> the stack plugin's client and the runner Target for a server
+    that runs elsewhere.
 
     REST urls are base urls (http://torchserve:8080); gRPC takes host:port. The server's
-    process is not ours to sample (server_pid None), and TorchServe's metrics port is
-    loopback-only in its pod by design, so no metrics_url either.
+    process is not ours to sample (server_pid None), and metrics ports are loopback-only in
+    their pods by design, so no metrics_url either.
 
     Raises:
-        ValueError: for a malformed spec, an unknown stack/protocol pair, or TorchServe
-            without a token.
+        ValueError: for a malformed spec, an unknown stack, a protocol the stack does not
+            serve, or a stack whose client needs a secret that was not given.
+        KeyError: for a stack that is not registered.
     """
     key, sep, url = text.partition("=")
-    stack_name, slash, protocol_name = key.partition("/")
+    stack_name, slash, protocol = key.partition("/")
     if not sep or not slash or not url:
         raise ValueError(f"target {text!r} is not stack/protocol=url")
-    stack, protocol = Stack(stack_name), Protocol(protocol_name)
-    if protocol not in PROTOCOLS[stack]:
-        raise ValueError(f"{stack.value} does not serve {protocol.value}")
-    env: dict[str, str] = {}
-    if protocol is Protocol.GRPC:
-        address = url.split("://", 1)[-1].rstrip("/")
-        env["TFS_GRPC_TARGET"] = address
-        host = f"http://{address}"
-    else:
-        host = url.rstrip("/")
-    if stack is Stack.TORCHSERVE:
-        if not torchserve_token:
-            raise ValueError("torchserve needs its inference key (--torchserve-token-file)")
-        env["TORCHSERVE_TOKEN"] = torchserve_token
-    return Target(stack, protocol, host, env, server_pid=None, device=device)
+    stack = load_stack(stack_name)
+    if protocol not in stack.protocols:
+        raise ValueError(f"{stack.name} does not serve {protocol}")
+    client = stack.remote_client(protocol, url.rstrip("/"), spec, (secrets or {}).get(stack.name))
+    return RemoteTarget(client, target_for(stack, client, device))
+
+
+def parse_secret_files(items: list[str]) -> dict[str, str]:
+    """`stack=path` items -> stack -> the file's content (stripped).
+
+    Raises:
+        ValueError: for an item without `=`.
+    """
+    secrets = {}
+    for item in items:
+        stack, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"--secret-file {item!r} is not stack=path")
+        secrets[stack] = Path(path).read_text().strip()
+    return secrets
 
 
 def target_key(target: Target) -> str:
-    return f"{target.stack.value}/{target.protocol.value}/{target.device}"
+    return f"{target.stack}/{target.protocol}/{target.device}"
 
 
 def cgroup_cpus(root: Path = CGROUP_ROOT) -> float | None:
@@ -108,45 +132,32 @@ def cgroup_cpus(root: Path = CGROUP_ROOT) -> float | None:
     return None
 
 
-def answer_problem(target: Target, spec: ModelSpec, payloads: PayloadSet) -> str | None:
-    """One real predict through the project's client; None when the answer is right."""
+def answer_problem(remote: RemoteTarget, payloads: PayloadSet) -> str | None:
+    """One real predict through the stack's own client; None when the answer is right."""
     batch = payloads.batches[0]
-    if target.protocol is Protocol.GRPC:
-        client = TfServingGrpcClient(target.env["TFS_GRPC_TARGET"], spec)
-    elif target.stack is Stack.TORCHSERVE:
-        client = torchserve_rest(target.host, spec, target.env.get("TORCHSERVE_TOKEN"))
-    elif target.stack is Stack.FLASK_TORCH:
-        client = flask_rest(target.host, spec)
-    else:
-        client = tf_serving_rest(target.host, spec)
     try:
-        logits, classes = client.predict(batch.images)
+        logits, classes = remote.client.predict(batch.images)
     except Exception as err:  # noqa: BLE001 - any failure means "not answering yet"
         return f"{type(err).__name__}: {str(err)[:300]}"
-    finally:
-        close = getattr(client, "close", None)
-        if close:
-            close()
     return check_answer(batch, logits, classes)
 
 
 def wait_for_answers(
-    targets: list[Target],
-    spec: ModelSpec,
+    targets: list[RemoteTarget],
     payloads: PayloadSet,
     timeout_s: float = READY_TIMEOUT_S,
     poll_s: float = READY_POLL_S,
 ) -> dict[str, str]:
     """Polls each target until it answers correctly; returns the reasons of those that
     never did by the deadline (they are skipped and the report lists them)."""
-    pending = {target_key(t): t for t in targets}
+    pending = {target_key(t.target): t for t in targets}
     reasons: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
     while pending:
         for key, target in list(pending.items()):
-            problem = answer_problem(target, spec, payloads)
+            problem = answer_problem(target, payloads)
             if problem is None:
-                print(f"loadgen: {key} answers correctly at {target.host}", flush=True)
+                print(f"loadgen: {key} answers correctly at {target.target.host}", flush=True)
                 del pending[key]
                 reasons.pop(key, None)
             else:
@@ -161,8 +172,9 @@ def sweep(args: argparse.Namespace, run_dir: Path) -> None:
     profile = PROFILES[args.profile]
     spec = ModelSpec.from_env()
     paths = ArtifactPaths(args.artifacts, spec)
-    token = args.torchserve_token_file.read_text().strip() if args.torchserve_token_file else None
-    targets = [parse_target(text, args.device, token) for text in args.target]
+    secrets = parse_secret_files(args.secret_file)
+    remotes = [parse_target(text, args.device, spec, secrets) for text in args.target]
+    targets = [remote.target for remote in remotes]
     generator_cores = usable_cores()
     generator_cpus = cgroup_cpus() or float(len(generator_cores))
     raw_dir = run_dir / "raw"
@@ -181,12 +193,13 @@ def sweep(args: argparse.Namespace, run_dir: Path) -> None:
             "devices": [args.device],
             "model": model_block(paths),
             "targets": {target_key(t): t.host for t in targets},
-            "cluster": {"node": os.environ.get("NODE_NAME"), "pod": os.environ.get("POD_NAME")},
+            "cluster": {"node": env_str("NODE_NAME", "") or None,
+                        "pod": env_str("POD_NAME", "") or None},
         }
     )
     env_block["versions"]["tensorflow_model_server"] = "in the tf-serving pod (see servers)"
     payloads = PayloadSet(spec, 1, paths.reference_predictions)
-    skipped = wait_for_answers(targets, spec, payloads, args.ready_timeout_s)
+    skipped = wait_for_answers(remotes, payloads, args.ready_timeout_s)
     live = [t for t in targets if target_key(t) not in skipped]
     for key, reason in skipped.items():
         print(f"loadgen: {key} SKIPPED: {reason}", flush=True)
@@ -222,19 +235,20 @@ def hold(out: Path, run_id: str, hold_s: float, poll_s: float = HOLD_POLL_S) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="results folder (an emptyDir)")
-    parser.add_argument("--run-id", default=os.environ.get("LOADTEST_RUN_ID")
+    parser.add_argument("--run-id", default=env_str("LOADTEST_RUN_ID", "")
                         or time.strftime("k8s-%Y%m%d-%H%M%S"))  # fmt: skip
     parser.add_argument("--profile", choices=sorted(PROFILES),
-                        default=os.environ.get("LOADTEST_PROFILE") or "quick")  # fmt: skip
+                        default=env_str("LOADTEST_PROFILE", "quick"))  # fmt: skip
     parser.add_argument("--device", choices=("cpu", "cuda"),
-                        default=os.environ.get("LOADTEST_DEVICE") or "cpu")  # fmt: skip
+                        default=env_str("LOADTEST_DEVICE", "cpu"))  # fmt: skip
     parser.add_argument("--target", action="append", required=True,
                         help="stack/protocol=url, once per target")  # fmt: skip
-    parser.add_argument("--torchserve-token-file", type=Path, default=None)
+    parser.add_argument("--secret-file", action="append", default=[],
+                        help="stack=path: the credential that stack's clients need")
     parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     parser.add_argument("--ready-timeout-s", type=float, default=READY_TIMEOUT_S)
     parser.add_argument("--hold-s", type=float,
-                        default=float(os.environ.get("LOADTEST_HOLD_S") or 3600))  # fmt: skip
+                        default=env_float("LOADTEST_HOLD_S", 3600.0))  # fmt: skip
     args = parser.parse_args(argv)
     run_dir = args.out / args.run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,10 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from harness.markdown import fmt
 from loadtests import analysis
-from loadtests.markdown import fmt
-from reliability.report import sections_for_run as reliability_sections
+from services.registry import STACK_MODULES, load_stack
 
-TORCH_STACKS = {"torchserve", "flask_torch"}
-FLOOR_PATH = {"torchserve": "TorchScript", "flask_torch": "TorchScript",
-              "tf_serving": "SavedModel signature"}  # fmt: skip
 SUMMARY_KEYS = (
     "stack", "protocol", "device", "batch_size", "mode", "users", "rate", "rps",
     "images_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms", "requests", "failures",
@@ -89,14 +86,24 @@ def series(records: list[dict], mode: str, batch: int) -> dict[str, list[dict]]:
     return out
 
 
-def floor_us(baselines: list[dict], stack: str, batch: int) -> float | None:
+def floor_path(env: dict, stack: str) -> str | None:
+    """The in-process baseline behind `stack`: as the run recorded it, else as its plugin
+    declares it (runs made before the environment recorded it)."""
+    recorded = env.get("floor_paths", {}).get(stack)
+    if recorded:
+        return recorded
+    return load_stack(stack).floor_path if stack in STACK_MODULES else None
+
+
+def floor_us(baselines: list[dict], path: str | None, batch: int) -> float | None:
     for row in baselines:
-        if row["path"] == FLOOR_PATH.get(stack) and row["batch_size"] == batch:
+        if row["path"] == path and row["batch_size"] == batch:
             return row["p50_us"]
     return None
 
 
-def headline(records: list[dict], baselines: list[dict], slo_ms: float) -> list[dict]:
+def headline(records: list[dict], baselines: list[dict], slo_ms: float,
+             env: dict | None = None) -> list[dict]:
     rows = []
     for name, curve in series(records, "closed", 1).items():
         stack, protocol, device = name.split("/")
@@ -109,7 +116,8 @@ def headline(records: list[dict], baselines: list[dict], slo_ms: float) -> list[
         opened = [r for r in mine if r["mode"] == "open"]
         best = analysis.max_rps_under_slo(opened or mine, slo_ms)
         single = curve[0]
-        floor = floor_us(baselines, stack, 1)
+        path = floor_path(env or {}, stack)
+        floor = floor_us(baselines, path, 1)
         rows.append({
             "target": name,
             "p50_ms_1_user": single["p50_ms"],
@@ -120,7 +128,7 @@ def headline(records: list[dict], baselines: list[dict], slo_ms: float) -> list[
             "max_rps_under_slo": best["rps"] if best else None,
             "max_rps_under_slo_mode": best["mode"] if best else None,
             "overhead_x_in_process": (single["p50_ms"] * 1000 / floor) if floor else None,
-            "floor_path": FLOOR_PATH.get(stack),
+            "floor_path": path,
             "floor_p50_us": floor,
         })  # fmt: skip
     return rows
@@ -343,12 +351,17 @@ def choose_when(heads: list[dict], records: list[dict], baselines: list[dict]) -
     return lines
 
 
-def write_report(run_dir: Path) -> Path:
-    """Writes summary.json, REPORT.md and the plots into `run_dir`; returns REPORT.md."""
+def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path:
+    """Writes summary.json, REPORT.md and the plots into `run_dir`; returns REPORT.md.
+
+    Args:
+        extra_sections: Markdown lines appended to the report (tools.report adds the
+            reliability runs' sections this way, so loadtests never imports reliability).
+    """
     env, points, baselines = load_run(run_dir)
     records = aggregate(points)
     slo = float(env.get("slo_p99_ms", 50.0))
-    heads = headline(records, baselines, slo)
+    heads = headline(records, baselines, slo, env)
     summary = {"environment": env, "slo_p99_ms": slo, "headline": heads,
                "points": records, "baselines": baselines, "raw_points": points}  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -406,6 +419,7 @@ def write_report(run_dir: Path) -> Path:
             f"{fmt(h['peak_rps'], 0)} | {knee} | {fmt(h['max_rps_under_slo'], 0)} "
             f"({h['max_rps_under_slo_mode'] or '–'}) | {overhead} |"
         )
+    md += framework_by_server(heads, env)
     md += device_comparison(heads)
     md += ["", "## Which to choose when", ""] + choose_when(heads, records, baselines)
     for image in images:
@@ -435,12 +449,59 @@ def write_report(run_dir: Path) -> Path:
     devices = {r["device"] for r in records}
     if devices == {"cpu"}:
         md.append("- CPU only: no GPU rows (run `make bench` on a GPU machine to add them).")
-    # `make robustness/faults/soak RUN=<this run>` copied their JSON here.
-    reliability = reliability_sections(run_dir)
-    if reliability:
-        md += ["", *reliability]
+    if extra_sections:
+        md += ["", *extra_sections]
     (run_dir / "REPORT.md").write_text("\n".join(md) + "\n")
     return run_dir / "REPORT.md"
+
+
+def stack_kind(env: dict, stack: str) -> dict | None:
+    """{"framework", "server"} of `stack`: as the run recorded it, else as its plugin says."""
+    recorded = env.get("stack_kinds", {}).get(stack)
+    if recorded:
+        return recorded
+    if stack not in STACK_MODULES:
+        return None
+    plugin = load_stack(stack)
+    return {"framework": plugin.framework, "server": plugin.server_kind}
+
+
+def framework_by_server(heads: list[dict], env: dict) -> list[str]:
+    """The 2x2 (or larger): each framework on its dedicated server and behind our Flask
+    app, REST on the CPU, so the framework's effect is separated from the server's."""
+    cells: dict[tuple[str, str], dict] = {}
+    for h in heads:
+        stack, protocol, device = h["target"].split("/")
+        kind = stack_kind(env, stack)
+        if kind is None or protocol != "rest" or device != "cpu":
+            continue
+        cells[(kind["framework"], kind["server"])] = {**h, "stack": stack}
+    frameworks = sorted({f for f, _ in cells})
+    servers = sorted({s for _, s in cells})
+    if len(frameworks) < 2 and len(servers) < 2:
+        return []
+    md = [
+        "",
+        "## Framework x server (REST, batch 1, CPU)",
+        "",
+        "Each cell: the stack, p50 at the lowest load, peak req/s (closed loop) and max req/s "
+        "within the p99 objective. Down a column the server is the same and the framework "
+        "changes; along a row the framework is the same and the server changes.",
+        "",
+        "| framework | " + " | ".join(servers) + " |",
+        "|" + " --- |" * (len(servers) + 1),
+    ]
+    for framework in frameworks:
+        row = [framework]
+        for server in servers:
+            h = cells.get((framework, server))
+            row.append(
+                f"{h['stack']}: {fmt(h['p50_ms_1_user'])} ms, {fmt(h['peak_rps'], 0)} req/s, "
+                f"{fmt(h['max_rps_under_slo'], 0)} under objective"
+                if h else "– (not run here)"
+            )
+        md.append("| " + " | ".join(row) + " |")
+    return md
 
 
 def device_comparison(heads: list[dict]) -> list[str]:

@@ -20,32 +20,27 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from digitnet.clients import TFS_METRICS_PATH, RestClient
+from digitnet.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
+from digitnet.clients import Predictor, RestClient, TfServingGrpcClient
+from harness.artifacts import ensure_artifacts
+from harness.lifecycle import RunningStack, skipped_reason, start_stack
+from harness.paths import timestamped_dir
 from loadtests import analysis, environment
 from loadtests.profiles import PROFILES, Profile
 from loadtests.sampler import TreeSampler
-from loadtests.server_metrics import breakdown, scrape
-from loadtests.settings import PROTOCOLS, Mode, Protocol, Stack
-from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, ensure_artifacts
-from services.process import ServerProcess, free_port, usable_cores
-from services.registry import load_stack
+from loadtests.server_metrics import scrape
+from loadtests.settings import Mode
+from services.process import usable_cores
+from services.registry import load_stack, parse_stacks, stack_names
+from services.stack import CPU, CUDA, GRPC, REST, ServingStack
 
-RESULTS = Path(os.environ.get("DIGITNET_RESULTS", "results"))
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-USER_CLASSES = {
-    (Stack.TORCHSERVE, Protocol.REST): "TorchServeRestUser",
-    (Stack.FLASK_TORCH, Protocol.REST): "FlaskRestUser",
-    (Stack.TF_SERVING, Protocol.REST): "TfServingRestUser",
-    (Stack.TF_SERVING, Protocol.GRPC): "TfServingGrpcUser",
-}
-READY_TIMEOUT_S = 180.0
 
 
 def split_cores(cores: list[int]) -> tuple[list[int], list[int]]:
@@ -57,44 +52,22 @@ def split_cores(cores: list[int]) -> tuple[list[int], list[int]]:
     return cores[:-generator], cores[-generator:]
 
 
-DEVICES = ("cpu", "cuda")
-GPU_STACKS = (Stack.TORCHSERVE, Stack.FLASK_TORCH)
+DEVICES = (CPU, CUDA)
 
 
-def device_env(device: str, cuda_available: bool) -> dict[str, str]:
-    """Environment that puts both torch stacks on `device`.
-
-    CPU hides every GPU (TorchServe would otherwise pick one up by itself); CUDA asks the
-    Flask app for it explicitly. Asking for CUDA where there is none is an error, never a
-    silent CPU run labelled GPU.
-    """
-    if device == "cpu":
-        return {"CUDA_VISIBLE_DEVICES": "", "FLASK_TORCH_DEVICE": "cpu"}
-    if device == "cuda":
-        if not cuda_available:
-            raise ValueError("device cuda requested but torch.cuda.is_available() is False")
-        return {"FLASK_TORCH_DEVICE": "cuda"}
-    raise ValueError(f"unknown device {device!r}; choose from {DEVICES}")
+def server_env(stack: ServingStack, device: str, cuda_available: bool) -> dict[str, str]:
+    """The stack plugin's environment for `device`. Asking for CUDA where there is none is
+    an error, never a silent CPU run labelled GPU."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose from {DEVICES}")
+    if device == CUDA and not cuda_available:
+        raise ValueError("device cuda requested but torch.cuda.is_available() is False")
+    return stack.device_env(device)
 
 
 def default_devices(cuda_available: bool) -> list[str]:
     """CPU always; CUDA too when this machine has it, so one run holds both columns."""
-    return ["cpu", "cuda"] if cuda_available else ["cpu"]
-
-
-@contextmanager
-def environment_patch(values: dict[str, str]) -> Iterator[None]:
-    """Sets variables for the servers started inside (start_process copies os.environ)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return [CPU, CUDA] if cuda_available else [CPU]
 
 
 def cuda_available() -> bool:
@@ -107,62 +80,51 @@ def cuda_available() -> bool:
 class Target:
     """Where Locust sends one stack's protocol, and how to read the server's metrics."""
 
-    stack: Stack
-    protocol: Protocol
+    stack: str
+    protocol: str
     host: str
+    # LOADTEST_* variables for the Locust process: route, headers, gRPC target.
     env: dict[str, str]
     # None when the server runs elsewhere (a pod in a cluster): then it is not sampled.
     server_pid: int | None
     metrics_url: str | None = None
-    device: str = "cpu"
+    device: str = CPU
+
+    @property
+    def user_class(self) -> str:
+        return load_stack(self.stack).locust_users[self.protocol]
 
 
-@dataclass
-class RunningStack:
-    stack: Stack
-    server: ServerProcess
-    ports: dict[str, int]
-    clients: list = field(default_factory=list)
-    started_here: bool = True
+def target_for(
+    stack: ServingStack,
+    client: Predictor,
+    device: str = CPU,
+    server_pid: int | None = None,
+    metrics_url: str | None = None,
+) -> Target:
+    """The load target behind one of the stack's clients: the client's route, headers
+    (a token included) and address, passed to Locust as data."""
+    env = {"LOADTEST_TARGET": f"{stack.name}/{client.protocol}"}
+    if isinstance(client, RestClient):
+        host = client.base_url
+        env["LOADTEST_PATH"] = client.path
+        env["LOADTEST_HEADERS"] = json.dumps(client.headers)
+    elif isinstance(client, TfServingGrpcClient):
+        host = f"http://{client.target}"
+        env["LOADTEST_GRPC_TARGET"] = client.target
+    else:
+        raise TypeError(f"{stack.name}: no load target for client {client!r}")
+    if client.protocol not in stack.locust_users:
+        raise ValueError(f"{stack.name} declares no Locust user for {client.protocol}")
+    return Target(stack.name, client.protocol, host, env, server_pid, metrics_url, device)
 
 
-def start_stack(
-    name: Stack, paths: ArtifactPaths, run_dir: Path, cores: list[int], exits: ExitStack
-) -> RunningStack | str:
-    """Starts one stack pinned to `cores`; returns the reason instead when it cannot run."""
-    stack = load_stack(name.value)
-    ok, reason = stack.available()
-    if not ok:
-        return reason
-    ports = {port_name: free_port() for port_name in stack.default_ports}
-    server = stack.start(paths, run_dir / name.value, ports, cores=cores)
-    exits.callback(stack.stop, server)
-    stack.wait_ready(server, READY_TIMEOUT_S)
-    return RunningStack(name, server, ports, stack.clients(server, paths))
-
-
-def targets_of(running: RunningStack, device: str = "cpu") -> list[Target]:
-    targets = []
-    for client in running.clients:
-        protocol = Protocol.REST if isinstance(client, RestClient) else Protocol.GRPC
-        env: dict[str, str] = {}
-        if protocol is Protocol.REST:
-            host = client.base_url
-            auth = client.headers.get("Authorization", "")
-            if auth.startswith("Bearer "):
-                env["TORCHSERVE_TOKEN"] = auth.removeprefix("Bearer ")
-        else:
-            host = f"http://{client.target}"
-            env["TFS_GRPC_TARGET"] = client.target
-        metrics_url = None
-        if running.stack is Stack.TORCHSERVE and "metrics" in running.ports:
-            metrics_url = f"http://127.0.0.1:{running.ports['metrics']}/metrics"
-        if running.stack is Stack.TF_SERVING and "rest" in running.ports:
-            metrics_url = f"http://127.0.0.1:{running.ports['rest']}{TFS_METRICS_PATH}"
-        targets.append(
-            Target(running.stack, protocol, host, env, running.server.pid, metrics_url, device)
-        )
-    return targets
+def targets_of(running: RunningStack, device: str = CPU) -> list[Target]:
+    metrics_url = running.stack.metrics_url(running.server)
+    return [
+        target_for(running.stack, client, device, running.server.pid, metrics_url)
+        for client in running.clients
+    ]
 
 
 @dataclass(frozen=True)
@@ -193,7 +155,7 @@ def run_point(
     generator_cpus: the CPUs Locust may use, when a quota rather than its cores bounds it
     (a pod's CPU limit); len(generator_cores) if None.
     """
-    name = f"{target.stack.value}-{target.protocol.value}-{target.device}-{load.slug}-rep{repeat}"
+    name = f"{target.stack}-{target.protocol}-{target.device}-{load.slug}-rep{repeat}"
     records = raw_dir / f"{name}.csv"
     run_s = profile.warmup_s + profile.duration_s
     env = {
@@ -215,7 +177,7 @@ def run_point(
         "-t", f"{math.ceil(run_s)}s", "--stop-timeout", "2",
         "--host", target.host,
         "--exit-code-on-error", "0",
-        USER_CLASSES[(target.stack, target.protocol)],
+        target.user_class,
     ]  # fmt: skip
     before = scrape(target.metrics_url) if target.metrics_url else {}
     log = raw_dir / f"{name}.log"
@@ -234,8 +196,8 @@ def run_point(
                                  load.batch_size)
     generator_capacity = 100.0 * (generator_cpus or len(generator_cores))
     point = {
-        "stack": target.stack.value,
-        "protocol": target.protocol.value,
+        "stack": target.stack,
+        "protocol": target.protocol,
         "device": target.device,
         "batch_size": load.batch_size,
         "mode": load.mode.value,
@@ -250,7 +212,7 @@ def run_point(
         "server_cpu_pct": server_sampler.samples.mean_cpu() if server_sampler else None,
         "server_rss_mb": server_sampler.samples.max_rss() if server_sampler else None,
     }
-    point.update(breakdown(target.stack.value, before, after))
+    point.update(load_stack(target.stack).server_timings(before, after))
     return point
 
 
@@ -286,9 +248,24 @@ def closed_loads(profile: Profile) -> list[Load]:
     ]
 
 
+def plan_runs(
+    stacks: list[ServingStack], devices: list[str]
+) -> list[tuple[ServingStack, str, str | None]]:
+    """(stack, device, why it is skipped or None) for every stack on every device, in the
+    order a sweep runs them."""
+    plan = []
+    for device in devices:
+        for stack in stacks:
+            reason = skipped_reason(stack)
+            if reason is None and device not in stack.devices:
+                reason = f"{stack.name} runs on {', '.join(stack.devices)}, not {device}"
+            plan.append((stack, device, reason))
+    return plan
+
+
 def sweep(
     profile: Profile,
-    stacks: list[Stack],
+    stacks: list[str],
     paths: ArtifactPaths,
     run_dir: Path,
     devices: list[str] | None = None,
@@ -310,6 +287,8 @@ def sweep(
             "slo_p99_ms": profile.slo_p99_ms,
             "devices": devices,
             "model": model_block(paths),
+            "floor_paths": {name: load_stack(name).floor_path for name in stacks},
+            "stack_kinds": {name: stack_kind(load_stack(name)) for name in stacks},
         }
     )
     print(f"bench: baselines in-process on cores {server_cores} ...", flush=True)
@@ -327,33 +306,29 @@ def sweep(
     points_file = run_dir / "points.jsonl"
     skipped: dict[str, str] = {}
     per_target = len(closed_loads(profile)) + len(profile.open_fractions)
+    plugins = [load_stack(name) for name in stacks]
     planned = (
-        len(devices) * sum(len(PROTOCOLS[s]) for s in stacks) * per_target * profile.repeats
+        len(devices) * sum(len(s.protocols) for s in plugins) * per_target * profile.repeats
     )
     progress = Progress(planned, profile.warmup_s + profile.duration_s + 3)
     print(f"bench: up to {planned} points; servers on cores {server_cores}, "
           f"Locust on cores {generator_cores}", flush=True)
-    for device in devices:
-        for stack in stacks:
-            key = f"{stack.value}/{device}"
-            if device != "cpu" and stack not in GPU_STACKS:
-                skipped[key] = "GPU rows cover the torch stacks (TF Serving on GPU needs the " \
-                    "tensorflow/serving:*-gpu image: see k8s/overlays/gpu)"
-                progress.total -= len(PROTOCOLS[stack]) * per_target * profile.repeats
-                continue
-            with ExitStack() as exits:
-                with environment_patch(device_env(device, cuda_available())):
-                    running = start_stack(stack, paths, run_dir / "servers" / device,
-                                          server_cores, exits)
-                if isinstance(running, str):
-                    skipped[key] = running
-                    progress.total -= len(PROTOCOLS[stack]) * per_target * profile.repeats
-                    print(f"bench: {key} SKIPPED: {running}", flush=True)
-                    continue
-                env_block.setdefault("servers", {})[key] = server_settings(running)
-                for target in targets_of(running, device):
-                    sweep_target(target, profile, paths, raw_dir, generator_cores,
-                                 points_file, progress)
+    for stack, device, reason in plan_runs(plugins, devices):
+        key = f"{stack.name}/{device}"
+        if reason is not None:
+            skipped[key] = reason
+            progress.total -= len(stack.protocols) * per_target * profile.repeats
+            print(f"bench: {key} SKIPPED: {reason}", flush=True)
+            continue
+        with ExitStack() as exits:
+            running = start_stack(
+                stack, paths, run_dir / "servers" / device / stack.name, exits,
+                cores=server_cores, env=server_env(stack, device, cuda_available()),
+            )
+            env_block.setdefault("servers", {})[key] = server_settings(running)
+            for target in targets_of(running, device):
+                sweep_target(target, profile, paths, raw_dir, generator_cores,
+                             points_file, progress)
     env_block["skipped"] = skipped
     (run_dir / "environment.json").write_text(json.dumps(env_block, indent=2) + "\n")
 
@@ -389,26 +364,17 @@ def measure(target, load, profile, paths, raw_dir, generator_cores, points_file,
                           generator_cpus)
         with open(points_file, "a") as handle:
             handle.write(json.dumps(point) + "\n")
-        progress.point(f"{target.stack.value}/{target.protocol.value} {load.slug} #{repeat}",
+        progress.point(f"{target.stack}/{target.protocol} {load.slug} #{repeat}",
                        point)
         if load.batch_size == 1:
             best = max(best, point.get("rps", 0.0))
     return best
 
 
-# Environment variables that set a server's workers and threads (read back from the
-# running processes, so the report shows what ran, not what was meant to run).
-THREAD_SETTINGS = (
-    "DIGITNET_TORCH_THREADS",
-    "DIGITNET_TORCHSERVE_WORKERS",
-    "FLASK_TORCH_WORKERS",
-    "FLASK_TORCH_THREADS",
-    "OMP_NUM_THREADS",
-)
-
-
 def server_settings(running: RunningStack) -> dict:
-    """Workers, threads and pinning as the server runs them (read from its process tree)."""
+    """Workers, threads and pinning as the server runs them (read from its process tree,
+    so the report shows what ran, not what was meant to run)."""
+    stack = running.stack
     try:
         proc = psutil.Process(running.server.pid)
         tree = [proc, *proc.children(recursive=True)]
@@ -416,13 +382,10 @@ def server_settings(running: RunningStack) -> dict:
         affinity = sorted(proc.cpu_affinity())
         environ = {}
         for member in tree:
-            environ.update({k: v for k, v in member.environ().items() if k in THREAD_SETTINGS})
-        workers = sum(
-            1
-            for member in tree
-            if "model_service_worker" in " ".join(member.cmdline())
-            or (running.stack is Stack.FLASK_TORCH and member.ppid() == proc.pid)
-        )
+            environ.update(
+                {k: v for k, v in member.environ().items() if k in stack.thread_settings}
+            )
+        workers = len(stack.workers(running.server))
     except psutil.Error:
         tree, threads, affinity, environ, workers = [], 0, [], {}, 0
     return {
@@ -432,7 +395,13 @@ def server_settings(running: RunningStack) -> dict:
         "os_threads": threads,
         "cpu_affinity": affinity,
         "ports": running.ports,
+        "ready_s": round(running.ready_s, 2),
     }
+
+
+def stack_kind(stack: ServingStack) -> dict[str, str]:
+    """What the report's framework x server table files a stack under."""
+    return {"framework": stack.framework, "server": stack.server_kind}
 
 
 def model_block(paths: ArtifactPaths) -> dict:
@@ -440,24 +409,18 @@ def model_block(paths: ArtifactPaths) -> dict:
     return {"name": spec.name, "side": spec.side, "channels": list(spec.channels)}
 
 
-def new_run_dir(run_id: str | None) -> Path:
-    run_dir = RESULTS / (run_id or time.strftime("%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sweep_cmd = sub.add_parser("sweep", help="every stack and protocol, then the report")
     sweep_cmd.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    sweep_cmd.add_argument("--stacks", default=",".join(s.value for s in Stack))
+    sweep_cmd.add_argument("--stacks", default=",".join(stack_names()))
     sweep_cmd.add_argument(
         "--devices", default="", help="cpu,cuda (default: cpu, plus cuda when available)"
     )
     point_cmd = sub.add_parser("point", help="one load point against one stack")
-    point_cmd.add_argument("--stack", choices=[s.value for s in Stack], required=True)
-    point_cmd.add_argument("--protocol", choices=[p.value for p in Protocol], default="rest")
+    point_cmd.add_argument("--stack", choices=stack_names(), required=True)
+    point_cmd.add_argument("--protocol", choices=(REST, GRPC), default=REST)
     point_cmd.add_argument("--users", type=int, default=8)
     point_cmd.add_argument("--rate", type=float, default=0.0, help="open loop when > 0")
     point_cmd.add_argument("--batch", type=int, default=1)
@@ -469,11 +432,15 @@ def main() -> int:
         cmd.add_argument("--run-id", default=None)
     args = parser.parse_args()
     paths = ensure_artifacts(args.artifacts)
-    run_dir = new_run_dir(args.run_id)
+    if args.command == "sweep":
+        try:
+            stacks = parse_stacks(args.stacks)
+        except ValueError as err:
+            parser.error(str(err))
+    run_dir = timestamped_dir(run_id=args.run_id)
     from loadtests.report import write_report
 
     if args.command == "sweep":
-        stacks = [Stack(s) for s in args.stacks.split(",") if s]
         devices = [d for d in args.devices.split(",") if d] or None
         sweep(PROFILES[args.profile], stacks, paths, run_dir, devices)
     else:
@@ -484,7 +451,9 @@ def main() -> int:
 
 
 def run_single_point(args, paths: ArtifactPaths, run_dir: Path) -> None:
-    stack, protocol = Stack(args.stack), Protocol(args.protocol)
+    stack = load_stack(args.stack)
+    if args.protocol not in stack.protocols:
+        raise SystemExit(f"loadtest: {stack.name} serves {', '.join(stack.protocols)}")
     profile = Profile(
         name="point", warmup_s=args.warmup, duration_s=args.duration, repeats=1,
         closed_users={}, open_fractions=(), open_users=args.users, baseline_batches=(),
@@ -495,18 +464,21 @@ def run_single_point(args, paths: ArtifactPaths, run_dir: Path) -> None:
     load = Load(mode, args.batch, args.users, args.rate)
     raw_dir = run_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
+    reason = skipped_reason(stack)
+    if reason is not None:
+        raise SystemExit(f"loadtest: {stack.name} cannot run here: {reason}")
     with ExitStack() as exits:
-        with environment_patch(device_env(args.device, cuda_available())):
-            running = start_stack(stack, paths, run_dir / "servers", server_cores, exits)
-        if isinstance(running, str):
-            raise SystemExit(f"loadtest: {stack.value} cannot run here: {running}")
-        target = next(t for t in targets_of(running, args.device) if t.protocol is protocol)
+        running = start_stack(stack, paths, run_dir / "servers" / stack.name, exits,
+                              cores=server_cores,
+                              env=server_env(stack, args.device, cuda_available()))
+        target = next(t for t in targets_of(running, args.device) if t.protocol == args.protocol)
         env_block = environment.describe(
             {"profile": "point", "server_cores": server_cores,
              "generator_cores": generator_cores, "warmup_s": args.warmup,
              "duration_s": args.duration, "repeats": 1, "slo_p99_ms": 50.0,
-             "servers": {stack.value: server_settings(running)}, "skipped": {},
-             "model": model_block(paths)}
+             "servers": {stack.name: server_settings(running)}, "skipped": {},
+             "model": model_block(paths), "floor_paths": {stack.name: stack.floor_path},
+             "stack_kinds": {stack.name: stack_kind(stack)}}
         )  # fmt: skip
         progress = Progress(1, args.warmup + args.duration)
         measure(target, load, profile, paths, raw_dir, generator_cores,

@@ -1,26 +1,18 @@
 """What one Locust process needs to know, read from the environment.
 
-The runner sets these for local runs; in a cluster a ConfigMap sets them, so the same
-locustfile runs unchanged in both places.
+The runner sets these for local runs from the stack plugin's clients (route, headers and
+token as data); in a cluster the Job's arguments set them, so the same locustfile runs
+unchanged in both places and knows no stack by name.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-
-class Stack(StrEnum):
-    TF_SERVING = "tf_serving"
-    TORCHSERVE = "torchserve"
-    FLASK_TORCH = "flask_torch"
-
-
-class Protocol(StrEnum):
-    REST = "rest"
-    GRPC = "grpc"
+from digitnet.env import env_float, env_int, env_str
 
 
 class Mode(StrEnum):
@@ -33,19 +25,6 @@ class Mode(StrEnum):
     OPEN = "open"
 
 
-# Which stacks offer which protocols (TorchServe's gRPC stubs are not shipped with it).
-PROTOCOLS: dict[Stack, tuple[Protocol, ...]] = {
-    Stack.TF_SERVING: (Protocol.REST, Protocol.GRPC),
-    Stack.TORCHSERVE: (Protocol.REST,),
-    Stack.FLASK_TORCH: (Protocol.REST,),
-}
-
-
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return default if value in (None, "") else value
-
-
 @dataclass(frozen=True)
 class LoadSettings:
     batch_size: int
@@ -55,25 +34,33 @@ class LoadSettings:
     users: int
     reference: Path
     records: Path | None
-    torchserve_token: str | None
-    grpc_target: str | None
+    # The request name in Locust's stats: "<stack>/<protocol>".
+    target: str = "target"
+    # REST: the predict route and the headers the stack's client sends (auth included).
+    path: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    # gRPC: host:port of a TF Serving-protocol PredictionService.
+    grpc_target: str | None = None
 
     @classmethod
     def from_env(cls) -> LoadSettings:
         """LOADTEST_BATCH_SIZE (1), LOADTEST_MODE (closed), LOADTEST_RATE (0),
         LOADTEST_USERS (1), LOADTEST_REFERENCE (artifacts/reference_predictions.json),
-        LOADTEST_RECORDS (per-request CSV; unset: none), TORCHSERVE_TOKEN,
-        TFS_GRPC_TARGET (host:port of TF Serving's gRPC API)."""
-        records = os.environ.get("LOADTEST_RECORDS")
+        LOADTEST_RECORDS (per-request CSV; unset: none), LOADTEST_TARGET (stack/protocol),
+        LOADTEST_PATH, LOADTEST_HEADERS (a JSON object), LOADTEST_GRPC_TARGET."""
+        records = env_str("LOADTEST_RECORDS", "")
+        headers = json.loads(env_str("LOADTEST_HEADERS", "{}"))
+        if not isinstance(headers, dict):
+            raise ValueError("LOADTEST_HEADERS must be a JSON object")
         return cls(
-            batch_size=int(_env("LOADTEST_BATCH_SIZE", "1")),
-            mode=Mode(_env("LOADTEST_MODE", Mode.CLOSED.value)),
-            rate=float(_env("LOADTEST_RATE", "0")),
-            users=int(_env("LOADTEST_USERS", "1")),
-            reference=Path(
-                _env("LOADTEST_REFERENCE", "artifacts/reference_predictions.json")
-            ),
+            batch_size=env_int("LOADTEST_BATCH_SIZE", 1),
+            mode=Mode(env_str("LOADTEST_MODE", Mode.CLOSED.value)),
+            rate=env_float("LOADTEST_RATE", 0.0),
+            users=env_int("LOADTEST_USERS", 1),
+            reference=Path(env_str("LOADTEST_REFERENCE", "artifacts/reference_predictions.json")),
             records=Path(records) if records else None,
-            torchserve_token=os.environ.get("TORCHSERVE_TOKEN") or None,
-            grpc_target=os.environ.get("TFS_GRPC_TARGET") or None,
+            target=env_str("LOADTEST_TARGET", "target"),
+            path=env_str("LOADTEST_PATH", ""),
+            headers={str(k): str(v) for k, v in headers.items()},
+            grpc_target=env_str("LOADTEST_GRPC_TARGET", "") or None,
         )

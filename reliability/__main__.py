@@ -19,23 +19,23 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from loadtests.settings import PROTOCOLS, Stack
-from reliability import report, targets
+from digitnet.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
+from harness.artifacts import ensure_artifacts
+from harness.lifecycle import running_stacks, skipped_reason, start_stack
+from harness.paths import timestamped_dir
+from reliability import report
 from reliability.settings import (
-    RESULTS_ROOT,
     FaultSettings,
     MatrixSettings,
     SlowClientSettings,
     SoakSettings,
     from_env,
 )
-from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, ensure_artifacts
-from services.registry import STACK_MODULES
+from services.registry import load_stack, parse_stacks, stack_names
 
 SCENARIOS = ("kill", "sigterm", "slow")
 
@@ -43,8 +43,7 @@ SCENARIOS = ("kill", "sigterm", "slow")
 def write_results(kind: str, files: dict[str, dict], markdown: list[str], md_name: str,
                   into_run: Path | None) -> Path:
     """results/<kind>/<timestamp>/ with each JSON file and the Markdown; returns the folder."""
-    out = RESULTS_ROOT / kind / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    out = timestamped_dir(kind)
     for name, data in files.items():
         text = json.dumps(data, indent=2) + "\n"
         (out / name).write_text(text)
@@ -61,12 +60,12 @@ def run_matrix(paths: ArtifactPaths, stacks: list[str], into_run: Path | None) -
     settings = from_env(MatrixSettings, "MATRIX")
     cells = []
     with tempfile.TemporaryDirectory(prefix="robustness-") as tmp:
-        with targets.running_stacks(paths, Path(tmp), stacks) as (running, skipped):
+        with running_stacks(paths, Path(tmp), stacks) as (running, skipped):
             for stack in running:
                 print(f"robustness: {stack.name} ...", flush=True)
                 cells += run_matrix(stack, settings)
     for name, reason in skipped.items():
-        cells += skipped_cells(name, [p.value for p in PROTOCOLS[Stack(name)]], reason)
+        cells += skipped_cells(name, list(load_stack(name).protocols), reason)
     data = to_json(cells, skipped)
     md = report.matrix_markdown(data)
     out = write_results("robustness", {report.MATRIX_FILE: data}, md, "MATRIX.md", into_run)
@@ -86,13 +85,13 @@ def run_faults(paths: ArtifactPaths, stacks: list[str], scenarios: list[str],
     slow: dict = {"runs": [], "skipped": {}}
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
         for name in stacks:
-            reason = targets.skipped_reason(name)
+            reason = skipped_reason(name)
             if reason is not None:
                 faults["skipped"][name] = slow["skipped"][name] = reason
                 continue
             if "kill" in scenarios or "slow" in scenarios:
                 with ExitStack() as exits:
-                    running = targets.start(name, paths, Path(tmp) / name, exits)
+                    running = start_stack(name, paths, Path(tmp) / name, exits)
                     if "slow" in scenarios:
                         print(f"faults: {name} slow clients ...", flush=True)
                         slow["runs"].append(slow_clients(running, slow_settings))
@@ -123,12 +122,12 @@ def run_soak(paths: ArtifactPaths, stacks: list[str], settings: SoakSettings,
     data: dict = {"runs": [], "skipped": {}}
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         for name in stacks:
-            reason = targets.skipped_reason(name)
+            reason = skipped_reason(name)
             if reason is not None:
                 data["skipped"][name] = reason
                 continue
             with ExitStack() as exits:
-                running = targets.start(name, paths, Path(tmp) / name, exits)
+                running = start_stack(name, paths, Path(tmp) / name, exits)
                 print(f"soak: {name} at {settings.rate:g} req/s for {settings.duration_s:g} s",
                       flush=True)
                 data["runs"].append(soak(running, settings, progress=True))
@@ -158,7 +157,7 @@ def main() -> int:
     commands["soak"].add_argument("--rate", type=float, default=soak_defaults.rate,
                                   help="requests per second (SOAK_RATE)")
     for command in commands.values():
-        command.add_argument("--stacks", default=",".join(STACK_MODULES))
+        command.add_argument("--stacks", default=",".join(stack_names()))
         command.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
         command.add_argument("--into-run", type=Path, default=None,
                              help="also copy the JSON into this load-test run folder")
@@ -166,13 +165,13 @@ def main() -> int:
     audit.add_argument("--requirements", type=Path, default=Path("requirements.lock"))
     args = parser.parse_args()
     if args.command == "audit":
-        from reliability.audit import main as audit_main
+        from tools.audit import main as audit_main
 
         return audit_main(args.requirements)
-    stacks = [name for name in args.stacks.split(",") if name]
-    unknown = sorted(set(stacks) - set(STACK_MODULES))
-    if unknown:
-        parser.error(f"unknown stacks {unknown}; known: {', '.join(STACK_MODULES)}")
+    try:
+        stacks = parse_stacks(args.stacks)
+    except ValueError as err:
+        parser.error(str(err))
     paths = ensure_artifacts(args.artifacts)
     runs: dict[str, Callable[[], int]] = {
         "matrix": lambda: run_matrix(paths, stacks, args.into_run),

@@ -168,3 +168,14 @@ class TricklingPost(threading.Thread):
             self.error = repr(err)
         finally:
             self.connected.set()
+
+
+def endpoint_of(running) -> Endpoint:
+    """The REST predict endpoint of a harness.lifecycle.RunningStack.
+
+    Raises:
+        ValueError: if the stack offers no REST client.
+    """
+    if running.rest is None:
+        raise ValueError(f"{running.name} offers no REST client")
+    return Endpoint.of(running.rest)

@@ -11,91 +11,25 @@ sigterm: SIGTERM the server the way its container runtime would while requests a
 from __future__ import annotations
 
 import os
-import runpy
 import signal
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from reliability import targets
-from reliability.client import OK, REFUSED, TricklingPost, http_kind
+from digitnet.artifacts import ArtifactPaths
+from harness.lifecycle import RunningStack, resolve, start_stack
+from harness.payload import check_prediction
+from reliability.client import OK, REFUSED, TricklingPost, endpoint_of, http_kind
 from reliability.load import ClosedLoop, latency_ms, outcome_counts
 from reliability.settings import FaultSettings
-from reliability.targets import RunningStack
-from services.artifacts import ArtifactPaths
-from services.flask_torch.launch import GUNICORN_CONF
+from services.process import alive
+from services.stack import ServingStack
 
-# docker-compose.yml (stop_grace_period) and k8s/base/*.yaml (terminationGracePeriodSeconds)
-# give every container this long between SIGTERM and SIGKILL.
-DEPLOYMENT_GRACE_S = 30.0
-TORCHSERVE_WORKER_SCRIPT = "model_service_worker.py"
 # After SIGTERM, how long clients keep knocking once the server is gone (to see refusals).
 AFTER_EXIT_S = 1.0
-
-
-def gunicorn_graceful_timeout() -> float:
-    """graceful_timeout from services/flask_torch/gunicorn.conf.py, as gunicorn reads it."""
-    return float(runpy.run_path(str(GUNICORN_CONF))["graceful_timeout"])
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _gunicorn_workers(server_pid: int) -> list[psutil.Process]:
-    # gunicorn forks its workers straight from the master.
-    return [p for p in psutil.Process(server_pid).children() if _alive(p)]
-
-
-def _torchserve_workers(server_pid: int) -> list[psutil.Process]:
-    # launcher (python) -> java frontend -> one python model_service_worker.py per worker.
-    found = []
-    for proc in psutil.Process(server_pid).children(recursive=True):
-        try:
-            if any(TORCHSERVE_WORKER_SCRIPT in part for part in proc.cmdline()) and _alive(proc):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-WORKER_FINDERS: dict[str, Callable[[int], list[psutil.Process]]] = {
-    "flask_torch": _gunicorn_workers,
-    "torchserve": _torchserve_workers,
-}
-NOT_APPLICABLE = {
-    "tf_serving": "one process (tensorflow_model_server) with no separate workers to kill",
-}
-
-
-@dataclass(frozen=True)
-class SignalPlan:
-    """Who gets SIGTERM, as the stack's container runtime would send it, and the grace."""
-
-    process_group: bool  # True: the whole group (tini -g), False: the main process only
-    grace_s: float
-    grace_source: str
-
-
-def signal_plan(stack: str) -> SignalPlan:
-    if stack == "flask_torch":
-        # The image runs gunicorn as PID 1 (exec-form CMD): `docker stop` signals the master,
-        # which stops accepting and gives its workers graceful_timeout to finish.
-        return SignalPlan(False, gunicorn_graceful_timeout(),
-                          "gunicorn graceful_timeout (services/flask_torch/gunicorn.conf.py)")
-    if stack == "torchserve":
-        # The image runs `tini -g -- torchserve --foreground`: tini forwards SIGTERM to the
-        # whole process group (launcher, JVM and workers).
-        return SignalPlan(True, DEPLOYMENT_GRACE_S,
-                          "container stop grace (docker-compose.yml, k8s/base)")
-    return SignalPlan(False, DEPLOYMENT_GRACE_S, "container stop grace")
 
 
 def _keep_load_after_last_failure(loop, whole_at: float, settings: FaultSettings) -> None:
@@ -125,22 +59,24 @@ def kill_worker(running: RunningStack, settings: FaultSettings) -> dict:
     Recovery time: from the kill until both the worker set is whole again and the stack
     is ready, and no request failed after that (the later of the two is reported).
     """
-    finder = WORKER_FINDERS.get(running.name)
-    if finder is None:
-        return {"stack": running.name, "applicable": False,
-                "why": NOT_APPLICABLE.get(running.name, "no worker processes known")}
-    before = finder(running.server.pid)
+    stack = running.stack
+
+    def finder() -> list[psutil.Process]:
+        return stack.workers(running.server)
+
+    before = finder()
     if not before:
-        raise RuntimeError(f"{running.name}: no worker processes found to kill")
+        return {"stack": running.name, "applicable": False,
+                "why": stack.workers_not_applicable}
     payloads = running.payloads()
-    loop = ClosedLoop(running.endpoint(), payloads, settings.clients, settings.request_timeout_s)
+    loop = ClosedLoop(endpoint_of(running), payloads, settings.clients, settings.request_timeout_s)
     with loop:
         time.sleep(settings.lead_s)
         victim = before[0]
         killed_at = time.monotonic()
         victim.send_signal(signal.SIGKILL)
         replaced = _wait_for(
-            lambda: _replaced(finder(running.server.pid), before, victim),
+            lambda: _replaced(finder(), before, victim),
             settings.recovery_timeout_s,
         )
         ready = running.ready(settings.recovery_timeout_s)
@@ -151,13 +87,13 @@ def kill_worker(running: RunningStack, settings: FaultSettings) -> dict:
     last_failure = max((s.end_s for s in failed), default=None)
     recovered_at = max(whole_at, last_failure or whole_at)
     tail = [s for s in samples if s.start_s >= recovered_at]
-    good_after = running.answers_correctly(running.rest, payloads)
+    good_after = check_prediction(running.rest, payloads)
     return {
         "stack": running.name,
         "applicable": True,
         "victim_pid": victim.pid,
         "workers_before": len(before),
-        "workers_after": len(finder(running.server.pid)),
+        "workers_after": len(finder()),
         "clients": settings.clients,
         "requests": len(samples),
         "outcomes": outcome_counts(samples),
@@ -199,18 +135,21 @@ def _wait_for(check: Callable[[], bool], timeout_s: float, interval_s: float = 0
 
 
 def _all_gone(watched: list[psutil.Process]) -> bool:
-    return not any(_alive(p) for p in watched)
+    return not any(alive(p) for p in watched)
 
 
-def sigterm(name: str, paths: ArtifactPaths, run_dir: Path, settings: FaultSettings) -> dict:
-    """Starts a fresh `name`, loads it, SIGTERMs it mid-load; returns the figures."""
-    plan = signal_plan(name)
+def sigterm(stack: ServingStack | str, paths: ArtifactPaths, run_dir: Path,
+            settings: FaultSettings) -> dict:
+    """Starts a fresh `stack`, loads it, SIGTERMs it mid-load; returns the figures."""
+    stack = resolve(stack)
+    name = stack.name
+    plan = stack.signal_plan()
     with ExitStack() as exits:
-        running = targets.start(name, paths, run_dir, exits)
+        running = start_stack(stack, paths, run_dir, exits)
         server = running.server
         root = psutil.Process(server.pid)
         watched = [root, *root.children(recursive=True)]
-        endpoint = running.endpoint()
+        endpoint = endpoint_of(running)
         payloads = running.payloads()
         # A fresh connection per request: then every failure is either a clean refusal
         # (nothing listens) or a request the server took and dropped.

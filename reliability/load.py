@@ -2,7 +2,7 @@
 
 Each request becomes a `Sample` (when it started and ended, and its outcome); nothing is
 dropped, so a fault run can say exactly how many requests failed and when. Replies are
-checked against the answer key (loadtests.payload), so a wrong answer is a failure too.
+checked against the answer key (harness.payload), so a wrong answer is a failure too.
 
   closed loop: N threads, each sends its next request when the last one returns.
   open loop: requests scheduled at a fixed rate; a late request is sent at once and its
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from loadtests.payload import PayloadSet, check_json_reply
+from harness.payload import PayloadSet, check_json_reply
 from reliability.client import (
     OK,
     OTHER,

@@ -20,8 +20,9 @@ from typing import Any
 from digitnet.codec import JSON_CONTENT_TYPE
 from digitnet.spec import ModelSpec, ServingLimits
 
-SPEC = ModelSpec()
-LIMITS = ServingLimits()
+# The limits the stacks run with (the same variables reach every server).
+SPEC = ModelSpec.from_env()
+LIMITS = ServingLimits.from_env()
 SIDE = SPEC.side
 # Nesting far beyond Python's recursion limit (1000): a recursive parser must refuse it.
 DEEP_NESTING = 50_000
@@ -129,17 +130,9 @@ BAD_REQUESTS = [
                about="no Content-Type header"),
 ]  # fmt: skip
 
-# Answers that come from a server's own front rather than from our validation, and so
-# cannot carry the codec's JSON error. The matrix still requires the expected status.
-FRONT_ANSWERS: dict[tuple[str, str], str] = {
-    ("torchserve", "body_over_max"): (
-        "TorchServe's Netty frontend refuses bodies over max_request_size itself, with an "
-        "empty 413, before any worker sees them"
-    ),
-}
-# Stacks whose answers are judged against the expectations above (they validate with the
-# codec); any other stack's answers are recorded as they are.
-VALIDATING_STACKS = frozenset({"torchserve", "flask_torch"})
+# Which stacks' answers are judged against these expectations (validates_with_codec), and
+# which answers come from a server's own front end (front_answers), is each stack
+# plugin's declaration (services/<stack>/).
 
 
 # --- gRPC (TF Serving's PredictionService) ----------------------------------------------

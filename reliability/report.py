@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loadtests.markdown import fmt
+from harness.markdown import fmt
 
 MATRIX_FILE = "matrix.json"
 FAULTS_FILE = "faults.json"

@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from reliability.client import Connection
+from harness.lifecycle import RunningStack, resolve
+from harness.payload import check_prediction
+from reliability.client import Connection, endpoint_of
 from reliability.matrix import (
     BAD_REQUESTS,
-    FRONT_ANSWERS,
     GRPC_CASES,
-    VALIDATING_STACKS,
     BadRequest,
     GrpcCase,
 )
 from reliability.settings import MatrixSettings
-from reliability.targets import RunningStack
+from services.stack import ServingStack
 
 PASS = "pass"
 FAIL = "FAIL"
@@ -59,18 +59,21 @@ def error_document(body: bytes, content_type: str | None) -> dict | None:
     return None
 
 
-def judge_rest(stack: str, case: BadRequest, status: int | None, document: dict | None,
-               leaks: bool, healthy: bool, correct: bool) -> tuple[str, str]:
-    """(verdict, note) for one REST cell."""
+def judge_rest(stack: ServingStack | str, case: BadRequest, status: int | None,
+               document: dict | None, leaks: bool, healthy: bool,
+               correct: bool) -> tuple[str, str]:
+    """(verdict, note) for one REST cell; the stack plugin says whether it validates with
+    the codec and which answers come from its front end."""
+    stack = resolve(stack)
     if not healthy or not correct:
         return FAIL, "not healthy or answered wrongly afterwards"
     if leaks:
         return FAIL, "the body leaks a stack trace or an HTML error page"
-    if stack not in VALIDATING_STACKS:
+    if not stack.validates_with_codec:
         return RECORDED, ""
     if status != case.status:
         return FAIL, f"expected {case.status}"
-    front = FRONT_ANSWERS.get((stack, case.name))
+    front = stack.front_answers.get(case.name)
     if document is None:
         return (PASS, front) if front else (FAIL, "no JSON error body")
     if document.get("reason") != case.reason:
@@ -81,14 +84,14 @@ def judge_rest(stack: str, case: BadRequest, status: int | None, document: dict 
 
 
 def probe_rest(running: RunningStack, case: BadRequest, settings: MatrixSettings) -> Cell:
-    conn = Connection(running.endpoint(), settings.request_timeout_s, fresh=True)
+    conn = Connection(endpoint_of(running), settings.request_timeout_s, fresh=True)
     reply = conn.post(case.body, case.content_type)
     text = reply.body[:2000].decode(errors="replace")
     document = error_document(reply.body, reply.content_type)
     leaks = any(marker.lower() in text.lower() for marker in LEAK_MARKERS)
     healthy = running.ready(settings.health_timeout_s)
-    problem = running.answers_correctly(running.rest, running.payloads()) if healthy else "-"
-    verdict, note = judge_rest(running.name, case, reply.status, document, leaks, healthy,
+    problem = check_prediction(running.rest, running.payloads()) if healthy else "-"
+    verdict, note = judge_rest(running.stack, case, reply.status, document, leaks, healthy,
                                problem is None)
     if problem and healthy:
         note = f"{note}; good request afterwards: {problem}"
@@ -117,7 +120,7 @@ def probe_grpc(running: RunningStack, case: GrpcCase, settings: MatrixSettings) 
     except grpc.RpcError as err:
         code, details = err.code().name, err.details() or ""
     healthy = running.ready(settings.health_timeout_s)
-    problem = running.answers_correctly(client, running.payloads()) if healthy else "-"
+    problem = check_prediction(client, running.payloads()) if healthy else "-"
     verdict = RECORDED if healthy and problem is None else FAIL
     note = "" if verdict == RECORDED else f"afterwards: healthy={healthy}, {problem}"
     if case.expected_code and code != case.expected_code:

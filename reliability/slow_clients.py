@@ -12,17 +12,17 @@ from __future__ import annotations
 import threading
 import time
 
-from reliability.client import TricklingPost
+from harness.lifecycle import RunningStack
+from reliability.client import TricklingPost, endpoint_of
 from reliability.load import ClosedLoop, latency_ms, outcome_counts
 from reliability.settings import SlowClientSettings
-from reliability.targets import RunningStack
 
 CONNECT_TIMEOUT_S = 10.0
 
 
 def slow_clients(running: RunningStack, settings: SlowClientSettings) -> dict:
     """Runs the scenario against `running`; returns the figures and a verdict."""
-    endpoint = running.endpoint()
+    endpoint = endpoint_of(running)
     payloads = running.payloads()
     stop = threading.Event()
     slow = [

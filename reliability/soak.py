@@ -26,31 +26,29 @@ from dataclasses import dataclass, field
 import numpy as np
 import psutil
 
+from harness.lifecycle import RunningStack
+from reliability.client import endpoint_of
 from reliability.load import latency_ms, outcome_counts, run_open_loop
 from reliability.settings import SoakSettings
-from reliability.targets import RunningStack
+from services.stack import ServingStack
 
 MIB = 2**20
 JVM_ROLE = "jvm"
 JCMD_TIMEOUT_S = 60.0
 
 
-def process_role(proc: psutil.Process) -> str:
-    """A short name for what a server process is (the JVM, a TorchServe worker, ...)."""
+def process_role(proc: psutil.Process, stack: ServingStack | None = None) -> str:
+    """A short name for what a server process is: the stack plugin's name for it (a
+    TorchServe worker, a gunicorn master), else "jvm" for any JVM (judged by its live
+    heap, see the module docstring), else the process name."""
     try:
+        role = stack.process_role(proc) if stack is not None else None
+        if role:
+            return role
         name = proc.name()
-        cmdline = " ".join(proc.cmdline())
     except psutil.Error:
         return "gone"
-    if name == "java":
-        return "jvm"
-    if "model_service_worker" in cmdline:
-        return "model worker"
-    if "gunicorn" in cmdline:
-        parent = proc.parent()
-        is_worker = parent is not None and "gunicorn" in " ".join(parent.cmdline())
-        return "gunicorn worker" if is_worker else "gunicorn master"
-    return name
+    return JVM_ROLE if name == "java" else name
 
 
 def jvm_live_heap_mib(pid: int) -> float | None:
@@ -227,10 +225,11 @@ def soak(running: RunningStack, settings: SoakSettings, progress: bool = False) 
     heap = LiveHeapProbe(running.server.pid)
     # The first live-heap reading when the warm-up ends (its full GC is one short pause).
     first_reading = threading.Timer(settings.warmup_s, heap.read)
-    with RoleSampler(running.server.pid, settings.sample_interval_s) as sampler:
+    with RoleSampler(running.server.pid, settings.sample_interval_s,
+                     lambda proc: process_role(proc, running.stack)) as sampler:
         first_reading.start()
         try:
-            samples = run_open_loop(running.endpoint(), running.payloads(), settings.rate,
+            samples = run_open_loop(endpoint_of(running), running.payloads(), settings.rate,
                                     settings.duration_s, settings.senders,
                                     settings.request_timeout_s, on_tick=tick)
         finally:

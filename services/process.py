@@ -1,7 +1,7 @@
 """Starting, watching and stopping local server processes.
 
-Shared by `make deploy-local` (services.deploy_local), the load-test runner and the test
-fixtures, so that every caller starts a stack the same way and stops all of it.
+Shared by every stack plugin and harness.lifecycle, so that every caller starts a stack the
+same way and stops all of it.
 """
 
 from __future__ import annotations
@@ -162,6 +162,14 @@ def kill_processes(procs: list[psutil.Process]) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=5)
+
+
+def alive(proc: psutil.Process) -> bool:
+    """True while `proc` runs (a zombie counts as gone)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:

@@ -1,31 +1,109 @@
-"""The interface every locally run serving stack implements.
+"""The stack plugin: everything the harness needs to know about one serving stack.
 
-`make deploy-local`, the parity check, the load-test runner and the integration tests
-drive TF Serving, TorchServe and Flask through this one shape, so none of them knows a
-stack's command line.
+Each `services/<stack>/` folder defines one `ServingStack` subclass and one instance of it
+named `STACK`; `services.registry` lists the folders. Nothing outside a stack's folder names
+the stack: `make deploy-local`, parity, the load runner, the report, the robustness matrix,
+faults, soak and the k8s validation iterate over the registry and ask the plugin.
+
+What a plugin declares, in one object:
+  artifacts   build(paths) and artifact_files(paths): what it makes from the shared model
+  lifecycle   available(), start(...), wait_ready(...), stop(...), stop_grace_s
+  protocols   locust_users (protocol -> Locust user class), clients(...) for a running
+              server, remote_client(...) for one elsewhere (a pod); load targets are
+              derived from the clients (path, headers and token as data)
+  telemetry   metrics_url(server) and server_timings(before, after) from its own metrics
+  processes   workers(server) for the worker-kill fault, process_role(proc) for soak,
+              signal_plan() for SIGTERM, thread_settings for the run environment
+  validation  validates_with_codec, front_answers: how its answers to bad input are judged
+  floor       floor_path: the in-process baseline its served latency is compared with
+  deployment  compose_service, k8s_deployment, k8s_container, private_ports,
+              single_replica_why, k8s_args(cores), generated_files()
+  devices     devices: where it can compute (the load runner's cpu/cuda rows)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
+import psutil
+
+from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import Predictor
-from services.artifacts import ArtifactPaths
-from services.process import ServerProcess
+from digitnet.spec import ModelSpec
+from services.process import ServerProcess, stop_process_tree
+
+REST = "rest"
+GRPC = "grpc"
+CPU = "cpu"
+CUDA = "cuda"
+# Seconds between SIGTERM and SIGKILL that docker-compose.yml (stop_grace_period) and
+# k8s/base (terminationGracePeriodSeconds) give every container.
+DEPLOYMENT_GRACE_S = 30.0
 
 
-class LocalStack(Protocol):
-    """One serving stack run as native processes on this machine."""
+@dataclass(frozen=True)
+class SignalPlan:
+    """Who gets SIGTERM, as the stack's container runtime would send it, and the grace."""
 
-    name: str
-    # Port names and the defaults `make deploy-local` uses; tests pass free ports instead.
-    default_ports: Mapping[str, int]
+    process_group: bool  # True: the whole group (tini -g), False: the main process only
+    grace_s: float
+    grace_source: str
 
+
+class ServingStack:
+    """Base class of every stack plugin; subclasses override what differs.
+
+    The defaults describe a stack with one REST protocol, no metrics, no separate worker
+    processes, that validates requests with the shared codec and runs on the CPU.
+    """
+
+    name: str = ""
+    # Port names and the defaults `make deploy-local` uses; tests and runs pass free ports.
+    default_ports: Mapping[str, int] = {}
+    # Protocol -> the Locust user class (in loadtests/locustfile.py) that speaks it; the
+    # keys are the protocols the stack offers, in the order its clients() returns them.
+    locust_users: Mapping[str, str] = {REST: "RestPredictUser"}
+    # Protocol -> the name in default_ports it is served on (compose publishes the
+    # defaults on 127.0.0.1, so `make deploy-local` in compose mode reaches them there).
+    protocol_ports: Mapping[str, str] = {}
+    # How long stop() waits after SIGTERM before it kills what is left.
+    stop_grace_s: float = 15.0
+    # True: the stack validates with digitnet.codec, so the robustness matrix judges its
+    # answers against the codec's; False: they are recorded as they are (TF Serving).
+    validates_with_codec: bool = True
+    # Robustness-matrix case name -> why the stack's front end (before our code runs)
+    # answers it without the codec's JSON error; the status must still match.
+    front_answers: Mapping[str, str] = {}
+    # The in-process baseline (loadtests.baselines path label) behind this stack.
+    floor_path: str = "TorchScript"
+    # The framework it runs the model with, and whether the server is the framework's own
+    # dedicated server or our Flask app: the report's framework x server table.
+    framework: str = "pytorch"
+    server_kind: str = "dedicated server"
+    devices: tuple[str, ...] = (CPU,)
+    # Environment variables that set its workers and threads; read back from the running
+    # processes for the run's environment block.
+    thread_settings: tuple[str, ...] = ()
+    # docker-compose.yml service and k8s Deployment (None: not deployed that way, and why).
+    compose_service: str | None = None
+    k8s_deployment: str | None = None
+    not_deployed_why: str = ""
+
+    # --- artifacts -------------------------------------------------------------------
+    def build(self, paths: ArtifactPaths) -> None:
+        """Builds this stack's own artifacts from the shared model files (default: none)."""
+
+    def artifact_files(self, paths: ArtifactPaths) -> list[Path]:
+        """Files build() writes; `make artifacts` rebuilds when one is missing."""
+        return []
+
+    # --- lifecycle -------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
         """Whether this machine can run the stack, and if not, why and how to get it."""
-        ...
+        return True, ""
 
     def start(
         self,
@@ -33,26 +111,110 @@ class LocalStack(Protocol):
         run_dir: Path,
         ports: Mapping[str, int],
         cores: Sequence[int] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ServerProcess:
         """Starts the server bound to 127.0.0.1 and returns at once (not yet ready).
 
         Args:
             paths: the artifacts to serve.
-            run_dir: a writable folder for this stack's config copies, logs and keys.
+            run_dir: a writable folder for this stack's generated config, logs and keys.
             ports: one port per name in `default_ports`.
             cores: CPUs the server may use; thread counts are derived from their number.
+            env: extra environment for the server (e.g. device_env(...)).
         """
-        ...
+        raise NotImplementedError
 
     def wait_ready(self, server: ServerProcess, timeout_s: float) -> float:
         """Blocks until the model can answer (not merely until the port is open);
         returns the seconds waited."""
-        ...
-
-    def clients(self, server: ServerProcess, paths: ArtifactPaths) -> list[Predictor]:
-        """One client per protocol the running server offers."""
-        ...
+        raise NotImplementedError
 
     def stop(self, server: ServerProcess) -> None:
         """Stops the server and every process it started."""
-        ...
+        stop_process_tree(server.pid, grace_s=self.stop_grace_s)
+        if server.popen is not None:
+            server.popen.wait(timeout=self.stop_grace_s)
+
+    def device_env(self, device: str) -> dict[str, str]:
+        """Environment that puts the server on `device` (only devices in `devices`)."""
+        if device == CPU:
+            # Hide every GPU: a server must never pick one up by itself on a CPU row.
+            return {"CUDA_VISIBLE_DEVICES": ""}
+        raise ValueError(f"{self.name} runs on {', '.join(self.devices)}, not {device}")
+
+    # --- protocols -------------------------------------------------------------------
+    def clients(self, server: ServerProcess, paths: ArtifactPaths) -> list[Predictor]:
+        """One client per protocol the running server offers, in `protocols` order."""
+        raise NotImplementedError
+
+    def remote_client(
+        self, protocol: str, url: str, spec: ModelSpec, secret: str | None = None
+    ) -> Predictor:
+        """A client for this stack running elsewhere (a pod behind `url`).
+
+        Args:
+            secret: the credential the stack's clients need (TorchServe's inference key).
+        """
+        raise NotImplementedError
+
+    def compose_secret(self, read_file: Callable[[str], str]) -> str | None:
+        """The credential remote_client needs, read from its running compose container
+        with `read_file(path)` (None: it needs none)."""
+        return None
+
+    # --- telemetry -------------------------------------------------------------------
+    def metrics_url(self, server: ServerProcess) -> str | None:
+        """Where the server's own Prometheus metrics are, or None."""
+        return None
+
+    def server_timings(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> dict:
+        """The server's own timings over a point, from two metric scrapes ({} if none)."""
+        return {}
+
+    # --- processes -------------------------------------------------------------------
+    def workers(self, server: ServerProcess) -> list[psutil.Process]:
+        """The worker processes a worker-kill fault may SIGKILL ([] when there are none)."""
+        return []
+
+    workers_not_applicable: str = "one process with no separate workers to kill"
+
+    def process_role(self, proc: psutil.Process) -> str | None:
+        """A short name for one of its processes (soak groups memory by it), or None to
+        use the process name."""
+        return None
+
+    def signal_plan(self) -> SignalPlan:
+        """How its container runtime delivers SIGTERM, and the grace it gives."""
+        return SignalPlan(False, DEPLOYMENT_GRACE_S, "container stop grace")
+
+    # --- deployment ------------------------------------------------------------------
+    # The image the project builds for it (`make images`: name, Dockerfile), or None when
+    # it runs an official image; a stack with CUDA in `devices` gets a CUDA variant too.
+    image: tuple[str, str] | None = None
+    # Its container in the k8s Deployment, and ports of it that must never be reachable
+    # (not in a Service, a containerPort or a NetworkPolicy rule): number -> what it is.
+    k8s_container: str | None = None
+    private_ports: Mapping[int, str] = {}
+    # Why the k8s Deployment must keep one replica ("" when it may scale).
+    single_replica_why: str = ""
+
+    def k8s_args(self, cores: int) -> list[str] | None:
+        """The exact container args its k8s Deployment must run for `cores` CPUs (None:
+        not checked)."""
+        return None
+
+    # Where k8s_args expects its config files mounted in the container.
+    k8s_config_mount: str | None = None
+
+    def generated_files(self) -> dict[Path, str]:
+        """Committed config files (absolute paths: its own folder's, compose's and k8s's
+        copies) generated from digitnet.spec's defaults, with the text each must hold.
+        `make configs` writes them; tests and k8s.validate check they are up to date."""
+        return {}
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        return tuple(self.locust_users)
+
+    def __repr__(self) -> str:
+        return f"<stack {self.name}>"

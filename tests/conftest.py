@@ -10,9 +10,10 @@ import pytest
 # Quiet TensorFlow's start-up banner in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.data import DigitsSplit, load_split  # noqa: E402
 from digitnet.spec import ModelSpec, ServingLimits  # noqa: E402
-from services.artifacts import ArtifactPaths, build_all  # noqa: E402
+from harness.artifacts import build_all  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -73,3 +73,19 @@ def test_every_service_is_health_checked_hardened_and_pinned(compose):
             assert "HEALTHCHECK" in dockerfile and "\nUSER " in dockerfile, name
         else:
             assert service["healthcheck"]["test"], name
+
+
+def test_every_stack_that_declares_a_compose_service_has_it(compose):
+    """The plugins name their compose services; one that declares none says why."""
+    from services.registry import all_stacks
+
+    for stack in all_stacks():
+        if stack.compose_service is None:
+            assert stack.not_deployed_why, stack.name
+            continue
+        service = compose["services"][stack.compose_service]
+        published = {int(p.split(":")[1]) for p in service.get("ports", [])}
+        # Compose publishes each protocol's default port: deploy-local's compose clients
+        # reach the stack there.
+        for protocol in stack.protocols:
+            assert stack.default_ports[stack.protocol_ports[protocol]] in published, stack.name

@@ -22,7 +22,12 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 from werkzeug.routing import BaseConverter
 
 from digitnet.clients import FLASK_LIVE_PATH, FLASK_PREDICT_PATH, FLASK_READY_PATH, TFS_STATUS_PATH
-from digitnet.codec import JSON_CONTENT_TYPE, PayloadError, decode_request, encode_predictions
+from digitnet.codec import (
+    JSON_CONTENT_TYPE,
+    PayloadError,
+    decode_request_format,
+    encode_predictions,
+)
 from services.flask_torch.predictor import ServedModel, TorchScriptModel
 from services.flask_torch.settings import Settings
 
@@ -98,12 +103,15 @@ def predict(name: str) -> Response:
         )
     # Raw bytes, not request.get_json(): the codec owns validation and its error messages,
     # and Flask's JSON errors would answer with an HTML page. cache=False: read once.
-    images = decode_request(request.get_data(cache=False), settings.spec, settings.limits)
+    # The reply takes the request's format, row or columnar, as TF Serving's does.
+    images, fmt = decode_request_format(
+        request.get_data(cache=False), settings.spec, settings.limits
+    )
     # A request that reaches a sibling worker still loading waits briefly instead of failing.
     if not model.wait_ready(settings.load_wait_s):
         return _not_ready(model)
     logits, compute_s = model.predict_timed(images)
-    response = jsonify(encode_predictions(logits))
+    response = jsonify(encode_predictions(logits, fmt))
     response.headers[INFERENCE_TIME_HEADER] = f"{compute_s * 1000:.3f}"
     return response
 

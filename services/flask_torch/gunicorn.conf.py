@@ -17,6 +17,7 @@ from services.flask_torch.settings import (
     TORCH_THREADS_ENV,
     WORKER_CONNECTIONS_ENV,
     env_int,
+    env_str,
     parallelism_from_env,
 )
 
@@ -28,14 +29,14 @@ _split = parallelism_from_env(_cores)
 
 # Loopback by default so a local run is never reachable from the network; the Docker image
 # sets FLASK_TORCH_BIND=0.0.0.0:8000 because the container's own network is the boundary.
-bind = [os.environ.get(BIND_ENV) or DEFAULT_BIND]
+bind = [env_str(BIND_ENV, DEFAULT_BIND)]
 
 # One process per torch thread group, workers x torch threads <= cores (settings.py):
 # processes sidestep the GIL for the Python half of a request (JSON parse and encode).
 workers = _split.workers
 # Each worker's create_app() reads its torch thread count from this variable; gunicorn sets
 # it in the master's environment before forking, so every worker sees the derived value.
-raw_env = [f"{TORCH_THREADS_ENV}={_split.torch_threads}"]
+raw_env = [f"{TORCH_THREADS_ENV}={_split.threads}"]
 
 # gevent: every connection is a greenlet, so connections that trickle their body in (slow
 # clients, the "slow POST" attack) cost a socket each, not a thread. With gthread, 32 such
@@ -80,7 +81,7 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # Logs go to the process's stdout/stderr (the container log or the run_dir log file).
 # Access logging is off unless asked for: a line per request costs throughput under load.
 errorlog = "-"
-accesslog = os.environ.get("FLASK_TORCH_ACCESS_LOG") or None
+accesslog = env_str("FLASK_TORCH_ACCESS_LOG", "") or None
 loglevel = "info"
 
 # gunicorn >= 25.1 otherwise opens a control socket under $XDG_RUNTIME_DIR or

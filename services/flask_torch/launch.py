@@ -1,51 +1,57 @@
-"""Runs the Flask + gunicorn stack as local processes (the LocalStack for "flask_torch")."""
+"""The Flask + gunicorn stack's plugin: gunicorn (gevent workers) serving the Flask app
+factory on 127.0.0.1.
+
+`FlaskStack` is written for any model behind services/flask_torch/app.py: a stack that
+serves another model format through the same app, codec and gunicorn config subclasses it
+and names its app factory, model file and floor (services/flask_tf does).
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import runpy
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
 import requests
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import FLASK_READY_PATH, Predictor, flask_rest
-from services.artifacts import ArtifactPaths
+from digitnet.spec import ModelSpec
 from services.flask_torch.settings import (
     BIND_ENV,
+    DEVICE_ENV,
     MODEL_PATH_ENV,
     TORCH_THREADS_ENV,
     WORKERS_ENV,
     parallelism_from_env,
+    spec_env,
 )
 from services.process import (
     LOOPBACK,
     ServerProcess,
+    alive,
     port_is_free,
     start_process,
     stop_process_tree,
     usable_cores,
     wait_until,
 )
+from services.stack import CPU, CUDA, ServingStack, SignalPlan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO_ROOT / "services" / "flask_torch" / "gunicorn.conf.py"
-APP_FACTORY = "services.flask_torch.app:create_app()"
 HTTP = "http"
 PROBE_TIMEOUT_S = 2.0
 PORT_RELEASE_TIMEOUT_S = 15.0
 
 
-def _spec_env(paths: ArtifactPaths) -> dict[str, str]:
-    """The DIGITNET_* variables that make the server's ModelSpec equal `paths.spec`."""
-    spec = paths.spec
-    return {
-        "DIGITNET_NAME": spec.name,
-        "DIGITNET_SIDE": str(spec.side),
-        "DIGITNET_CHANNELS": ",".join(str(c) for c in spec.channels),
-        "DIGITNET_VERSION": str(spec.version),
-    }
+def gunicorn_graceful_timeout() -> float:
+    """graceful_timeout from services/flask_torch/gunicorn.conf.py, as gunicorn reads it."""
+    return float(runpy.run_path(str(GUNICORN_CONF))["graceful_timeout"])
 
 
 def _port(server: ServerProcess) -> int:
@@ -55,14 +61,23 @@ def _port(server: ServerProcess) -> int:
     return port
 
 
-class FlaskTorchStack:
-    """gunicorn (gevent workers) serving services.flask_torch.app on 127.0.0.1."""
+class FlaskStack(ServingStack):
+    """gunicorn serving `app_factory`; subclasses set the name, factory and model file."""
 
-    name = "flask_torch"
     default_ports: Mapping[str, int] = {HTTP: 8000}
+    protocol_ports = {"rest": HTTP}
+    app_factory = "services.flask_torch.app:create_app()"
+    # Python packages the workers import; available() names the missing ones.
+    required_modules: tuple[str, ...] = ("flask", "gunicorn")
+    thread_settings = (WORKERS_ENV, TORCH_THREADS_ENV, "OMP_NUM_THREADS")
+    stop_grace_s = PORT_RELEASE_TIMEOUT_S
+    server_kind = "Flask + gunicorn"
+
+    def model_file(self, paths: ArtifactPaths) -> Path:
+        raise NotImplementedError
 
     def available(self) -> tuple[bool, str]:
-        missing = [m for m in ("flask", "gunicorn", "torch") if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.required_modules if importlib.util.find_spec(m) is None]
         if missing:
             return False, f"missing Python packages {missing}: run scripts/bootstrap_venv.sh"
         return True, ""
@@ -73,23 +88,27 @@ class FlaskTorchStack:
         run_dir: Path,
         ports: Mapping[str, int],
         cores: Sequence[int] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ServerProcess:
-        if not paths.torchscript.is_file():
-            raise FileNotFoundError(f"{paths.torchscript} missing: run `make artifacts`")
+        model = self.model_file(paths)
+        if not model.exists():
+            raise FileNotFoundError(f"{model} missing: run `make artifacts`")
         port = ports[HTTP]
         # FLASK_TORCH_WORKERS / FLASK_TORCH_THREADS still override, checked against the cores.
         split = parallelism_from_env(len(cores) if cores else len(usable_cores()))
-        env = {
-            **_spec_env(paths),
-            MODEL_PATH_ENV: str(paths.torchscript.resolve()),
+        server_env = {
+            **spec_env(paths.spec),
+            MODEL_PATH_ENV: str(model.resolve()),
             BIND_ENV: f"{LOOPBACK}:{port}",
             WORKERS_ENV: str(split.workers),
-            TORCH_THREADS_ENV: str(split.torch_threads),
+            TORCH_THREADS_ENV: str(split.threads),
+            **(env or {}),
         }
         # `python -m gunicorn` with this interpreter: the venv's gunicorn, whatever PATH says.
-        argv = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), APP_FACTORY]
+        argv = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), self.app_factory]
         server = start_process(
-            self.name, argv, run_dir / f"{self.name}.log", cwd=REPO_ROOT, env=env, cores=cores
+            self.name, argv, run_dir / f"{self.name}.log", cwd=REPO_ROOT, env=server_env,
+            cores=cores,
         )
         server.endpoints = {HTTP: f"http://{LOOPBACK}:{port}"}
         return server
@@ -114,7 +133,14 @@ class FlaskTorchStack:
         return waited
 
     def clients(self, server: ServerProcess, paths: ArtifactPaths) -> list[Predictor]:
-        return [flask_rest(server.endpoints[HTTP], paths.spec)]
+        return [self.remote_client("rest", server.endpoints[HTTP], paths.spec)]
+
+    def remote_client(
+        self, protocol: str, url: str, spec: ModelSpec, secret: str | None = None
+    ) -> Predictor:
+        client = flask_rest(url, spec)
+        client.label = f"{self.name}/rest"
+        return client
 
     def stop(self, server: ServerProcess) -> None:
         stop_process_tree(server.pid)
@@ -122,6 +148,46 @@ class FlaskTorchStack:
             server.popen.wait(timeout=PORT_RELEASE_TIMEOUT_S)
         port = _port(server)
         wait_until(lambda: port_is_free(port), PORT_RELEASE_TIMEOUT_S, f"{self.name} port {port}")
+
+    def workers(self, server: ServerProcess) -> list[psutil.Process]:
+        # gunicorn forks its workers straight from the master.
+        return [p for p in psutil.Process(server.pid).children() if alive(p)]
+
+    workers_not_applicable = "gunicorn always has worker processes"
+
+    def process_role(self, proc: psutil.Process) -> str | None:
+        try:
+            parent = proc.parent()
+            is_worker = parent is not None and "gunicorn" in " ".join(parent.cmdline())
+            return "gunicorn worker" if is_worker else "gunicorn master"
+        except psutil.Error:
+            return None
+
+    def signal_plan(self) -> SignalPlan:
+        # The image runs gunicorn as PID 1 (exec-form CMD): `docker stop` signals the master,
+        # which stops accepting and gives its workers graceful_timeout to finish.
+        return SignalPlan(False, gunicorn_graceful_timeout(),
+                          "gunicorn graceful_timeout (services/flask_torch/gunicorn.conf.py)")
+
+
+class FlaskTorchStack(FlaskStack):
+    """The TorchScript model behind the Flask app."""
+
+    name = "flask_torch"
+    required_modules = ("flask", "gunicorn", "torch")
+    devices = (CPU, CUDA)
+    floor_path = "TorchScript"
+    compose_service = "flask-torch"
+    image = ("digitnet-flask-torch", "services/flask_torch/Dockerfile")
+    k8s_deployment = "flask-torch"
+
+    def model_file(self, paths: ArtifactPaths) -> Path:
+        return paths.torchscript
+
+    def device_env(self, device: str) -> dict[str, str]:
+        if device == CUDA:
+            return {DEVICE_ENV: CUDA}
+        return {**super().device_env(device), DEVICE_ENV: CPU}
 
 
 STACK = FlaskTorchStack()

@@ -2,20 +2,21 @@
 each overridable by an environment variable.
 
 gunicorn.conf.py (in the master) and create_app() (in every worker) both read from here,
-so the worker count and torch's thread count are derived by one function. Nothing here
+so the worker count and torch's thread count are derived by one function
+(services.cores.split_cores, the rule of every stack). Nothing here
 imports torch: the gunicorn master must stay free of it (see gunicorn.conf.py).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from digitnet.env import env_float
+from digitnet.artifacts import ArtifactPaths
+from digitnet.env import env_float, env_str
 from digitnet.env import env_optional_int as env_int
 from digitnet.spec import ModelSpec, ServingLimits
-from services.artifacts import ArtifactPaths
+from services.cores import CoreSplit, split_cores
 
 MODEL_PATH_ENV = "FLASK_TORCH_MODEL_PATH"
 TORCH_THREADS_ENV = "FLASK_TORCH_THREADS"
@@ -42,55 +43,27 @@ DEVICE_CPU = "cpu"
 DEVICE_CUDA = "cuda"
 
 
-@dataclass(frozen=True)
-class Parallelism:
-    """How a server's cores are split: `workers` processes x `torch_threads` each."""
-
-    workers: int
-    torch_threads: int
-
-
-def derive_parallelism(
-    cores: int, workers: int | None = None, torch_threads: int | None = None
-) -> Parallelism:
-    """Splits `cores` into worker processes and torch intra-op threads per worker.
-
-    Whatever is not given explicitly is derived so that workers x torch_threads <= cores:
-    by default one single-threaded worker per core.
-
-    Args:
-        cores: CPUs the server may use (len(os.sched_getaffinity(0)) in gunicorn.conf.py).
-        workers: an explicit worker count, or None to derive it.
-        torch_threads: an explicit intra-op thread count per worker, or None to derive it.
-
-    Returns:
-        The split; both numbers are at least 1.
+def parallelism_from_env(cores: int) -> CoreSplit:
+    """services.cores.split_cores with FLASK_TORCH_WORKERS / FLASK_TORCH_THREADS as
+    overrides.
 
     Raises:
-        ValueError: if a count is below 1 or explicit counts oversubscribe the cores.
+        ValueError: naming both variables when they oversubscribe the cores.
     """
-    if cores < 1:
-        raise ValueError(f"cores must be >= 1, got {cores}")
-    for label, value in (("workers", workers), ("torch_threads", torch_threads)):
-        if value is not None and value < 1:
-            raise ValueError(f"{label} must be >= 1, got {value}")
-    if workers is None and torch_threads is None:
-        torch_threads = DEFAULT_TORCH_THREADS
-    if workers is None:
-        workers = max(1, cores // torch_threads)
-    if torch_threads is None:
-        torch_threads = max(1, cores // workers)
-    if workers * torch_threads > cores:
-        raise ValueError(
-            f"{workers} workers x {torch_threads} torch threads = {workers * torch_threads} "
-            f"exceeds the {cores} cores available; lower {WORKERS_ENV} or {TORCH_THREADS_ENV}"
-        )
-    return Parallelism(workers=workers, torch_threads=torch_threads)
+    try:
+        return split_cores(cores, env_int(WORKERS_ENV), env_int(TORCH_THREADS_ENV))
+    except ValueError as err:
+        raise ValueError(f"{err}; lower {WORKERS_ENV} or {TORCH_THREADS_ENV}") from None
 
 
-def parallelism_from_env(cores: int) -> Parallelism:
-    """derive_parallelism with FLASK_TORCH_WORKERS / FLASK_TORCH_THREADS as overrides."""
-    return derive_parallelism(cores, env_int(WORKERS_ENV), env_int(TORCH_THREADS_ENV))
+def spec_env(spec: ModelSpec) -> dict[str, str]:
+    """The DIGITNET_* variables that make a server process's ModelSpec equal `spec`."""
+    return {
+        "DIGITNET_NAME": spec.name,
+        "DIGITNET_SIDE": str(spec.side),
+        "DIGITNET_CHANNELS": ",".join(str(c) for c in spec.channels),
+        "DIGITNET_VERSION": str(spec.version),
+    }
 
 
 def select_device(requested: str, cuda_available: bool) -> str:
@@ -132,7 +105,7 @@ def select_device(requested: str, cuda_available: bool) -> str:
 class Settings:
     """Everything one Flask worker needs; gunicorn's own knobs live in gunicorn.conf.py."""
 
-    # The TorchScript file written by services.artifacts (relative to the working directory):
+    # The TorchScript file written by harness.artifacts (relative to the working directory):
     # artifacts/torchscript/digitnet.torchscript.pt.
     model_path: Path = DEFAULT_MODEL_PATH
     spec: ModelSpec = field(default_factory=ModelSpec)
@@ -167,11 +140,11 @@ class Settings:
         # Without an explicit path, the artifact layout's file for this spec's model name.
         default_path = ArtifactPaths(DEFAULT_ARTIFACTS_DIR, spec).torchscript
         return cls(
-            model_path=Path(os.environ.get(MODEL_PATH_ENV) or default_path),
+            model_path=Path(env_str(MODEL_PATH_ENV, str(default_path))),
             spec=spec,
             limits=ServingLimits.from_env(),
             torch_threads=base.torch_threads if threads is None else threads,
-            device=os.environ.get(DEVICE_ENV) or base.device,
+            device=env_str(DEVICE_ENV, base.device),
             warmup_iterations=base.warmup_iterations if warmup is None else warmup,
             load_wait_s=env_float(LOAD_WAIT_ENV, base.load_wait_s),
         )

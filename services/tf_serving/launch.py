@@ -1,4 +1,11 @@
-"""TF Serving as a local process: the real `tensorflow_model_server` binary, when installed.
+"""TF Serving's plugin: the real `tensorflow_model_server` binary as a local process, when
+installed (it is skipped with the reason otherwise; compose and k8s run the official image).
+
+The batching parameters are generated from digitnet.spec at start: max_batch_size is
+ServingLimits.max_batch (TF Serving counts rows: the largest request must fit one batch),
+batch_timeout_micros is BatchingPolicy's delay, --enable_batching its on/off, and
+num_batch_threads follows the cores. `make configs` writes the committed copies (this
+folder and k8s/base) from the spec's defaults; tests check they are up to date.
 
 Bind address: tensorflow_model_server has no flag to choose one (checked in
 tensorflow_serving/model_servers/main.cc and server.cc). gRPC listens on 0.0.0.0:<port> and
@@ -10,19 +17,21 @@ their own network namespace.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import requests
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import (
     TFS_STATUS_PATH,
     Predictor,
     TfServingGrpcClient,
     tf_serving_rest,
 )
-from services.artifacts import ArtifactPaths
+from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
 from services.process import (
     LOOPBACK,
     ServerProcess,
@@ -31,16 +40,68 @@ from services.process import (
     usable_cores,
     wait_until,
 )
+from services.stack import GRPC, REST, ServingStack
+from services.tf_serving import metrics
 from services.tf_serving.config_protos import config_messages, parse_text_proto, write_text_proto
 from services.tf_serving.server_flags import (
     BINARY,
+    CONFIG_DIR,
     DEFAULT_GRPC_PORT,
     DEFAULT_REST_PORT,
+    REFERENCE_CORES,
     REPO_CONFIGS,
+    WARMUP_DIR,
+    WARMUP_FILE,
     ConfigFiles,
+    ServerTuning,
     derive_threads,
     server_argv,
+    server_flags,
 )
+
+# The copy k8s mounts (kustomize reads files only inside its own folder tree), and where
+# the container sees it.
+K8S_CONFIG_DIR = CONFIG_DIR.parents[1] / "k8s" / "base" / "tf-serving-config"
+K8S_CONFIG_MOUNT = Path("/config")
+# A wrapper field written on one line, as in batching_parameters.txt: `name { value: N }`.
+_WRAPPED_FIELD = re.compile(r"^(?P<name>[a-z_]+) \{ value: (?P<value>[^ }]+) \}$", re.MULTILINE)
+
+
+def batching_values(
+    limits: ServingLimits, policy: BatchingPolicy, cores: int
+) -> dict[str, int]:
+    """BatchingParameters fields generated from the spec, for a server on `cores` CPUs."""
+    return {
+        "max_batch_size": limits.max_batch,
+        "batch_timeout_micros": round(policy.delay_ms * 1000),
+        "num_batch_threads": derive_threads(cores).num_batch_threads,
+    }
+
+
+def derive_batching_text(template: str, values: Mapping[str, int]) -> str:
+    """The batching parameters text with each field in `values` rewritten in place
+    (comments kept).
+
+    Raises:
+        KeyError: for a field the template does not set on a line of its own.
+    """
+    missing = set(values) - {m["name"] for m in _WRAPPED_FIELD.finditer(template)}
+    if missing:
+        raise KeyError(f"batching template has no line for {sorted(missing)}")
+
+    def replace(match: re.Match) -> str:
+        name = match["name"]
+        value = values.get(name, match["value"])
+        return f"{name} {{ value: {value} }}"
+
+    return _WRAPPED_FIELD.sub(replace, template)
+
+
+def repo_batching_text() -> str:
+    """The committed batching_parameters.txt, generated from the spec's defaults for the
+    reference container."""
+    values = batching_values(ServingLimits(), BatchingPolicy(), REFERENCE_CORES)
+    return derive_batching_text(REPO_CONFIGS.batching_parameters.read_text(), values)
 
 AVAILABLE_STATE = "AVAILABLE"
 HOW_TO_GET_IT = (
@@ -67,22 +128,45 @@ def write_run_configs(paths: ArtifactPaths, run_dir: Path, cores: int) -> Config
     entry.base_path = str((paths.tf_serving_base / paths.spec.name).resolve())
     write_text_proto(model_config, files.model_config, generated)
 
-    batching = parse_text_proto(REPO_CONFIGS.batching_parameters, messages.batching_parameters)
-    batching.num_batch_threads.value = derive_threads(cores).num_batch_threads
-    write_text_proto(batching, files.batching_parameters, generated)
+    values = batching_values(ServingLimits.from_env(), BatchingPolicy.from_env(), cores)
+    text = derive_batching_text(REPO_CONFIGS.batching_parameters.read_text(), values)
+    files.batching_parameters.write_text(f"# {generated}\n{text}")
+    # Parsed back with the server's own message definition: a bad value fails here, not
+    # in the server's log.
+    parse_text_proto(files.batching_parameters, messages.batching_parameters)
 
     shutil.copyfile(REPO_CONFIGS.monitoring_config, files.monitoring_config)
     return files
 
 
-class TfServingStack:
-    """services.stack.LocalStack for the real TF Serving model server."""
+class TfServingStack(ServingStack):
+    """The real TF Serving model server."""
 
     name = "tf_serving"
     default_ports: Mapping[str, int] = {"rest": DEFAULT_REST_PORT, "grpc": DEFAULT_GRPC_PORT}
+    protocol_ports = {REST: "rest", GRPC: "grpc"}
+    locust_users = {REST: "RestPredictUser", GRPC: "TfServingGrpcUser"}
+    # TF Serving validates with its own code: its answers to bad input are recorded.
+    validates_with_codec = False
+    floor_path = "SavedModel signature"
+    framework = "tensorflow"
+    compose_service = "tf-serving"
+    k8s_deployment = "tf-serving"
+    workers_not_applicable = (
+        "one process (tensorflow_model_server) with no separate workers to kill"
+    )
 
     def __init__(self, binary: str = BINARY) -> None:
         self.binary = binary
+
+    def build(self, paths: ArtifactPaths) -> None:
+        # The warm-up records TF Serving replays before it reports AVAILABLE.
+        from services.tf_serving.warmup import write_warmup_requests
+
+        write_warmup_requests(paths.savedmodel, paths.spec, ServingLimits.from_env())
+
+    def artifact_files(self, paths: ArtifactPaths) -> list[Path]:
+        return [paths.savedmodel / WARMUP_DIR / WARMUP_FILE]
 
     def available(self) -> tuple[bool, str]:
         path = shutil.which(self.binary)
@@ -96,6 +180,7 @@ class TfServingStack:
         run_dir: Path,
         ports: Mapping[str, int],
         cores: Sequence[int] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ServerProcess:
         if not paths.savedmodel.is_dir():
             raise FileNotFoundError(f"no SavedModel at {paths.savedmodel}; run `make artifacts`")
@@ -103,7 +188,7 @@ class TfServingStack:
         configs = write_run_configs(paths, run_dir, core_count)
         argv = server_argv(configs, ports["grpc"], ports["rest"], core_count, binary=self.binary)
         server = start_process(
-            self.name, argv, run_dir / "tf_serving.log", cwd=run_dir, cores=cores
+            self.name, argv, run_dir / "tf_serving.log", cwd=run_dir, env=env, cores=cores
         )
         rest = f"http://{LOOPBACK}:{ports['rest']}"
         server.endpoints = {
@@ -127,14 +212,45 @@ class TfServingStack:
 
     def clients(self, server: ServerProcess, paths: ArtifactPaths) -> list[Predictor]:
         return [
-            tf_serving_rest(server.endpoints["rest"], paths.spec),
-            TfServingGrpcClient(server.endpoints["grpc"], paths.spec),
+            self.remote_client(REST, server.endpoints["rest"], paths.spec),
+            self.remote_client(GRPC, server.endpoints["grpc"], paths.spec),
         ]
+
+    def remote_client(
+        self, protocol: str, url: str, spec: ModelSpec, secret: str | None = None
+    ) -> Predictor:
+        if protocol == GRPC:
+            return TfServingGrpcClient(url.split("://", 1)[-1].rstrip("/"), spec)
+        return tf_serving_rest(url, spec)
 
     def stop(self, server: ServerProcess) -> None:
         stop_process_tree(server.pid)
         if server.popen is not None:
             server.popen.wait(timeout=5)
+
+    def metrics_url(self, server: ServerProcess) -> str | None:
+        return server.endpoints.get("metrics")
+
+    def server_timings(self, before: Mapping, after: Mapping) -> dict:
+        return metrics.breakdown(before, after) or {}
+
+    k8s_container = "tf-serving"
+    k8s_config_mount = str(K8S_CONFIG_MOUNT)
+
+    def k8s_args(self, cores: int) -> list[str] | None:
+        # The ports and the spec's defaults: what the committed ConfigMap was made for.
+        return server_flags(ConfigFiles.in_dir(K8S_CONFIG_MOUNT), DEFAULT_GRPC_PORT,
+                            DEFAULT_REST_PORT, cores, ServerTuning(), BatchingPolicy())
+
+    def generated_files(self) -> dict[Path, str]:
+        batching = repo_batching_text()
+        files = {
+            REPO_CONFIGS.batching_parameters: batching,
+            K8S_CONFIG_DIR / REPO_CONFIGS.batching_parameters.name: batching,
+        }
+        for source in (REPO_CONFIGS.model_config, REPO_CONFIGS.monitoring_config):
+            files[K8S_CONFIG_DIR / source.name] = source.read_text()
+        return files
 
 
 def model_is_available(status_url: str) -> bool:
@@ -152,3 +268,18 @@ def _metrics_path(configs: ConfigFiles) -> str:
 
 
 STACK = TfServingStack()
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Print the batching parameters generated from digitnet.spec's defaults "
+        "(`make configs` writes the committed copies)."
+    )
+    parser.parse_args()
+    print(repo_batching_text(), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,16 @@
 """The tensorflow_model_server command line, written once for local runs, compose and k8s.
 
 Flag names are those of tensorflow_serving/model_servers/main.cc. Thread counts are derived
-from the number of cores the server may use:
+from the number of cores the server may use, by the one rule of services.cores:
 
   intra_op  = min(cores, max_intra_op)    threads one op (a conv over a batch) may split into
   inter_op  = cores // intra_op           ops, i.e. batches, that run at the same time
   batches   = inter_op                    num_batch_threads: one running batch per inter-op slot
-  so intra_op x inter_op <= cores: the compute threads never oversubscribe the cores.
+  so intra_op x inter_op <= cores: the compute threads never oversubscribe the cores
+  (split_cores(cores, threads=intra_op): inter-op slots are its "workers").
+
+Batching is on when digitnet.spec.BatchingPolicy says so (--enable_batching); its
+parameters file is generated from the same policy (services/tf_serving/launch.py).
 
 The REST and gRPC handler threads parse requests and then block until their batch is done,
 so they are sized like TF Serving's own default (4 per core) and do not count against the
@@ -19,11 +23,13 @@ Print the flags for a README or a compose file with
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from digitnet.clients import DEFAULT_TIMEOUT_S
+from digitnet.env import env_int
+from digitnet.spec import BatchingPolicy
+from services.cores import split_cores
 
 BINARY = "tensorflow_model_server"
 # This folder holds the config files a deployment mounts (compose and k8s use /config).
@@ -34,6 +40,11 @@ REFERENCE_CORES = 2
 DEFAULT_GRPC_PORT = 8500
 DEFAULT_REST_PORT = 8501
 HANDLER_THREADS_PER_CORE = 4
+# Fixed by TF Serving (servables/tensorflow/saved_model_warmup_util.h): the warm-up file
+# (services/tf_serving/warmup.py) is WarmupConsts::kRequestsFileName in the SavedModel's
+# assets.extra folder.
+WARMUP_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 @dataclass(frozen=True)
@@ -54,22 +65,17 @@ class ServerTuning:
         """Reads TFS_MAX_INTRA_OP_THREADS, TFS_FILE_SYSTEM_POLL_WAIT_SECONDS and
         TFS_REST_API_TIMEOUT_MS."""
         base = cls()
-
-        def read(name: str, default: int) -> int:
-            raw = os.environ.get(name)
-            return default if raw in (None, "") else int(raw)
-
         return cls(
-            max_intra_op_threads=read("TFS_MAX_INTRA_OP_THREADS", base.max_intra_op_threads),
-            file_system_poll_wait_s=read(
+            max_intra_op_threads=env_int("TFS_MAX_INTRA_OP_THREADS", base.max_intra_op_threads),
+            file_system_poll_wait_s=env_int(
                 "TFS_FILE_SYSTEM_POLL_WAIT_SECONDS", base.file_system_poll_wait_s
             ),
-            rest_api_timeout_ms=read("TFS_REST_API_TIMEOUT_MS", base.rest_api_timeout_ms),
+            rest_api_timeout_ms=env_int("TFS_REST_API_TIMEOUT_MS", base.rest_api_timeout_ms),
         )
 
 
 @dataclass(frozen=True)
-class ThreadPlan:
+class ServerThreads:
     """Thread counts for a server allowed to use `cores` CPUs."""
 
     cores: int
@@ -80,7 +86,9 @@ class ThreadPlan:
     grpc_max_threads: int
 
 
-def derive_threads(cores: int, max_intra_op: int = ServerTuning.max_intra_op_threads) -> ThreadPlan:
+def derive_threads(
+    cores: int, max_intra_op: int = ServerTuning.max_intra_op_threads
+) -> ServerThreads:
     """Applies the rule in the module docstring.
 
     Args:
@@ -89,14 +97,13 @@ def derive_threads(cores: int, max_intra_op: int = ServerTuning.max_intra_op_thr
     """
     if cores < 1 or max_intra_op < 1:
         raise ValueError(f"cores and max_intra_op must be >= 1, got {cores}, {max_intra_op}")
-    intra_op = min(cores, max_intra_op)
-    inter_op = cores // intra_op
+    split = split_cores(cores, threads=min(cores, max_intra_op))
     handlers = HANDLER_THREADS_PER_CORE * cores
-    return ThreadPlan(
+    return ServerThreads(
         cores=cores,
-        intra_op=intra_op,
-        inter_op=inter_op,
-        num_batch_threads=inter_op,
+        intra_op=split.threads,
+        inter_op=split.workers,
+        num_batch_threads=split.workers,
         rest_api_threads=handlers,
         grpc_max_threads=handlers,
     )
@@ -133,6 +140,7 @@ def server_flags(
     rest_port: int,
     cores: int,
     tuning: ServerTuning | None = None,
+    batching: BatchingPolicy | None = None,
 ) -> list[str]:
     """The flags (without the binary) that start TF Serving on `configs`.
 
@@ -142,17 +150,19 @@ def server_flags(
         rest_port: --rest_api_port, REST API and Prometheus metrics.
         cores: CPUs the server may use; thread flags are derived from it.
         tuning: settings not derived from the cores; ServerTuning.from_env() if None.
+        batching: the batching policy; BatchingPolicy.from_env() if None.
 
     Returns:
         A plain list such as ["--port=8500", ...], usable as argv or as a compose `command`.
     """
     tuning = tuning or ServerTuning.from_env()
+    batching = batching or BatchingPolicy.from_env()
     threads = derive_threads(cores, tuning.max_intra_op_threads)
     return [
         f"--port={grpc_port}",
         f"--rest_api_port={rest_port}",
         f"--model_config_file={configs.model_config}",
-        "--enable_batching=true",
+        f"--enable_batching={'true' if batching.enabled else 'false'}",
         f"--batching_parameters_file={configs.batching_parameters}",
         f"--monitoring_config_file={configs.monitoring_config}",
         f"--tensorflow_intra_op_parallelism={threads.intra_op}",
@@ -171,9 +181,10 @@ def server_argv(
     cores: int,
     tuning: ServerTuning | None = None,
     binary: str = BINARY,
+    batching: BatchingPolicy | None = None,
 ) -> list[str]:
     """`binary` followed by `server_flags(...)`."""
-    return [binary, *server_flags(configs, grpc_port, rest_port, cores, tuning)]
+    return [binary, *server_flags(configs, grpc_port, rest_port, cores, tuning, batching)]
 
 
 def flag_value(flags: list[str], name: str) -> str:

@@ -14,7 +14,6 @@ forwards the bytes only when that fails. Both forms go through digitnet.codec.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from http import HTTPStatus
 from pathlib import Path
@@ -22,7 +21,14 @@ from typing import Any
 
 import torch
 
-from digitnet.codec import JSON_CONTENT_TYPE, PayloadError, decode_request, encode_predictions
+from digitnet.codec import (
+    JSON_CONTENT_TYPE,
+    PayloadError,
+    RequestFormat,
+    decode_request_format,
+    encode_predictions,
+)
+from digitnet.env import env_int
 from digitnet.spec import ModelSpec, ServingLimits
 from digitnet.torchscript import load_torchscript
 
@@ -39,12 +45,10 @@ def torch_threads() -> int:
     Raises:
         ValueError: naming the variable when it is not a positive integer.
     """
-    raw = os.environ.get(THREADS_ENV, "")
-    if raw == "":
-        return DEFAULT_THREADS
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}")
-    return int(raw)
+    threads = env_int(THREADS_ENV, DEFAULT_THREADS)
+    if threads < 1:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {threads}")
+    return threads
 
 
 def request_content_type(headers: Mapping[str, Any]) -> str | None:
@@ -119,15 +123,18 @@ class DigitNetHandler:
             self.model(torch.zeros(1, self.spec.side, self.spec.side, device=self.device))
         self.initialized = True
 
-    def decode(self, request: Mapping[str, Any], headers: Mapping[str, Any]) -> torch.Tensor:
-        """One request's images as float32 [N, side, side].
+    def decode(
+        self, request: Mapping[str, Any], headers: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, RequestFormat]:
+        """One request's images as float32 [N, side, side], and the format (row or
+        columnar) its reply must take.
 
         Raises:
             PayloadError: naming the first problem found.
         """
         check_json_content_type(request_content_type(headers))
-        images = decode_request(request_payload(request), self.spec, self.limits)
-        return torch.from_numpy(images)
+        images, fmt = decode_request_format(request_payload(request), self.spec, self.limits)
+        return torch.from_numpy(images), fmt
 
     def handle(self, data: list[dict], context: Any) -> list[str]:
         """Called per dynamic batch: one entry in `data` per client request.
@@ -137,26 +144,26 @@ class DigitNetHandler:
             whose HTTP status is set on that request alone.
         """
         responses: list[str] = [""] * len(data)
-        valid: list[tuple[int, torch.Tensor]] = []
+        valid: list[tuple[int, torch.Tensor, RequestFormat]] = []
         for idx, request in enumerate(data):
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             try:
-                valid.append((idx, self.decode(request, context.get_all_request_header(idx))))
+                valid.append((idx, *self.decode(request, context.get_all_request_header(idx))))
             except PayloadError as err:
                 # The standard phrase, not the message: a reason phrase must be one line
                 # of plain text, while the message quotes client input.
                 context.set_response_status(err.status, HTTPStatus(err.status).phrase, idx)
                 responses[idx] = _compact(err.to_json())
         if valid:
-            batch = torch.cat([images for _, images in valid]).to(self.device)
+            batch = torch.cat([images for _, images, _ in valid]).to(self.device)
             with torch.inference_mode():
                 logits = self.model(batch).cpu().numpy()
             start = 0
-            for idx, images in valid:
+            for idx, images, fmt in valid:
                 rows = len(images)
                 # Without a phrase TorchServe sends a bare "HTTP/1.1 200 " status line.
                 context.set_response_status(HTTPStatus.OK.value, HTTPStatus.OK.phrase, idx)
-                responses[idx] = _compact(encode_predictions(logits[start : start + rows]))
+                responses[idx] = _compact(encode_predictions(logits[start : start + rows], fmt))
                 start += rows
         return responses
 

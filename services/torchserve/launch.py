@@ -1,9 +1,15 @@
-"""Runs TorchServe 0.12 locally as the `torchserve` LocalStack.
+"""TorchServe 0.12's plugin: the JVM frontend plus Python workers running handler.py.
 
 The committed config.properties is the production config; `start` writes a copy into the
 run folder with every address rebound to 127.0.0.1 on the given ports, the local model
-store, and worker counts derived from the cores. Token authorization stays on: the keys
-TorchServe writes to `<run_dir>/key_file.json` are read back by `read_tokens`.
+store, worker counts derived from the cores, and the serving knobs of digitnet.spec
+(max_request_size from ServingLimits, the model's batching from BatchingPolicy, set at
+registration through the `models` property rather than frozen in the .mar). Token
+authorization stays on: the keys TorchServe writes to `<run_dir>/key_file.json` are read
+back by `read_tokens`.
+
+`make configs` regenerates the committed config's serving lines from the spec's defaults
+(tests check it is up to date).
 """
 
 from __future__ import annotations
@@ -20,11 +26,15 @@ from pathlib import Path
 
 import psutil
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import Predictor, torchserve_rest
-from services.artifacts import ArtifactPaths
+from digitnet.env import env_optional_int
+from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
+from services.cores import CoreSplit, split_cores
 from services.process import (
     LOOPBACK,
     ServerProcess,
+    alive,
     kill_processes,
     port_is_free,
     start_process,
@@ -32,7 +42,8 @@ from services.process import (
     usable_cores,
     wait_until,
 )
-from services.torchserve.handler import THREADS_ENV
+from services.stack import CPU, CUDA, DEPLOYMENT_GRACE_S, ServingStack, SignalPlan
+from services.torchserve import metrics
 from services.torchserve.healthcheck import KEY_FILE, model_status, workers_ready
 
 HERE = Path(__file__).resolve().parent
@@ -40,6 +51,9 @@ CONFIG_TEMPLATE = HERE / "config.properties"
 # TorchServe writes KEY_FILE to the JVM's working directory; start() runs it in run_dir.
 LOG_FILE = "torchserve.log"
 CONFIG_FILE = "config.properties"
+# handler.THREADS_ENV, written here too: the handler imports torch, and this plugin must
+# import without it (the load generator's image has no torch).
+THREADS_ENV = "DIGITNET_TORCH_THREADS"
 # Overrides the worker count; intra-op threads then get cores // workers each.
 WORKERS_ENV = "DIGITNET_TORCHSERVE_WORKERS"
 # Workers listen on <java.io.tmpdir>/.ts.sock.<port>; Linux caps socket paths at 107 bytes.
@@ -47,40 +61,53 @@ MAX_UNIX_SOCKET_PATH = 107
 WORKER_PORT_MAX = 65535
 # After SIGTERM the JVM stops its workers and takes a few seconds to exit.
 STOP_GRACE_S = 20.0
+# Seconds a batch may take before TorchServe answers with an error and restarts the worker.
+RESPONSE_TIMEOUT_S = 30
+# The reference container's CPUs (compose `cpus: 2`, k8s limits.cpu 2): the committed
+# config's worker count is written for it.
+REFERENCE_CORES = 2
+WORKER_SCRIPT = "model_service_worker.py"
 PORTS_FREE_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True)
-class ThreadPlan:
-    """How the server's cores are split: `workers` processes x `threads` intra-op threads."""
-
-    workers: int
-    threads: int
+def plan_for(cores: Sequence[int] | None) -> CoreSplit:
+    """Workers x torch threads for `cores` (or all usable ones), by the one rule of
+    services.cores, DIGITNET_TORCHSERVE_WORKERS overriding the worker count when set."""
+    return split_cores(len(cores or usable_cores()), env_optional_int(WORKERS_ENV))
 
 
-def thread_plan(cores: int, workers: int | None = None) -> ThreadPlan:
-    """Splits `cores` between TorchServe workers and torch intra-op threads.
-
-    Rule: by default one worker per core, one thread each. digitnet's forward pass on a
-    batch is microseconds of compute, so a request's time goes to JSON parsing and
-    validation in Python; separate worker processes run that in parallel, while extra
-    intra-op threads would only add synchronisation. When `workers` is given (fewer than
-    the cores), the remaining cores go to intra-op threads. workers x threads <= cores.
-
-    Args:
-        cores: CPUs the server may use (at least 1).
-        workers: requested worker count; clamped to 1..cores.
-    """
-    cores = max(1, cores)
-    chosen = cores if workers is None else min(max(1, workers), cores)
-    return ThreadPlan(workers=chosen, threads=max(1, cores // chosen))
+def model_store(paths: ArtifactPaths) -> Path:
+    return paths.stack_dir("torchserve") / "model-store"
 
 
-def plan_for(cores: Sequence[int] | None) -> ThreadPlan:
-    """The plan start() uses: `cores` (or all usable ones), DIGITNET_TORCHSERVE_WORKERS
-    overriding the worker count when set."""
-    workers = os.environ.get(WORKERS_ENV)
-    return thread_plan(len(cores or usable_cores()), int(workers) if workers else None)
+def mar_path(paths: ArtifactPaths) -> Path:
+    return model_store(paths) / f"{paths.spec.name}.mar"
+
+
+def serving_overrides(
+    spec: ModelSpec, limits: ServingLimits, policy: BatchingPolicy, workers: int
+) -> dict[str, str]:
+    """The config.properties lines generated from digitnet.spec: the body limit, and the
+    model's registration (workers, dynamic batching, response timeout) as TorchServe's
+    `models` property, which it applies when it loads the archive named by load_models."""
+    registration = {
+        spec.name: {
+            str(spec.version): {
+                "defaultVersion": True,
+                "marName": f"{spec.name}.mar",
+                "minWorkers": workers,
+                "maxWorkers": workers,
+                "batchSize": policy.requests_per_batch,
+                "maxBatchDelay": round(policy.delay_ms),
+                "responseTimeout": RESPONSE_TIMEOUT_S,
+            }
+        }
+    }
+    return {
+        "max_request_size": str(limits.max_body_bytes),
+        "default_workers_per_model": str(workers),
+        "models": json.dumps(registration, separators=(",", ":")),
+    }
 
 
 @dataclass(frozen=True)
@@ -155,13 +182,17 @@ def derive_config(template: str, overrides: Mapping[str, str]) -> str:
 
 
 def local_overrides(
-    paths: ArtifactPaths, ports: Mapping[str, int], plan: ThreadPlan
+    paths: ArtifactPaths, ports: Mapping[str, int], plan: CoreSplit
 ) -> dict[str, str]:
     """What a local run changes in the production config: loopback addresses on the given
-    ports, this machine's model store, and the worker count."""
-    store = paths.model_store.resolve()
+    ports, this machine's model store, the worker count, and the serving knobs as the
+    environment sets them (digitnet.spec)."""
+    store = model_store(paths).resolve()
     name = paths.spec.name
     return {
+        **serving_overrides(
+            paths.spec, ServingLimits.from_env(), BatchingPolicy.from_env(), plan.workers
+        ),
         "inference_address": f"http://{LOOPBACK}:{ports['inference']}",
         "management_address": f"http://{LOOPBACK}:{ports['management']}",
         "metrics_address": f"http://{LOOPBACK}:{ports['metrics']}",
@@ -173,8 +204,6 @@ def local_overrides(
         "load_models": f"{name}={name}.mar",
         # Only archives directly inside this store; re.escape keeps the path literal.
         "allowed_urls": f"file://{re.escape(str(store))}/[^/]+[.]mar",
-        # Worker count: model-config.yaml leaves it out so this setting applies.
-        "default_workers_per_model": str(plan.workers),
     }
 
 
@@ -191,7 +220,7 @@ def session_processes(session_id: int) -> list[psutil.Process]:
     return found
 
 
-class TorchServeStack:
+class TorchServeStack(ServingStack):
     """TorchServe frontend (JVM) plus Python workers running services/torchserve/handler.py."""
 
     name = "torchserve"
@@ -202,11 +231,33 @@ class TorchServeStack:
         "grpc_inference": 7070,
         "grpc_management": 7071,
     }
+    protocol_ports = {"rest": "inference"}
+    stop_grace_s = STOP_GRACE_S
+    devices = (CPU, CUDA)
+    floor_path = "TorchScript"
+    thread_settings = (THREADS_ENV, WORKERS_ENV, "OMP_NUM_THREADS")
+    front_answers = {
+        "body_over_max": (
+            "TorchServe's Netty frontend refuses bodies over max_request_size itself, with an "
+            "empty 413, before any worker sees them"
+        ),
+    }
+    compose_service = "torchserve"
+    image = ("digitnet-torchserve", "services/torchserve/Dockerfile")
+    k8s_deployment = "torchserve"
 
     @staticmethod
     def _torchserve_bin() -> Path:
         # The console script next to this interpreter, so workers use the same venv.
         return Path(sys.executable).parent / "torchserve"
+
+    def build(self, paths: ArtifactPaths) -> None:
+        from services.torchserve.build_mar import build_mar
+
+        build_mar(paths.torchscript, model_store(paths), paths.spec)
+
+    def artifact_files(self, paths: ArtifactPaths) -> list[Path]:
+        return [mar_path(paths)]
 
     def available(self) -> tuple[bool, str]:
         if shutil.which("java") is None:
@@ -224,9 +275,11 @@ class TorchServeStack:
         run_dir: Path,
         ports: Mapping[str, int],
         cores: Sequence[int] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ServerProcess:
-        if not paths.mar.exists():
-            raise FileNotFoundError(f"{paths.mar} is missing: run `make artifacts` first")
+        mar = mar_path(paths)
+        if not mar.exists():
+            raise FileNotFoundError(f"{mar} is missing: run `make artifacts` first")
         run_dir = run_dir.resolve()
         tmp_dir = run_dir / "tmp"
         socket_path = tmp_dir / f".ts.sock.{WORKER_PORT_MAX}"
@@ -248,12 +301,12 @@ class TorchServeStack:
             str(self._torchserve_bin()),
             "--foreground",
             "--ts-config", str(config_path),
-            "--model-store", str(paths.model_store.resolve()),
+            "--model-store", str(model_store(paths).resolve()),
             "--models", f"{name}={name}.mar",
             # No config snapshots: the derived config file is the whole state.
             "--ncs",
-        ]
-        env = {
+        ]  # fmt: skip
+        server_env = {
             "LOG_LOCATION": str(run_dir / "logs"),
             "METRICS_LOCATION": str(run_dir / "logs"),
             # The launcher's pid file, the JVM's java.io.tmpdir (unpacked archives) and
@@ -263,9 +316,10 @@ class TorchServeStack:
             "TEMP": str(tmp_dir),
             THREADS_ENV: str(plan.threads),
             "OMP_NUM_THREADS": str(plan.threads),
+            **(env or {}),
         }
         server = start_process(
-            self.name, argv, run_dir / LOG_FILE, cwd=run_dir, env=env, cores=cores
+            self.name, argv, run_dir / LOG_FILE, cwd=run_dir, env=server_env, cores=cores
         )
         server.endpoints = {
             "inference": f"http://{LOOPBACK}:{ports['inference']}",
@@ -280,6 +334,11 @@ class TorchServeStack:
     def run_dir(server: ServerProcess) -> Path:
         """The folder start() ran the server in (it holds the log, config and keys)."""
         return server.log_path.parent
+
+    def model_status(self, server: ServerProcess) -> dict:
+        """GET /models/<name> with the management key: workers, batch size, delay."""
+        token = read_tokens(self.run_dir(server)).management
+        return model_status(server.endpoints["management"], self._model_name(server), token)
 
     def model_ready(self, server: ServerProcess, model_name: str) -> bool:
         """True when the model has its minimum number of workers and all are READY
@@ -307,7 +366,29 @@ class TorchServeStack:
 
     def clients(self, server: ServerProcess, paths: ArtifactPaths) -> list[Predictor]:
         tokens = read_tokens(self.run_dir(server))
-        return [torchserve_rest(server.endpoints["inference"], paths.spec, tokens.inference)]
+        return [self.remote_client("rest", server.endpoints["inference"], paths.spec,
+                                   tokens.inference)]  # fmt: skip
+
+    def remote_client(
+        self, protocol: str, url: str, spec: ModelSpec, secret: str | None = None
+    ) -> Predictor:
+        if not secret:
+            raise ValueError("torchserve needs its inference key (token authorization is on)")
+        return torchserve_rest(url, spec, secret)
+
+    single_replica_why = "its token is per process (k8s/README.md)"
+    # Management, metrics and gRPC ports (config.properties): loopback-only in the pod.
+    private_ports = {
+        8081: "management", 8082: "metrics", 7070: "grpc inference", 7071: "grpc management",
+    }
+    k8s_container = "torchserve"
+
+    def generated_files(self) -> dict[Path, str]:
+        return {CONFIG_TEMPLATE: repo_config_text(CONFIG_TEMPLATE.read_text())}
+
+    def compose_secret(self, read_file) -> str | None:
+        # The image runs TorchServe in /home/model-server, where it writes its keys.
+        return json.loads(read_file(f"/home/model-server/{KEY_FILE}"))["inference"]["key"]
 
     def stop(self, server: ServerProcess) -> None:
         stop_process_tree(server.pid, grace_s=STOP_GRACE_S)
@@ -323,14 +404,59 @@ class TorchServeStack:
             interval_s=0.2,
         )
 
+    def device_env(self, device: str) -> dict[str, str]:
+        if device == CUDA:
+            return {}
+        return super().device_env(device)
+
+    def metrics_url(self, server: ServerProcess) -> str | None:
+        return server.endpoints["metrics"] + metrics.METRICS_PATH
+
+    def server_timings(self, before: Mapping, after: Mapping) -> dict:
+        return metrics.breakdown(before, after) or {}
+
+    def workers(self, server: ServerProcess) -> list[psutil.Process]:
+        # launcher (python) -> java frontend -> one python model_service_worker.py per worker.
+        found = []
+        for proc in psutil.Process(server.pid).children(recursive=True):
+            try:
+                if any(WORKER_SCRIPT in part for part in proc.cmdline()) and alive(proc):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    def process_role(self, proc: psutil.Process) -> str | None:
+        try:
+            if proc.name() == "java":
+                return "jvm"
+            if any(WORKER_SCRIPT in part for part in proc.cmdline()):
+                return "model worker"
+        except psutil.Error:
+            return None
+        return None
+
+    def signal_plan(self) -> SignalPlan:
+        # The image runs `tini -g -- torchserve --foreground`: tini forwards SIGTERM to the
+        # whole process group (launcher, JVM and workers).
+        return SignalPlan(True, DEPLOYMENT_GRACE_S,
+                          "container stop grace (docker-compose.yml, k8s/base)")
+
 
 STACK = TorchServeStack()
 
 
+def repo_config_text(template: str) -> str:
+    """The committed config.properties with its serving lines generated from the spec's
+    defaults for the reference container."""
+    plan = split_cores(REFERENCE_CORES)
+    overrides = serving_overrides(ModelSpec(), ServingLimits(), BatchingPolicy(), plan.workers)
+    return derive_config(template, overrides)
+
+
 def main() -> None:
     """Prints the derived local config for the default ports (a dry run of start())."""
-    from digitnet.spec import ModelSpec
-    from services.artifacts import DEFAULT_ARTIFACTS
+    from digitnet.artifacts import DEFAULT_ARTIFACTS
 
     paths = ArtifactPaths(DEFAULT_ARTIFACTS, ModelSpec.from_env())
     plan = plan_for(None)

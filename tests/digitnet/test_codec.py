@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from digitnet.codec import (
     PayloadError,
+    RequestFormat,
     decode_predictions,
     decode_request,
+    decode_request_format,
     encode_predictions,
     encode_request,
 )
@@ -99,6 +101,92 @@ def test_predictions_round_trip_and_check_classes():
         decode_predictions(encoded, 2, 3)
     with pytest.raises(ValueError, match="expected 3"):
         decode_predictions(encode_predictions(logits), 3, 3)
+
+
+# --- TF Serving's columnar format ------------------------------------------------------
+# util/json_tensor.cc (FillPredictRequestFromJson): "inputs" holds the whole batch tensor,
+# bare when the signature has one input or under its alias; the response mirrors the format.
+
+
+def columnar(images, named: bool = False) -> bytes:
+    batch = encode_request(images)["instances"]
+    return json.dumps({"inputs": {"images": batch} if named else batch}).encode()
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["bare", "named"])
+def test_columnar_request_decodes_to_the_same_images_as_a_row_request(named):
+    images = np.random.default_rng(1).random((3, 8, 8), dtype=np.float32)
+    decoded, fmt = decode_request_format(columnar(images, named), SPEC, LIMITS)
+    assert fmt is RequestFormat.COLUMNAR
+    np.testing.assert_array_equal(decoded, images)
+    np.testing.assert_array_equal(decode_request(columnar(images, named), SPEC, LIMITS), images)
+
+
+def test_row_request_reports_the_row_format():
+    _, fmt = decode_request_format(body(GOOD), SPEC, LIMITS)
+    assert fmt is RequestFormat.ROW
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "reason", "words"),
+    [
+        # TF Serving refuses this pair too ("expecting only one of 'inputs' or 'instances'").
+        ({"instances": GOOD, "inputs": GOOD}, 400, "wrong_schema", "only one of"),
+        ({"inputs": GOOD, "extra": 1}, 400, "wrong_schema", "'extra'"),
+        ({"inputs": {"pixels": GOOD}}, 400, "wrong_schema", "'pixels'"),
+        ({"inputs": {"images": GOOD, "x": GOOD}}, 400, "wrong_schema", "'x'"),
+        ({"inputs": {}}, 400, "wrong_schema", '"images"'),
+        ({"inputs": 3}, 400, "wrong_schema", '"inputs" must be a list'),
+        ({"inputs": {"images": "abc"}}, 400, "wrong_schema", '"inputs.images" must be a list'),
+        ({"inputs": []}, 400, "empty_batch", "empty"),
+        ({"inputs": GOOD * 5}, 413, "batch_too_large", "maximum of 4"),
+        # Rows of one image without its batch axis (3 rows: within LIMITS.max_batch).
+        ({"inputs": GOOD[0][:3]}, 400, "wrong_shape", "inputs[0][0] must be a list"),
+        ({"inputs": {"images": [[[0.5] * 7] * 8]}}, 400, "wrong_shape", "inputs.images[0][0]"),
+        ({"inputs": [[["0.5"] * 8] * 8]}, 400, "wrong_dtype", "str"),
+        ({"inputs": [[[float("inf")] * 8] * 8]}, 400, "non_finite", "finite"),
+        ({"inputs": [[[1e9] * 8] * 8]}, 400, "out_of_range", "within"),
+    ],
+)
+def test_bad_columnar_requests_are_refused_with_a_named_problem(payload, status, reason, words):
+    for form in (payload, json.dumps(payload).encode()):
+        error = refusal(form)
+        assert (error.status, error.reason) == (status, reason), error.message
+        assert words in error.message
+
+
+def test_row_messages_are_unchanged_by_the_columnar_format():
+    """Clients and the reliability matrix match on these texts."""
+    assert refusal({"instance": GOOD}).message == (
+        "body must have exactly one key \"instances\"; got ['instance']"
+    )
+    assert refusal({"instances": "x"}).message == '"instances" must be a list of images'
+    assert refusal([1]).message == 'body must be a JSON object {"instances": [...]}'
+
+
+def test_columnar_predictions_round_trip():
+    logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]], dtype=np.float32)
+    encoded = json.loads(json.dumps(encode_predictions(logits, RequestFormat.COLUMNAR)))
+    assert encoded == {"outputs": {"logits": logits.tolist(), "classes": [1, 0]}}
+    decoded, classes = decode_predictions(encoded, 2, 3)
+    np.testing.assert_array_equal(decoded, logits)
+    assert classes.tolist() == [1, 0]
+    assert encode_predictions(logits) == encode_predictions(logits, RequestFormat.ROW)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "words"),
+    [
+        ({"logits": [[0.1, 2.0, -1.0]]}, "'classes'"),
+        ([[0.1, 2.0, -1.0]], "must map"),
+        ({"logits": [[0.1, 2.0, -1.0]], "classes": [1, 1]}, "expected 1 classes"),
+        ({"logits": [[0.1, 2.0, -1.0]], "classes": [0]}, "arg-max"),
+        ({"logits": [[0.1, 2.0]], "classes": [1]}, "shape"),
+    ],
+)
+def test_malformed_columnar_predictions_are_errors(outputs, words):
+    with pytest.raises(ValueError, match=words):
+        decode_predictions({"outputs": outputs}, 1, 3)
 
 
 json_values = st.recursive(

@@ -7,7 +7,7 @@ import json
 import torch
 
 from digitnet.train import TrainConfig, accuracy, train_torch
-from services.artifacts import MIN_TEST_ACCURACY
+from harness.artifacts import MIN_TEST_ACCURACY
 
 
 def test_artifacts_report_held_out_accuracy(artifacts):

@@ -156,7 +156,7 @@ def test_the_token_secret_is_what_the_load_generator_mounts(rendered):
     assert volume["secret"]["secretName"] == secret["metadata"]["name"]
     (container,) = pod["containers"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
-    token_arg = f"--torchserve-token-file={mount['mountPath']}/{cluster.TOKEN_SECRET_KEY}"
+    token_arg = f"--secret-file=torchserve={mount['mountPath']}/{cluster.TOKEN_SECRET_KEY}"
     assert token_arg in container["args"]
 
 

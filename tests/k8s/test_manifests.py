@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from k8s import validate
-from services.tf_serving.server_flags import ConfigFiles, ServerTuning, server_flags
+from services.tf_serving.server_flags import REPO_CONFIGS, ConfigFiles, ServerTuning, server_flags
 
 ROOT = validate.ROOT
 SERVERS = {"tf-serving", "torchserve", "flask-torch"}
@@ -42,8 +42,8 @@ def test_every_invariant_holds(rendered, overlay):
     assert validate.invariant_problems(rendered[overlay], validate.OVERLAYS[overlay]) == []
 
 
-def test_the_tf_serving_config_copies_equal_the_service_configs():
-    assert validate.config_copy_problems() == []
+def test_the_generated_k8s_configs_are_up_to_date():
+    assert validate.generated_config_problems() == []
 
 
 def test_gpu_overlay_gives_each_server_one_gpu_on_a_gpu_node(rendered):
@@ -106,7 +106,7 @@ def test_tf_serving_reads_its_configs_and_model_from_the_pod(rendered):
     # The ConfigMap holds exactly the files local runs and compose use.
     config_name = volumes[mounts["/config"]["name"]]["configMap"]["name"]
     config_map = by_kind(objects, "ConfigMap")[config_name]
-    for path in ConfigFiles.in_dir(validate.SERVICES_TF_DIR).all():
+    for path in REPO_CONFIGS.all():
         assert config_map["data"][path.name] == path.read_text(), path.name
     # The model: copied by the init container from the model image into an emptyDir that
     # the server mounts read-only where models.config's base_path points.

@@ -15,24 +15,27 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
+from harness.lifecycle import start_stack
+from harness.payload import PayloadSet
 from k8s import cluster as k8s_cluster
 from loadtests import cluster, runner
-from loadtests.payload import PayloadSet
 from loadtests.report import write_report
-from loadtests.settings import Protocol, Stack
 from services.process import usable_cores
 
 
-def test_targets_are_parsed_like_the_job_passes_them():
-    rest = cluster.parse_target("flask_torch/rest=http://flask-torch:8000/", "cuda", None)
+def test_targets_are_parsed_like_the_job_passes_them(spec):
+    rest = cluster.parse_target("flask_torch/rest=http://flask-torch:8000/", "cuda", spec).target
     assert (rest.stack, rest.protocol, rest.host) == (
-        Stack.FLASK_TORCH, Protocol.REST, "http://flask-torch:8000")  # fmt: skip
+        "flask_torch", "rest", "http://flask-torch:8000")  # fmt: skip
     assert rest.server_pid is None and rest.metrics_url is None and rest.device == "cuda"
-    grpc = cluster.parse_target("tf_serving/grpc=tf-serving:8500", "cpu", None)
-    assert grpc.env == {"TFS_GRPC_TARGET": "tf-serving:8500"}
-    assert grpc.host == "http://tf-serving:8500"
-    ts = cluster.parse_target("torchserve/rest=http://torchserve:8080", "cpu", "k3y")
-    assert ts.env == {"TORCHSERVE_TOKEN": "k3y"}
+    assert rest.env["LOADTEST_PATH"] == "/v1/models/digitnet:predict"
+    grpc = cluster.parse_target("tf_serving/grpc=tf-serving:8500", "cpu", spec).target
+    assert grpc.env["LOADTEST_GRPC_TARGET"] == "tf-serving:8500"
+    assert grpc.host == "http://tf-serving:8500" and grpc.user_class == "TfServingGrpcUser"
+    ts = cluster.parse_target("torchserve/rest=http://torchserve:8080", "cpu", spec,
+                              {"torchserve": "k3y"}).target
+    # The token travels as data: the header the stack's own client sends.
+    assert json.loads(ts.env["LOADTEST_HEADERS"]) == {"Authorization": "Bearer k3y"}
 
 
 @pytest.mark.parametrize(
@@ -44,9 +47,9 @@ def test_targets_are_parsed_like_the_job_passes_them():
         ("torchserve/rest=http://torchserve:8080", "inference key"),
     ],
 )
-def test_bad_targets_are_refused_with_the_reason(text, message):
+def test_bad_targets_are_refused_with_the_reason(text, message, spec):
     with pytest.raises(ValueError, match=message):
-        cluster.parse_target(text, "cpu", None)
+        cluster.parse_target(text, "cpu", spec)
 
 
 def test_the_cpu_limit_is_read_from_the_cgroup(tmp_path):
@@ -82,10 +85,9 @@ def servers(artifacts, tmp_path_factory):
     server_cores, _ = runner.split_cores(usable_cores())
     with ExitStack() as exits:
         running = {}
-        for stack in (Stack.FLASK_TORCH, Stack.TORCHSERVE):
-            started = runner.start_stack(stack, artifacts, run_dir, server_cores, exits)
-            assert not isinstance(started, str), started
-            running[stack] = started
+        for stack in ("flask_torch", "torchserve"):
+            running[stack] = start_stack(stack, artifacts, run_dir / stack, exits,
+                                         cores=server_cores)
         yield running
 
 
@@ -95,12 +97,12 @@ def key_file_of(running) -> str:
 
 @pytest.mark.integration
 def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path):
-    (flask,) = runner.targets_of(servers[Stack.FLASK_TORCH])
-    (torchserve,) = runner.targets_of(servers[Stack.TORCHSERVE])
+    (flask,) = runner.targets_of(servers["flask_torch"])
+    (torchserve,) = runner.targets_of(servers["torchserve"])
     # The Secret's content is the inference key read from TorchServe's real key file.
     key, _stale = k8s_cluster.inference_key(
-        key_file_of(servers[Stack.TORCHSERVE]), datetime.now(UTC), timedelta(0))  # fmt: skip
-    assert key == torchserve.env["TORCHSERVE_TOKEN"]
+        key_file_of(servers["torchserve"]), datetime.now(UTC), timedelta(0))  # fmt: skip
+    assert json.loads(torchserve.env["LOADTEST_HEADERS"]) == {"Authorization": f"Bearer {key}"}
     token_file = tmp_path / "inference-key"
     token_file.write_text(key + "\n")
     out = tmp_path / "results"
@@ -110,7 +112,7 @@ def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path
         "--target", f"torchserve/rest={torchserve.host}",
         # Nothing listens here: the target is skipped with its reason, the rest still run.
         "--target", "tf_serving/rest=http://127.0.0.1:9",
-        "--torchserve-token-file", str(token_file), "--artifacts", str(artifacts.root),
+        "--secret-file", f"torchserve={token_file}", "--artifacts", str(artifacts.root),
         "--ready-timeout-s", "2", "--hold-s", "0",
     ])  # fmt: skip
     assert code == 0
@@ -137,17 +139,17 @@ def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path
 
 @pytest.mark.integration
 def test_a_wrong_torchserve_key_is_skipped_not_measured(servers, artifacts, tmp_path):
-    (torchserve,) = runner.targets_of(servers[Stack.TORCHSERVE])
-    target = cluster.parse_target(f"torchserve/rest={torchserve.host}", "cpu", "wrong-key")
+    (torchserve,) = runner.targets_of(servers["torchserve"])
+    target = cluster.parse_target(f"torchserve/rest={torchserve.host}", "cpu", artifacts.spec,
+                                  {"torchserve": "wrong-key"})
     payloads = PayloadSet(artifacts.spec, 1, artifacts.reference_predictions)
-    skipped = cluster.wait_for_answers([target], artifacts.spec, payloads, timeout_s=0.5,
-                                       poll_s=0.1)  # fmt: skip
+    skipped = cluster.wait_for_answers([target], payloads, timeout_s=0.5, poll_s=0.1)
     assert "HTTP 400" in skipped["torchserve/rest/cpu"]
 
 
 @pytest.mark.integration
 def test_the_key_renewal_script_replaces_the_inference_key(servers, artifacts):
-    running = servers[Stack.TORCHSERVE]
+    running = servers["torchserve"]
     key_path = running.server.log_path.parent / "key_file.json"
     (client,) = running.clients
     old_key, _ = k8s_cluster.inference_key(key_path.read_text(), datetime.now(UTC), timedelta(0))

@@ -11,11 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from harness.lifecycle import start_stack
 from loadtests import runner
 from loadtests.profiles import PROFILES
 from loadtests.report import write_report
-from loadtests.settings import Mode, Protocol, Stack
+from loadtests.settings import Mode
 from services.process import LOOPBACK, usable_cores
+from services.registry import load_stack
 
 pytestmark = pytest.mark.integration
 SMOKE = PROFILES["smoke"]
@@ -26,8 +28,7 @@ def test_closed_and_open_points_against_real_flask(artifacts, tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     with ExitStack() as exits:
-        running = runner.start_stack(Stack.FLASK_TORCH, artifacts, tmp_path, server_cores, exits)
-        assert not isinstance(running, str), running
+        running = start_stack("flask_torch", artifacts, tmp_path, exits, cores=server_cores)
         (target,) = runner.targets_of(running)
         closed = runner.run_point(target, runner.Load(Mode.CLOSED, 2, 2), SMOKE, artifacts,
                                   raw, generator_cores, repeat=0)
@@ -68,9 +69,9 @@ def test_wrong_answers_are_failures_not_fast_successes(artifacts, tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        target = runner.Target(Stack.FLASK_TORCH, Protocol.REST,
-                               f"http://{LOOPBACK}:{server.server_port}", {},
-                               server_pid=os.getpid())
+        client = load_stack("flask_torch").remote_client(
+            "rest", f"http://{LOOPBACK}:{server.server_port}", artifacts.spec)
+        target = runner.target_for(load_stack("flask_torch"), client, server_pid=os.getpid())
         point = runner.run_point(target, runner.Load(Mode.CLOSED, 1, 1), SMOKE, artifacts,
                                  tmp_path, usable_cores()[-1:], repeat=0)
     finally:
@@ -80,7 +81,7 @@ def test_wrong_answers_are_failures_not_fast_successes(artifacts, tmp_path):
     assert point["failures"] >= 0.7 * point["requests"]
 
 
-@pytest.mark.parametrize("protocol", [Protocol.REST, Protocol.GRPC])
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_tf_serving_users_against_the_protocol_double(artifacts, spec, tmp_path, protocol):
     """The TF Serving Locust users (REST and gRPC) run and check replies. The server here is
     the PROTOCOL TEST DOUBLE: this tests our users, and its figures are not TF Serving's."""
@@ -90,14 +91,11 @@ def test_tf_serving_users_against_the_protocol_double(artifacts, spec, tmp_path,
     with TfServingProtocolDouble(
         artifacts.savedmodel, spec.name, spec.version, free_port(), free_port()
     ) as double:
-        if protocol is Protocol.REST:
-            target = runner.Target(Stack.TF_SERVING, protocol, double.rest_url, {},
+        stack = load_stack("tf_serving")
+        url = double.rest_url if protocol == "rest" else double.grpc_target
+        target = runner.target_for(stack, stack.remote_client(protocol, url, spec),
                                    server_pid=os.getpid())
-        else:
-            target = runner.Target(Stack.TF_SERVING, protocol, f"http://{double.grpc_target}",
-                                   {"TFS_GRPC_TARGET": double.grpc_target},
-                                   server_pid=os.getpid())  # fmt: skip
         point = runner.run_point(target, runner.Load(Mode.CLOSED, 2, 2), SMOKE, artifacts,
                                  tmp_path, usable_cores()[-1:], repeat=0)
     assert point["requests"] > 0 and point["failures"] == 0, point
-    assert point["stack"] == "tf_serving" and point["protocol"] == protocol.value
+    assert point["stack"] == "tf_serving" and point["protocol"] == protocol

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from loadtests import runner
 from loadtests.settings import Mode
+from services.registry import load_stack
 
 
 @pytest.mark.parametrize(
@@ -18,31 +17,29 @@ def test_generator_and_server_get_separate_cores(cores, server, generator):
     assert runner.split_cores(cores) == (server, generator)
 
 
+FLASK = load_stack("flask_torch")
+TORCHSERVE = load_stack("torchserve")
+
+
 def test_cpu_runs_hide_every_gpu():
-    env = runner.device_env("cpu", cuda_available=True)
+    env = runner.server_env(FLASK, "cpu", cuda_available=True)
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["FLASK_TORCH_DEVICE"] == "cpu"
+    assert runner.server_env(TORCHSERVE, "cpu", cuda_available=True)["CUDA_VISIBLE_DEVICES"] == ""
 
 
 def test_cuda_is_requested_explicitly_and_refused_without_a_gpu():
-    assert runner.device_env("cuda", cuda_available=True) == {"FLASK_TORCH_DEVICE": "cuda"}
+    assert runner.server_env(FLASK, "cuda", cuda_available=True) == {"FLASK_TORCH_DEVICE": "cuda"}
     with pytest.raises(ValueError, match="cuda"):
-        runner.device_env("cuda", cuda_available=False)
+        runner.server_env(FLASK, "cuda", cuda_available=False)
     with pytest.raises(ValueError, match="unknown device"):
-        runner.device_env("tpu", cuda_available=True)
+        runner.server_env(FLASK, "tpu", cuda_available=True)
+    with pytest.raises(ValueError, match="runs on cpu"):
+        runner.server_env(load_stack("tf_serving"), "cuda", cuda_available=True)
 
 
 def test_gpu_rows_are_added_only_where_cuda_exists():
     assert runner.default_devices(cuda_available=False) == ["cpu"]
     assert runner.default_devices(cuda_available=True) == ["cpu", "cuda"]
-
-
-def test_environment_patch_restores_what_was_there(monkeypatch):
-    monkeypatch.setenv("FLASK_TORCH_DEVICE", "auto")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with runner.environment_patch(runner.device_env("cpu", cuda_available=False)):
-        assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
-    assert os.environ["FLASK_TORCH_DEVICE"] == "auto"
-    assert "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
 def test_load_names_say_mode_batch_and_level():

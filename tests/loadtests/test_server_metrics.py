@@ -1,10 +1,12 @@
-"""Server-side timings from Prometheus text: counter and histogram deltas over a point."""
+"""Server-side timings from Prometheus text: counter and histogram deltas over a point, as
+each stack plugin reads its own metrics."""
 
 from __future__ import annotations
 
 import pytest
 
-from loadtests.server_metrics import SAMPLE, breakdown
+from loadtests.server_metrics import parse
+from services.registry import load_stack
 
 TORCHSERVE = """# HELP ts_inference_requests_total Total number of inference requests.
 # TYPE ts_inference_requests_total counter
@@ -22,13 +24,8 @@ TF_SERVING = """# TYPE :tensorflow:serving:request_latency histogram
 """
 
 
-def parse(text: str) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        match = SAMPLE.match(line)
-        if match:
-            totals[match.group(1)] = totals.get(match.group(1), 0.0) + float(match.group(3))
-    return totals
+def breakdown(stack: str, before: dict, after: dict) -> dict:
+    return load_stack(stack).server_timings(before, after)
 
 
 def test_torchserve_means_per_request_over_the_point():

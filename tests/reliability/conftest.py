@@ -10,12 +10,11 @@ from contextlib import ExitStack
 
 import pytest
 
-from reliability import targets
-from reliability.targets import RunningStack
-from services.artifacts import ArtifactPaths
-from services.registry import STACK_MODULES
+from digitnet.artifacts import ArtifactPaths
+from harness.lifecycle import RunningStack, skipped_reason, start_stack
+from services.registry import stack_names
 
-STACKS = list(STACK_MODULES)
+STACKS = stack_names()
 
 
 @pytest.fixture(scope="session", params=STACKS)
@@ -25,8 +24,8 @@ def running(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningStack]:
     name = request.param
-    reason = targets.skipped_reason(name)
+    reason = skipped_reason(name)
     if reason is not None:
         pytest.skip(f"{name}: {reason}")
     with ExitStack() as exits:
-        yield targets.start(name, artifacts, tmp_path_factory.mktemp(f"{name}-run"), exits)
+        yield start_stack(name, artifacts, tmp_path_factory.mktemp(f"{name}-run"), exits)

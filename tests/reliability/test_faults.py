@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from reliability import targets
+from digitnet.artifacts import ArtifactPaths
+from harness.lifecycle import RunningStack, skipped_reason, start_stack
 from reliability.client import OK, OTHER, REFUSED, RESET, TIMEOUT, WRONG_ANSWER, http_kind
-from reliability.faults import WORKER_FINDERS, kill_worker, sigterm
+from reliability.faults import kill_worker, sigterm
 from reliability.settings import FaultSettings, SlowClientSettings
 from reliability.slow_clients import slow_clients
-from reliability.targets import RunningStack
-from services.artifacts import ArtifactPaths
+from services.registry import stack_names
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +34,8 @@ KILL_FAILURES = {RESET, http_kind(500), http_kind(503), http_kind(507)}
 def test_killed_worker_is_replaced_and_every_request_is_accounted_for(
     running: RunningStack,
 ) -> None:
-    if running.name not in WORKER_FINDERS:
-        pytest.skip(f"{running.name} has no worker processes")
+    if not running.stack.workers(running.server):
+        pytest.skip(f"{running.name}: {running.stack.workers_not_applicable}")
     result = kill_worker(running, FAULTS)
 
     assert result["recovered"], result
@@ -63,18 +63,18 @@ def test_slow_clients_starve_a_thread_per_connection_server(
     before): it must fail there, or the test above proves nothing."""
     monkeypatch.setenv("GUNICORN_CMD_ARGS", "--worker-class gthread --threads 4")
     with ExitStack() as exits:
-        stack = targets.start("flask_torch", artifacts, tmp_path, exits)
+        stack = start_stack("flask_torch", artifacts, tmp_path, exits)
         assert "Using worker: gthread" in stack.server.log_tail(200)
         result = slow_clients(stack, SLOW)
     assert not result["not_starved"], result
     assert result["outcomes"].get("timeout", 0) > 0
 
 
-@pytest.mark.parametrize("name", ["flask_torch", "torchserve"])
+@pytest.mark.parametrize("name", [s for s in stack_names() if s != "tf_serving"])
 def test_sigterm_during_load(
     name: str, artifacts: ArtifactPaths, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    reason = targets.skipped_reason(name)
+    reason = skipped_reason(name)
     if reason is not None:
         pytest.skip(reason)
     result = sigterm(name, artifacts, tmp_path_factory.mktemp(f"{name}-sigterm"), FAULTS)
@@ -84,7 +84,7 @@ def test_sigterm_during_load(
     # Nothing hangs and nothing answers wrongly: a request either succeeds or fails
     # visibly (refused, reset, an error status).
     assert not seen & {TIMEOUT, WRONG_ANSWER, OTHER}, result
-    if name == "flask_torch":
+    if name.startswith("flask_"):
         # gunicorn lets every accepted request finish, slow uploads included.
         assert result["in_flight_finished"], result
         # After the drain every new connection is refused. The only resets allowed: a

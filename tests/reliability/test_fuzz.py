@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digitnet.codec import JSON_CONTENT_TYPE
-from reliability.client import Connection
+from harness.lifecycle import RunningStack
+from harness.payload import check_prediction
+from reliability.client import Connection, endpoint_of
 from reliability.matrix import HUGE_INTEGER, SIDE
 from reliability.robustness import LEAK_MARKERS, error_document
-from reliability.targets import RunningStack
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,7 @@ content_types = st.sampled_from(
 def test_any_request_gets_predictions_or_a_named_4xx(
     running: RunningStack, body: bytes, content_type: str | None
 ) -> None:
-    reply = Connection(running.endpoint(), TIMEOUT_S, fresh=True).post(body, content_type)
+    reply = Connection(endpoint_of(running), TIMEOUT_S, fresh=True).post(body, content_type)
 
     text = reply.body.decode(errors="replace")
     assert not any(marker.lower() in text.lower() for marker in LEAK_MARKERS), text[:300]
@@ -87,4 +88,4 @@ def test_any_request_gets_predictions_or_a_named_4xx(
 
 def test_stack_answers_correctly_after_the_fuzzing(running: RunningStack) -> None:
     assert running.ready(30.0)
-    assert running.answers_correctly(running.rest, running.payloads()) is None
+    assert check_prediction(running.rest, running.payloads()) is None

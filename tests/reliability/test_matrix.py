@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import TfServingGrpcClient
-from loadtests.payload import PayloadSet
-from reliability.matrix import BAD_REQUESTS, FRONT_ANSWERS, GRPC_CASES, BadRequest, GrpcCase
+from harness.lifecycle import RunningStack
+from harness.payload import PayloadSet, check_prediction
+from reliability.matrix import BAD_REQUESTS, GRPC_CASES, BadRequest, GrpcCase
 from reliability.report import matrix_markdown
 from reliability.robustness import (
     FAIL,
@@ -24,8 +26,6 @@ from reliability.robustness import (
     to_json,
 )
 from reliability.settings import MatrixSettings
-from reliability.targets import RunningStack, check_prediction
-from services.artifacts import ArtifactPaths
 from services.process import free_port
 from tests.doubles.tf_serving_protocol_double import TfServingProtocolDouble
 
@@ -45,7 +45,7 @@ def test_bad_request_gets_its_named_4xx_and_the_stack_keeps_answering(
     assert cell.status == str(case.status)
     assert cell.healthy_after and cell.correct_after
     assert not cell.leaks_internals
-    if (running.name, case.name) not in FRONT_ANSWERS:
+    if case.name not in running.stack.front_answers:
         assert cell.json_error and cell.reason == case.reason, cell
 
 

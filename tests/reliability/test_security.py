@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from reliability.client import Connection, Endpoint
+from harness.lifecycle import RunningStack
+from reliability.client import Connection, Endpoint, endpoint_of
 from reliability.robustness import LEAK_MARKERS
-from reliability.targets import RunningStack
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted(REPO.glob("services/*/Dockerfile"))
@@ -77,7 +77,7 @@ def test_image_starts_from_a_slim_pinned_base(dockerfile: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("path", ["/console", "/debug", "/v1/models/digitnet:predict/../x"])
 def test_no_debugger_or_html_error_page_is_served(running: RunningStack, path: str) -> None:
-    endpoint = running.endpoint()
+    endpoint = endpoint_of(running)
     probe = Endpoint(endpoint.host, endpoint.port, path, endpoint.headers)
     reply = Connection(probe, 10.0, fresh=True).post(b"{}")
     text = reply.body.decode(errors="replace").lower()

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from harness.lifecycle import RunningStack
 from reliability.report import soak_markdown
 from reliability.settings import SoakSettings
 from reliability.soak import MemoryTrace, RoleSampler, memory_verdict, slope_mib_per_min, soak
-from reliability.targets import RunningStack
 
 # About 10 s per stack: long enough for a few hundred checked requests at a steady rate,
 # short enough for CI. `make soak` runs 600 s.

@@ -9,8 +9,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec, ServingLimits
-from services.artifacts import ArtifactPaths
 from services.flask_torch.app import create_app
 from services.flask_torch.predictor import TorchScriptModel
 from services.flask_torch.settings import Settings

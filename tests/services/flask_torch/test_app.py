@@ -206,6 +206,53 @@ def test_bad_request_gets_json_4xx_then_next_request_succeeds(
     assert_predicts_correctly(client, split, settings)
 
 
+@pytest.mark.parametrize("named", [False, True], ids=["bare", "named"])
+def test_columnar_request_gets_a_columnar_answer_with_the_same_logits(
+    client: FlaskClient, split: DigitsSplit, settings: Settings, expected_logits, named: bool
+) -> None:
+    """TF Serving's columnar form ({"inputs": ...}) is answered in its columnar form
+    ({"outputs": {"logits": [...], "classes": [...]}}), as TF Serving answers it."""
+    rows = image_rows(split, 3)
+    inputs = {"images": rows} if named else rows
+    response = post_json_text(client, json.dumps({"inputs": inputs}))
+
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    body = response.get_json()
+    assert list(body) == ["outputs"] and set(body["outputs"]) == {"logits", "classes"}
+    logits, classes = decode_predictions(body, 3, settings.spec.num_classes)
+    np.testing.assert_allclose(logits, expected_logits[:3], atol=1e-5)
+    np.testing.assert_array_equal(classes, expected_logits[:3].argmax(axis=1))
+
+
+def test_row_request_still_gets_a_row_answer(client: FlaskClient, split: DigitsSplit) -> None:
+    response = post_json_text(client, json.dumps({"instances": image_rows(split, 2)}))
+    assert list(response.get_json()) == ["predictions"]
+    assert len(response.get_json()["predictions"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("document", "status", "reason", "words"),
+    [
+        # Both forms at once: TF Serving refuses it too ("expecting only one of ...").
+        ({"instances": [[[0.5] * 8] * 8], "inputs": [[[0.5] * 8] * 8]}, 400, "wrong_schema",
+         "only one of"),
+        ({"inputs": {"pixels": [[[0.5] * 8] * 8]}}, 400, "wrong_schema", "'pixels'"),
+        ({"inputs": [[[0.5] * 7] * 8]}, 400, "wrong_shape", "inputs[0][0]"),
+        ({"inputs": [[[0.5] * 8] * 8] * 65}, 413, "batch_too_large", "65 instances"),
+    ],
+    ids=["instances_and_inputs", "unknown_named_input", "short_rows", "batch_over_max"],
+)  # fmt: skip
+def test_bad_columnar_request_gets_json_4xx_then_next_request_succeeds(
+    client: FlaskClient, split: DigitsSplit, settings: Settings, document, status, reason, words
+) -> None:
+    response = post_json_text(client, json.dumps(document))
+    assert response.status_code == status, response.get_data(as_text=True)[:300]
+    body = response.get_json()
+    assert set(body) == {"error", "reason"}
+    assert body["reason"] == reason and words in body["error"], body
+    assert_predicts_correctly(client, split, settings)
+
+
 def test_get_on_predict_is_405_json_naming_post(
     client: FlaskClient, split: DigitsSplit, settings: Settings
 ) -> None:

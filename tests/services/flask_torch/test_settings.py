@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from digitnet.spec import ModelSpec, ServingLimits
+from services.cores import CoreSplit
 from services.flask_torch.settings import (
     DEFAULT_MODEL_PATH,
-    Parallelism,
     Settings,
-    derive_parallelism,
     parallelism_from_env,
     select_device,
 )
@@ -88,68 +85,14 @@ def test_invalid_values_are_refused(field: str, value: float) -> None:
         Settings(**{field: value})
 
 
-@pytest.mark.parametrize(
-    "cores, workers, threads, expected",
-    [
-        (1, None, None, Parallelism(1, 1)),
-        (2, None, None, Parallelism(2, 1)),
-        (16, None, None, Parallelism(16, 1)),
-        (8, None, 2, Parallelism(4, 2)),
-        (3, None, 2, Parallelism(1, 2)),
-        (8, 2, None, Parallelism(2, 4)),
-        (7, 2, None, Parallelism(2, 3)),
-        (4, 2, 2, Parallelism(2, 2)),
-    ],
-)
-def test_derive_parallelism(
-    cores: int, workers: int | None, threads: int | None, expected: Parallelism
-) -> None:
-    assert derive_parallelism(cores, workers, threads) == expected
-
-
-@pytest.mark.parametrize(
-    "cores, workers, threads, message",
-    [
-        (2, 2, 2, "exceeds the 2 cores"),
-        (2, 3, None, "exceeds the 2 cores"),
-        (2, None, 4, "exceeds the 2 cores"),
-        (0, None, None, "cores"),
-        (4, 0, None, "workers"),
-        (4, None, 0, "torch_threads"),
-    ],
-)
-def test_derive_parallelism_refuses_oversubscription_and_zero(
-    cores: int, workers: int | None, threads: int | None, message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        derive_parallelism(cores, workers, threads)
-
-
-@given(
-    cores=st.integers(1, 256),
-    workers=st.none() | st.integers(1, 256),
-    threads=st.none() | st.integers(1, 256),
-)
-def test_derived_split_never_exceeds_the_cores(
-    cores: int, workers: int | None, threads: int | None
-) -> None:
-    try:
-        split = derive_parallelism(cores, workers, threads)
-    except ValueError:
-        # Refused only when explicit numbers alone oversubscribe the cores.
-        assert (workers or 1) * (threads or 1) > cores
-        return
-    assert split.workers * split.torch_threads <= cores
-    assert split.workers >= 1 and split.torch_threads >= 1
-    assert workers is None or split.workers == workers
-    assert threads is None or split.torch_threads == threads
-
-
 def test_parallelism_from_env_uses_the_overrides(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("FLASK_TORCH_THREADS", "2")
-    assert parallelism_from_env(8) == Parallelism(4, 2)
+    assert parallelism_from_env(8) == CoreSplit(4, 2)
     clean_env.setenv("FLASK_TORCH_WORKERS", "3")
-    assert parallelism_from_env(8) == Parallelism(3, 2)
+    assert parallelism_from_env(8) == CoreSplit(3, 2)
+    clean_env.setenv("FLASK_TORCH_WORKERS", "8")
+    with pytest.raises(ValueError, match="FLASK_TORCH_WORKERS or FLASK_TORCH_THREADS"):
+        parallelism_from_env(8)
 
 
 @pytest.mark.parametrize(

@@ -21,19 +21,20 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import (
     TFS_PREDICT_PATH,
     TFS_STATUS_PATH,
     TfServingGrpcClient,
     tf_serving_rest,
 )
-from digitnet.codec import encode_request
+from digitnet.codec import decode_predictions, encode_request
 from digitnet.data import DigitsSplit
+from digitnet.savedmodel import load_signature
 from digitnet.spec import CLASSES_KEY, INPUT_KEY, LOGITS_KEY, SIGNATURE_NAME, ModelSpec
-from services.artifacts import ArtifactPaths
 from services.process import free_port
-from services.tf_serving.export import load_signature
 from services.tf_serving.launch import model_is_available
+from services.tf_serving.warmup import warmup_request
 from tests.doubles.tf_serving_protocol_double import TfServingProtocolDouble
 
 pytestmark = pytest.mark.integration
@@ -99,8 +100,9 @@ def test_rest_client_surfaces_unknown_model(double, spec, images) -> None:
     [
         ({"instances": [[[0.0] * 7] * 8]}, "shape"),
         ({"instances": [[["x"] * 8] * 8]}, "not of expected type"),
-        ({"instances": [[[0.0] * 8] * 8, [[0.0] * 8] * 7]}, "ragged"),
-        ({"instances": [{"pixels": [[0.0] * 8] * 8}]}, "alias not found"),
+        # TF Serving's wording (util/json_tensor.cc AddInstanceItem).
+        ({"instances": [[[0.0] * 8] * 8, [[0.0] * 8] * 7]}, "Expecting tensor size"),
+        ({"instances": [{"pixels": [[0.0] * 8] * 8}]}, "does not have named input"),
         ({"rows": []}, "instances"),
     ],
 )
@@ -111,6 +113,17 @@ def test_rest_bad_input_is_400_json(double, spec, images, body, fragment: str) -
     assert fragment in response.json()["error"]
     good = requests.post(url, json=encode_request(images[:1]), timeout=10)
     assert good.status_code == 200
+
+
+def test_codec_reads_the_columnar_answer_as_the_row_one(double, spec, images, expected) -> None:
+    """TF Serving answers {"inputs": ...} with {"outputs": {...}}; decode_predictions reads
+    both, so a client may send either form."""
+    url = double.rest_url + TFS_PREDICT_PATH.format(name=spec.name)
+    body = {"inputs": {INPUT_KEY: encode_request(images)["instances"]}}
+    response = requests.post(url, json=body, timeout=10)
+    assert response.status_code == 200
+    assert list(response.json()) == ["outputs"]
+    _assert_matches(decode_predictions(response.json(), len(images), spec.num_classes), expected)
 
 
 def test_rest_malformed_json_is_400(double, spec) -> None:
@@ -141,6 +154,15 @@ def test_rest_metadata_names_the_signature(double, spec) -> None:
 
 def test_grpc_client_matches_in_process(grpc_client, images, expected) -> None:
     _assert_matches(grpc_client.predict(images), expected)
+
+
+def test_warmup_records_are_the_requests_our_grpc_client_sends(grpc_client, spec, images) -> None:
+    """The SavedModel's warm-up records warm exactly the request our client sends."""
+    assert warmup_request(spec, images) == grpc_client.build_request(images)
+    logits, classes = grpc_client.read_reply(
+        grpc_client.send(warmup_request(spec, images)), len(images)
+    )
+    np.testing.assert_array_equal(classes, logits.argmax(axis=1))
 
 
 def _raw_predict(client: TfServingGrpcClient, request: predict_pb2.PredictRequest):

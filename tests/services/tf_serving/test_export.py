@@ -8,11 +8,11 @@ import tensorflow as tf
 import torch
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.data import DigitsSplit
+from digitnet.savedmodel import load_signature
 from digitnet.spec import CLASSES_KEY, INPUT_KEY, LOGITS_KEY, SIGNATURE_NAME, ModelSpec
 from digitnet.torchscript import load_torchscript
-from services.artifacts import ArtifactPaths
-from services.tf_serving.export import load_signature
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 # TF2 SavedModels list their initializer as a pseudo-signature; TF Serving skips it.

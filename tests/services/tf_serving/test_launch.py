@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec
-from services.artifacts import ArtifactPaths
 from services.tf_serving.config_protos import config_messages, parse_text_proto
 from services.tf_serving.launch import STACK, TfServingStack, write_run_configs
 from services.tf_serving.server_flags import REPO_CONFIGS, ConfigFiles, derive_threads

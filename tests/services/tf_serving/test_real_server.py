@@ -13,13 +13,13 @@ import pytest
 import requests
 import tensorflow as tf
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import TFS_METRICS_PATH, TFS_PREDICT_PATH, TfServingGrpcClient
 from digitnet.codec import encode_request
 from digitnet.data import DigitsSplit
+from digitnet.savedmodel import load_signature
 from digitnet.spec import CLASSES_KEY, INPUT_KEY, LOGITS_KEY, ModelSpec
-from services.artifacts import ArtifactPaths
 from services.process import ServerProcess, free_port
-from services.tf_serving.export import load_signature
 from services.tf_serving.launch import STACK
 
 _AVAILABLE, _REASON = STACK.available()

@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 import torch
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.codec import JSON_CONTENT_TYPE
 from digitnet.spec import ModelSpec
-from services.artifacts import ArtifactPaths
+from services.torchserve.launch import mar_path
 
 BATCH_SIZE = 8
 
@@ -125,7 +126,7 @@ def worker_service(
     from ts.model_loader import TsModelLoader
 
     model_dir = tmp_path_factory.mktemp("mar")
-    with zipfile.ZipFile(artifacts.mar) as archive:
+    with zipfile.ZipFile(mar_path(artifacts)) as archive:
         archive.extractall(model_dir)
     manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
     metrics = MetricsCacheYamlImpl(

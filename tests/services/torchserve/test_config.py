@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -107,10 +108,22 @@ def test_dockerfile_serves_the_same_store_and_config(props) -> None:
     assert pip_installs and all("--no-cache-dir" in line for line in pip_installs)
 
 
-def test_model_config_sets_batching_and_leaves_workers_to_the_server() -> None:
+def test_the_archive_leaves_workers_and_batching_to_registration() -> None:
     config = yaml.safe_load(MODEL_CONFIG.read_text())
-    assert config["batchSize"] >= 1
-    assert config["maxBatchDelay"] >= 0
     assert config["responseTimeout"] > 0
-    # A worker count in the archive would override default_workers_per_model (0.12).
-    assert "minWorkers" not in config and "maxWorkers" not in config
+    # A value in the archive would override config.properties (0.12) and freeze it at
+    # build time: workers and batching are set when the model is registered.
+    assert not {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay"} & set(config)
+
+
+def test_the_committed_registration_is_the_spec_default_batching() -> None:
+    from digitnet.spec import BatchingPolicy
+
+    props = read_properties(CONFIG_TEMPLATE.read_text())
+    (versions,) = json.loads(props["models"]).values()
+    (registration,) = versions.values()
+    policy = BatchingPolicy()
+    assert registration["batchSize"] == policy.max_batch_size
+    assert registration["maxBatchDelay"] == policy.max_delay_ms
+    assert registration["minWorkers"] == registration["maxWorkers"] == int(
+        props["default_workers_per_model"])

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.codec import JSON_CONTENT_TYPE, PayloadError, encode_request
 from digitnet.data import DigitsSplit
 from digitnet.spec import ModelSpec
 from digitnet.torchscript import load_torchscript
 from reliability.matrix import BAD_REQUESTS, BadRequest, good_body
-from services.artifacts import ArtifactPaths
 from services.torchserve.handler import (
     THREADS_ENV,
     check_json_content_type,
@@ -178,3 +178,30 @@ def test_worker_sets_torch_threads_from_env(worker_service, monkeypatch, spec: M
     finally:
         torch.set_num_threads(before)
     assert handler.spec == spec
+
+
+@BOTH_DECODE_MODES
+def test_each_request_in_a_batch_is_answered_in_its_own_format(
+    worker, split: DigitsSplit, scripted
+) -> None:
+    """TF Serving's columnar form ({"inputs": ...}) gets its columnar answer ({"outputs":
+    ...}) next to row requests in the same dynamic batch; both forms at once is a 400."""
+    first, second = split.test_images[:2], split.test_images[2:5]
+    rows = encode_request(second)["instances"]
+    replies = worker([
+        FrontendRequest(json.dumps(encode_request(first)).encode()),
+        FrontendRequest(json.dumps({"inputs": rows}).encode()),
+        FrontendRequest(json.dumps({"inputs": {"images": rows}}).encode()),
+        FrontendRequest(json.dumps({"instances": rows, "inputs": rows}).encode()),
+    ])  # fmt: skip
+
+    assert [reply.status for reply in replies] == [200, 200, 200, 400]
+    np.testing.assert_allclose(as_arrays(replies[0].json())[0], reference(scripted, first),
+                               atol=ATOL, rtol=0)  # fmt: skip
+    expected = reference(scripted, second)
+    for reply in replies[1:3]:
+        outputs = reply.json()["outputs"]
+        np.testing.assert_allclose(np.asarray(outputs["logits"]), expected, atol=ATOL, rtol=0)
+        assert outputs["classes"] == expected.argmax(axis=1).tolist()
+    error = replies[3].json()
+    assert error["reason"] == "wrong_schema" and "only one of" in error["error"]

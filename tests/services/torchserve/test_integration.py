@@ -15,13 +15,13 @@ import pytest
 import requests
 import torch
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import TORCHSERVE_MODEL_PATH, TORCHSERVE_PREDICT_PATH, bearer
 from digitnet.codec import JSON_CONTENT_TYPE
 from digitnet.data import DigitsSplit
 from digitnet.spec import ModelSpec, ServingLimits
 from digitnet.torchscript import load_torchscript
 from reliability.matrix import BAD_REQUESTS, good_body
-from services.artifacts import ArtifactPaths
 from services.process import LOOPBACK, ServerProcess, free_port, usable_cores
 from services.torchserve.handler import THREADS_ENV
 from services.torchserve.healthcheck import model_status

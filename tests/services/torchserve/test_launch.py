@@ -8,20 +8,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec
-from services.artifacts import ArtifactPaths
+from services.cores import CoreSplit
 from services.torchserve.launch import (
     CONFIG_TEMPLATE,
     STACK,
-    ThreadPlan,
+    WORKERS_ENV,
     derive_config,
     local_overrides,
+    model_store,
+    plan_for,
     read_properties,
     read_tokens,
-    thread_plan,
 )
 
 PORTS = {"inference": 18080, "management": 18081, "metrics": 18082,
@@ -31,23 +31,26 @@ PORTS = {"inference": 18080, "management": 18081, "metrics": 18082,
 @pytest.mark.parametrize(
     ("cores", "workers", "plan"),
     [
-        (1, None, ThreadPlan(1, 1)),
-        (2, None, ThreadPlan(2, 1)),
-        (4, 2, ThreadPlan(2, 2)),
-        (3, 2, ThreadPlan(2, 1)),
-        (2, 8, ThreadPlan(2, 1)),
-        (2, 0, ThreadPlan(1, 2)),
+        (1, None, CoreSplit(1, 1)),
+        (2, None, CoreSplit(2, 1)),
+        (4, "2", CoreSplit(2, 2)),
+        (3, "2", CoreSplit(2, 1)),
     ],
 )
-def test_thread_plan(cores, workers, plan) -> None:
-    assert thread_plan(cores, workers) == plan
+def test_worker_plan_follows_the_shared_rule(monkeypatch, cores, workers, plan) -> None:
+    if workers is None:
+        monkeypatch.delenv(WORKERS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(WORKERS_ENV, workers)
+    assert plan_for(list(range(cores))) == plan
 
 
-@given(st.integers(1, 256), st.one_of(st.none(), st.integers(-4, 300)))
-def test_thread_plan_never_oversubscribes(cores, workers) -> None:
-    plan = thread_plan(cores, workers)
-    assert plan.workers >= 1 and plan.threads >= 1
-    assert plan.workers * plan.threads <= cores
+@pytest.mark.parametrize("workers", ["8", "0"])
+def test_worker_override_that_does_not_fit_is_refused_not_clamped(monkeypatch, workers) -> None:
+    # One rule for every stack (services.cores): asked-for counts run as asked, or fail.
+    monkeypatch.setenv(WORKERS_ENV, workers)
+    with pytest.raises(ValueError, match="workers"):
+        plan_for([0, 1])
 
 
 def test_stack_shape() -> None:
@@ -71,7 +74,7 @@ def test_derived_config_rebinds_to_loopback_and_keeps_security(tmp_path: Path) -
     paths = ArtifactPaths(store_root, ModelSpec())
     template = CONFIG_TEMPLATE.read_text()
     derived = read_properties(
-        derive_config(template, local_overrides(paths, PORTS, ThreadPlan(2, 1)))
+        derive_config(template, local_overrides(paths, PORTS, CoreSplit(2, 1)))
     )
     production = read_properties(template)
 
@@ -82,15 +85,18 @@ def test_derived_config_rebinds_to_loopback_and_keeps_security(tmp_path: Path) -
     assert derived["grpc_inference_address"] == derived["grpc_management_address"] == "127.0.0.1"
     assert derived["grpc_inference_port"] == "17070"
     assert derived["grpc_management_port"] == "17071"
-    assert derived["model_store"] == str(paths.model_store.resolve())
+    assert derived["model_store"] == str(model_store(paths).resolve())
     assert derived["default_workers_per_model"] == "2"
     # The store path holds regex metacharacters; they must stay literal.
     pattern = re.compile(derived["allowed_urls"], re.IGNORECASE)
-    assert pattern.fullmatch(f"file://{paths.model_store.resolve()}/digitnet.mar")
+    assert pattern.fullmatch(f"file://{model_store(paths).resolve()}/digitnet.mar")
     assert not pattern.fullmatch("file:///elsewhere/digitnet.mar")
-    unchanged = set(production) - set(local_overrides(paths, PORTS, ThreadPlan(2, 1)))
-    assert {"disable_token_authorization", "enable_model_api", "max_request_size",
+    unchanged = set(production) - set(local_overrides(paths, PORTS, CoreSplit(2, 1)))
+    assert {"disable_token_authorization", "enable_model_api",
             "token_expiration_min", "decode_input_request"} <= unchanged
+    # Generated from the spec: with the default environment, the committed values.
+    assert derived["max_request_size"] == production["max_request_size"]
+    assert derived["models"] == production["models"]
     assert {key: derived[key] for key in unchanged} == {key: production[key] for key in unchanged}
 
 

@@ -13,16 +13,16 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from digitnet.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
 from digitnet.spec import ServingLimits
-from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, ensure_artifacts
-from services.process import free_port
-from services.registry import all_stacks
+from harness.artifacts import ensure_artifacts
+from harness.lifecycle import running_stacks
 
 PARITY_ATOL = 1e-5
 
@@ -47,9 +47,9 @@ def in_process_paths(paths: ArtifactPaths) -> dict[str, Callable[[np.ndarray], n
 
     from digitnet.keras_net import DigitConvNetKeras
     from digitnet.port import port_torch_to_keras
+    from digitnet.savedmodel import load_signature
     from digitnet.torch_net import DigitConvNet
     from digitnet.torchscript import load_torchscript
-    from services.tf_serving.export import load_signature
 
     eager = DigitConvNet(paths.spec)
     eager.load_state_dict(torch.load(paths.state_dict, weights_only=True))
@@ -83,24 +83,10 @@ def batched(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, siz
 @contextmanager
 def running_servers(paths: ArtifactPaths, run_root: Path) -> Iterator[list[tuple[str, object]]]:
     """Starts every available stack on free ports; yields (label, client) pairs."""
-    clients: list[tuple[str, object]] = []
-    skipped: list[tuple[str, str]] = []
-    with ExitStack() as stack_exit:
-        for stack in all_stacks():
-            ok, reason = stack.available()
-            if not ok:
-                skipped.append((stack.name, reason))
-                continue
-            ports = {name: free_port() for name in stack.default_ports}
-            server = stack.start(paths, run_root / stack.name, ports)
-            stack_exit.callback(stack.stop, server)
-            stack.wait_ready(server, timeout_s=120)
-            clients.extend(
-                (f"{client.label} (server)", client) for client in stack.clients(server, paths)
-            )
-        for name, reason in skipped:
+    with running_stacks(paths, run_root) as (running, skipped):
+        for name, reason in skipped.items():
             print(f"parity: {name} skipped: {reason}")
-        yield clients
+        yield [(f"{client.label} (server)", client) for r in running for client in r.clients]
 
 
 def check_parity(paths: ArtifactPaths, with_servers: bool = True) -> list[ParityRow]:

@@ -4,7 +4,7 @@ pip-audit reports "No known vulnerabilities found" even when it could check noth
 package index without PyPI's JSON API answers every package as "not found"), so this
 wrapper reads its JSON and tells three outcomes apart:
 
-  exit 0  audited, and every finding is triaged in reliability/audit_triage.json
+  exit 0  audited, and every finding is triaged in tools/audit_triage.json
   exit 1  audited, with findings nobody triaged (printed with their fixed versions)
   exit 0  NOT AUDITED: the vulnerability database could not be reached or answered for
           no package; said loudly, with how many packages went unchecked. Set
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from reliability.settings import RESULTS_ROOT
+from harness.paths import RESULTS_ROOT
 
 TRIAGE_FILE = Path(__file__).resolve().parent / "audit_triage.json"
 # OSV is pip-audit's most complete source; PyPI's JSON API serves the same advisories.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from loadtests.report import write_report
 from reliability import report
 from reliability.robustness import skipped_cells, to_json
 from tests.loadtests.test_report import saved_run
+from tools.report import build as write_report
 
 KILL = {"stack": "flask_torch", "applicable": True, "clients": 4, "requests": 100,
         "failed": 2, "outcomes": {"ok": 98, "reset": 2}, "worker_replaced_s": 0.05,

@@ -1,4 +1,5 @@
-"""Exports the Keras model as a SavedModel in TF Serving's `<base>/<name>/<version>/` layout.
+"""Exports the Keras model as a SavedModel in TF Serving's `<base>/<name>/<version>/` layout:
+the TF model every TF stack serves (TF Serving, and Flask with the SavedModel).
 
 The only signature is `serving_default`: input `images` float32 [N, side, side], outputs
 `logits` float32 [N, classes] and `classes` int64 [N]. Keras' plain `model.export()` would

@@ -74,3 +74,14 @@ def check_json_reply(batch: Batch, body: object, num_classes: int) -> str | None
     except ValueError as err:
         return f"malformed reply: {err}"
     return check_answer(batch, logits, classes)
+
+
+def check_prediction(client, payloads: PayloadSet) -> str | None:
+    """None when `client` (a digitnet.clients Predictor) gets the right answer for the next
+    good batch, else what went wrong (the exception or the wrong classes/logits)."""
+    batch = payloads.next()
+    try:
+        logits, classes = client.predict(batch.images)
+    except Exception as err:  # noqa: BLE001 - any failure is the finding, reported
+        return f"{type(err).__name__}: {str(err)[:200]}"
+    return check_answer(batch, np.asarray(logits), np.asarray(classes))

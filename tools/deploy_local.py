@@ -1,11 +1,10 @@
 """`make deploy-local` / `make stop` / `make status`: every stack on this workstation.
 
-With a docker engine, docker compose runs all three stacks (the official
-tensorflow/serving image included). Without one, each stack runs as native processes on
-its default ports: TorchServe (Java), gunicorn, and TF Serving when
-`tensorflow_model_server` is on PATH; a stack this machine cannot run is skipped with the
-reason and how to get it. State lives in run/state.json so `stop` and `status` find what
-`up` started.
+With a docker engine, docker compose runs the stacks that declare a compose service (the
+official tensorflow/serving image included). Without one, each registered stack runs as
+native processes on its default ports (harness.lifecycle.launch); a stack this machine
+cannot run is skipped with the reason and how to get it. State lives in run/state.json so
+`stop` and `status` find what `up` started.
 """
 
 from __future__ import annotations
@@ -19,15 +18,16 @@ import sys
 import time
 from pathlib import Path
 
+from digitnet.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
 from digitnet.data import load_split
 from digitnet.spec import ModelSpec
-from services.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths, ensure_artifacts
-from services.process import ServerProcess, port_is_free
+from harness.artifacts import ensure_artifacts
+from harness.lifecycle import launch
+from services.process import LOOPBACK, ServerProcess, port_is_free
 from services.registry import all_stacks, load_stack
 
 RUN_DIR = Path(os.environ.get("DIGITNET_RUN_DIR", "run"))
 STATE_FILE = RUN_DIR / "state.json"
-READY_TIMEOUT_S = float(os.environ.get("DIGITNET_READY_TIMEOUT_S", "180"))
 COMPOSE_FILE = Path("docker-compose.yml")
 
 
@@ -75,28 +75,31 @@ def up_native(paths: ArtifactPaths, mode: str) -> int:
             skipped.append((stack.name, f"ports {busy} are already in use by another program"))
             continue
         started = time.monotonic()
-        server = stack.start(paths, RUN_DIR / stack.name, stack.default_ports)
-        state["stacks"][stack.name] = {
-            "server": server.to_json(),
-            "ports": dict(stack.default_ports),
-            "started_at": time.time(),
-        }
-        save_state(state)
+
+        def remember(server: ServerProcess, stack=stack) -> None:
+            # Saved before waiting, so `make stop` finds a server that never gets ready.
+            state["stacks"][stack.name] = {
+                "server": server.to_json(),
+                "ports": dict(stack.default_ports),
+                "started_at": time.time(),
+            }
+            save_state(state)
+
         try:
-            stack.wait_ready(server, READY_TIMEOUT_S)
+            running = launch(stack, paths, RUN_DIR / stack.name, on_start=remember,
+                             ports=stack.default_ports)
         except (TimeoutError, RuntimeError) as err:
             print(f"deploy-local: {stack.name} failed to become ready: {err}")
-            print(server.log_tail())
             return 1
         ready_s = time.monotonic() - started
         state["stacks"][stack.name]["ready_seconds"] = round(ready_s, 2)
         save_state(state)
         print(f"{stack.name}: ready in {ready_s:.1f} s from start (model answering)")
-        print(f"  log: {server.log_path}")
-        for client in stack.clients(server, paths):
+        print(f"  log: {running.server.log_path}")
+        for client in running.clients:
             show_prediction(
                 client.label,
-                getattr(client, "url", str(server.endpoints)),
+                getattr(client, "url", str(running.server.endpoints)),
                 client,
                 split.test_images,
                 split.test_labels,
@@ -107,22 +110,26 @@ def up_native(paths: ArtifactPaths, mode: str) -> int:
     return 0
 
 
-def compose_clients(spec: ModelSpec) -> list:
-    """Clients for the compose stacks on their published loopback ports."""
-    from digitnet.clients import TfServingGrpcClient, flask_rest, tf_serving_rest, torchserve_rest
-
-    key_file = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE_FILE), "exec", "-T", "torchserve",
-         "cat", "/home/model-server/key_file.json"],
+def compose_read_file(service: str, path: str) -> str:
+    """A file's content inside a running compose service's container."""
+    return subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE_FILE), "exec", "-T", service, "cat", path],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    token = json.loads(key_file)["inference"]["key"]
-    return [
-        tf_serving_rest("http://127.0.0.1:8501", spec),
-        TfServingGrpcClient("127.0.0.1:8500", spec),
-        torchserve_rest("http://127.0.0.1:8080", spec, token),
-        flask_rest("http://127.0.0.1:8000", spec),
-    ]
+
+
+def compose_clients(spec: ModelSpec) -> list:
+    """Clients for every stack's compose service on its published loopback ports."""
+    clients = []
+    for stack in all_stacks():
+        if stack.compose_service is None:
+            continue
+        service = stack.compose_service
+        secret = stack.compose_secret(lambda path, s=service: compose_read_file(s, path))
+        for protocol in stack.protocols:
+            port = stack.default_ports[stack.protocol_ports[protocol]]
+            clients.append(stack.remote_client(protocol, f"http://{LOOPBACK}:{port}", spec, secret))
+    return clients
 
 
 def up_compose(paths: ArtifactPaths) -> int:

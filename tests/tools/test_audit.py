@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability import audit
+from tools import audit
 
 REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements.lock"
 

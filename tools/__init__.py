@@ -1,0 +1,1 @@
+"""Commands built on everything else: artifacts, parity, deploy-local, the report, audit."""
