@@ -31,9 +31,12 @@ class Batch:
 
 
 class PayloadSet:
-    """Batches of `batch_size` consecutive test images, cycled forever."""
+    """Batches of `batch_size` consecutive test images, cycled forever (only the first
+    `limit` batches when given)."""
 
-    def __init__(self, spec: ModelSpec, batch_size: int, reference: Path) -> None:
+    def __init__(
+        self, spec: ModelSpec, batch_size: int, reference: Path, limit: int | None = None
+    ) -> None:
         key = json.loads(reference.read_text())
         images = load_split(spec).test_images
         logits = np.asarray(key["logits"], dtype=np.float32)
@@ -50,7 +53,7 @@ class PayloadSet:
                 expected_logits=logits[i : i + batch_size],
             )
             for i in range(0, len(images) - batch_size + 1, batch_size)
-        ]
+        ][:limit]
         self._cycle = itertools.cycle(self.batches)
 
     def next(self) -> Batch:

@@ -22,6 +22,10 @@ GENERATOR_SATURATED_PCT = 90.0
 COOLDOWN_S = 0.5
 # The knee: the first level after which more load buys less than this throughput gain.
 KNEE_MIN_GAIN = 0.10
+# Open loop: a point whose send lateness (actual send minus scheduled start) has a p99
+# above this share of the p99 objective measured the generator falling behind its
+# schedule, not the server: a late send hides the queueing it should have caused.
+LATENESS_SHARE_OF_SLO = 0.10
 
 
 @dataclass(frozen=True)
@@ -55,32 +59,46 @@ def read_records(paths: Iterable[Path]) -> Records:
 
 
 def measured_window(
-    records: Records, warmup_s: float, cooldown_s: float = COOLDOWN_S
+    records: Records,
+    warmup_s: float,
+    cooldown_s: float = COOLDOWN_S,
+    duration_s: float | None = None,
 ) -> tuple[Records, float]:
-    """Keeps requests that started after warm-up and before the cool-down; returns them
-    and the window length in seconds.
+    """Keeps requests that started after warm-up and before the run's planned end (and
+    the cool-down); returns them and the window length in seconds.
 
-    The window ends `cooldown_s` before the last request start: requests caught in the
-    generator's stop neither dilute throughput nor inflate the tail.
+    The window ends `duration_s` after the warm-up, when Locust's run time is up, and at
+    the latest `cooldown_s` before the last request start. After the run time, Locust's
+    stop sequence gives open-loop users up to --stop-timeout to finish the sleep and the
+    request they are in, and its own work stalls their schedule: requests sent then are
+    late by up to a tenth of a second, which the generator, not the server, caused.
     """
     if len(records.start_s) == 0:
         return records, 0.0
     begin = records.start_s.min() + warmup_s
     end = records.start_s.max() - cooldown_s
+    if duration_s is not None:
+        end = min(end, begin + duration_s)
     keep = (records.start_s >= begin) & (records.start_s < end)
     kept = Records(*(getattr(records, f)[keep] for f in Records.__dataclass_fields__))
     return kept, max(0.0, float(end - begin)) if len(kept.start_s) else 0.0
 
 
-def point_stats(records: Records, warmup_s: float, batch_size: int) -> dict:
-    """Throughput and latency percentiles of one load point, after warm-up."""
-    kept, window = measured_window(records, warmup_s)
+def point_stats(
+    records: Records, warmup_s: float, batch_size: int, duration_s: float | None = None
+) -> dict:
+    """Throughput and latency percentiles of one load point, after warm-up and within the
+    planned `duration_s` (see measured_window)."""
+    kept, window = measured_window(records, warmup_s, duration_s=duration_s)
     count = len(kept.latency_ms)
     failures = int((~kept.ok).sum())
     if count == 0 or window <= 0:
         return {"requests": count, "failures": failures, "rps": 0.0, "window_s": window}
     lat = kept.latency_ms
     server = kept.server_ms[~np.isnan(kept.server_ms)]
+    # Latency counts from the scheduled start, service from the actual send: their
+    # difference is how late the generator sent (0 in a closed loop).
+    lateness = np.clip(kept.latency_ms - kept.service_ms, 0.0, None)
     successes = count - failures
     return {
         "requests": count,
@@ -96,7 +114,19 @@ def point_stats(records: Records, warmup_s: float, batch_size: int) -> dict:
         "mean_ms": float(lat.mean()),
         "service_p50_ms": float(np.percentile(kept.service_ms, 50)),
         "server_p50_ms": float(np.percentile(server, 50)) if len(server) else None,
+        "lateness_p50_ms": float(np.percentile(lateness, 50)),
+        "lateness_p99_ms": float(np.percentile(lateness, 99)),
     }
+
+
+def generator_fell_behind(point: dict, slo_p99_ms: float) -> bool:
+    """Open loop: the send lateness p99 exceeds LATENESS_SHARE_OF_SLO of the objective."""
+    lateness = point.get("lateness_p99_ms")
+    return (
+        point.get("mode") == "open"
+        and lateness is not None
+        and lateness > LATENESS_SHARE_OF_SLO * slo_p99_ms
+    )
 
 
 def aggregate_repeats(points: Sequence[dict]) -> dict:

@@ -11,10 +11,12 @@ Each target's client comes from its stack plugin (`remote_client`), and `--secre
 hands a stack the credential its clients need (TorchServe's inference key).
 
 The Job made from k8s/base/loadgen.yaml runs this (image: loadtests/Dockerfile). Each
-target gets the same sweep as in `make bench` (runner.sweep_target: same locustfile,
-profiles, answer key and per-request records) and the run directory gets what `make
-bench` writes except what needs the servers' own machine: raw/, points.jsonl and
-environment.json, but no in-process baselines and no server CPU/RSS (the servers are
+target gets the same phases as in `make bench` (loadtests.sweep.measure_targets: the same
+locustfile, profiles, answer key, per-request records, wrk beside each closed REST level
+and the SLO capacity search; uncalibrated, as the null server runs locally only), and the
+run directory gets what `make bench` writes except what needs the servers' own machine:
+raw/, points.jsonl, levels.jsonl, capacity.jsonl and environment.json, but no in-process
+baselines and no server CPU/RSS (the servers are
 other pods). When done it writes <out>/<run-id>.complete (or .failed) and waits, up to
 --hold-s, for `make k8s-loadtest` to copy the run out and create <out>/<run-id>.collected;
 the report is built there, where matplotlib is (k8s/cluster.py).
@@ -38,14 +40,8 @@ from digitnet.spec import ModelSpec
 from harness.payload import PayloadSet, check_answer
 from loadtests import environment
 from loadtests.profiles import PROFILES
-from loadtests.runner import (
-    Progress,
-    Target,
-    closed_loads,
-    model_block,
-    sweep_target,
-    target_for,
-)
+from loadtests.runner import Progress, Target, model_block, target_for
+from loadtests.sweep import Run, measure_targets, planned_points
 from services.process import usable_cores
 from services.registry import load_stack
 
@@ -203,16 +199,20 @@ def sweep(args: argparse.Namespace, run_dir: Path) -> None:
     live = [t for t in targets if target_key(t) not in skipped]
     for key, reason in skipped.items():
         print(f"loadgen: {key} SKIPPED: {reason}", flush=True)
-    per_target = len(closed_loads(profile)) + len(profile.open_fractions)
-    progress = Progress(len(live) * per_target * profile.repeats,
+    progress = Progress(planned_points(profile, len(live)),
                         profile.warmup_s + profile.duration_s + 3)  # fmt: skip
-    print(f"loadgen: {progress.total} points against {len(live)} targets, profile "
+    print(f"loadgen: about {progress.total} windows against {len(live)} targets, profile "
           f"{profile.name}, Locust on {generator_cpus:g} CPUs", flush=True)  # fmt: skip
-    points_file = run_dir / "points.jsonl"
-    points_file.touch()
-    for target in live:
-        sweep_target(target, profile, paths, raw_dir, generator_cores, points_file, progress,
-                     generator_cpus)  # fmt: skip
+    (run_dir / "points.jsonl").touch()
+    # The same phases as `make bench` (interleaved levels, wrk beside each closed REST
+    # level, the SLO capacity search), uncalibrated: the null server runs locally only.
+    run = Run(profile, paths, run_dir, [], generator_cores, progress,
+              generator_cpus=generator_cpus)  # fmt: skip
+    measure_targets(run, live)
+    env_block["calibrated"] = False
+    env_block["calibration_reason"] = (
+        "not calibrated in the cluster: the generator's floor is measured by `make bench` "
+        "against a local null server")
     env_block["skipped"] = skipped
     (run_dir / "environment.json").write_text(json.dumps(env_block, indent=2) + "\n")
 

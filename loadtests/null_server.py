@@ -28,6 +28,7 @@ from types import TracebackType
 
 import requests
 
+from loadtests.tools import probe
 from services.process import (
     LOOPBACK,
     ServerProcess,
@@ -136,17 +137,7 @@ def nginx_available() -> tuple[bool, str]:
     Returns:
         (True, version line) or (False, why not and how to get nginx).
     """
-    binary = nginx_binary()
-    if binary is None:
-        return False, f"nginx is not installed: {INSTALL_HINT}"
-    try:
-        done = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return False, f"nginx at {binary} does not run ({err}): {INSTALL_HINT}"
-    version = (done.stderr or done.stdout).strip()
-    if done.returncode != 0:
-        return False, f"nginx at {binary} failed: {version}: {INSTALL_HINT}"
-    return True, version
+    return probe("nginx", nginx_binary(), INSTALL_HINT)
 
 
 def _build_flags(binary: str) -> str:

@@ -1,7 +1,8 @@
 """Load profiles as data: what a sweep runs, how long, how often.
 
-Open-loop rates are fractions of the highest throughput the same stack reached in its
-closed-loop sweep, so every stack is compared at the same utilisation.
+Open-loop points come from the SLO capacity search (loadtests/sweep.py): bisection over
+the offered rate, starting from the stack's closed-loop peak; `open_fractions` adds fixed
+fractions of that peak where a profile wants them.
 """
 
 from __future__ import annotations
@@ -24,17 +25,38 @@ class Profile:
     baseline_batches: tuple[int, ...]
     baseline_iterations: int
     slo_p99_ms: float = 50.0
+    # Stability: a level repeats until its last `min_windows` windows agree within
+    # `stability_tolerance` (req/s and p99), at most `max_windows` windows.
+    min_windows: int = 3
+    max_windows: int = 4
+    stability_tolerance: float = 0.10
+    # A p99 needs at least this many requests in a window (1% of them are the tail).
+    min_requests: int = 1000
+    # The generator's floor against the null server: closed at every profile level, open
+    # at these rates (floors between them are interpolated, never extrapolated).
+    calibration_warmup_s: float = 1.0
+    calibration_duration_s: float = 3.0
+    calibration_rates: tuple[float, ...] = (100.0, 400.0, 1600.0, 6400.0)
+    # The independent client (wrk) after each closed-loop REST level, same connections.
+    wrk_duration_s: int = 5
+    # SLO capacity by bisection over the open-loop rate: window, precision, trial cap.
+    capacity_duration_s: float = 6.0
+    capacity_precision: float = 0.05
+    capacity_max_trials: int = 8
+    # Open-loop arrivals: Poisson (MLPerf's Server scenario) or constant, and the seed.
+    arrivals: str = "poisson"
+    seed: int = 0
 
 
 PROFILES = {
-    # About 15 minutes on a 2-core box for TorchServe + Flask.
+    # About 20 minutes on a 2-core box for TorchServe and the two Flask stacks.
     "quick": Profile(
         name="quick",
         warmup_s=2.0,
         duration_s=8.0,
         repeats=3,
-        closed_users={1: (1, 4, 8, 16), 8: (4, 16)},
-        open_fractions=(0.25, 0.5, 0.75, 0.9),
+        closed_users={1: (1, 4, 16), 8: (16,)},
+        open_fractions=(),
         open_users=32,
         baseline_batches=(1, 8, 64),
         baseline_iterations=300,
@@ -62,5 +84,15 @@ PROFILES = {
         open_users=4,
         baseline_batches=(1,),
         baseline_iterations=20,
+        min_windows=1,
+        max_windows=1,
+        min_requests=0,
+        calibration_warmup_s=0.5,
+        calibration_duration_s=1.0,
+        calibration_rates=(50.0,),
+        wrk_duration_s=1,
+        capacity_duration_s=1.5,
+        capacity_precision=0.5,
+        capacity_max_trials=2,
     ),
 }

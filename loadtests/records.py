@@ -4,6 +4,7 @@ percentiles are rounded to 1 ms below 100 ms) and warm-up can be cut out afterwa
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 COLUMNS = ("start_s", "latency_ms", "service_ms", "ok", "server_ms", "error")
@@ -16,9 +17,18 @@ class RequestRecorder:
     from the request's scheduled start, not from when a free user finally sent it.
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, processes: int = 1) -> None:
         self.path = path
+        self.processes = processes
         self.rows: list[tuple] = []
+
+    def file_for(self, pid: int) -> Path:
+        """Where one process writes: `path` itself, or with several generator processes
+        (Locust's --processes) one file per process beside it (`<stem>.<pid>.csv`);
+        record_files() finds them all."""
+        if self.processes <= 1 or self.path is None:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}.{pid}{self.path.suffix}")
 
     def on_request(
         self,
@@ -54,8 +64,14 @@ class RequestRecorder:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as handle:
+        with open(self.file_for(os.getpid()), "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(COLUMNS)
             writer.writerows(self.rows)
         self.rows = []
+
+
+def record_files(path: Path) -> list[Path]:
+    """Every file a point's processes wrote for `path` (see RequestRecorder.file_for)."""
+    files = [path] if path.exists() else []
+    return files + sorted(path.parent.glob(f"{path.stem}.*{path.suffix}"))

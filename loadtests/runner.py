@@ -3,12 +3,13 @@
   python -m loadtests.runner sweep --profile quick      # what `make bench` runs
   python -m loadtests.runner point --stack flask_torch --protocol rest --users 8
 
-Servers are started here on free loopback ports, pinned to the server cores, unless
-`make deploy-local` already runs them (then they are used as they are, unpinned, and the
-environment block says so). Locust runs pinned to the other cores; its CPU and the
-server's CPU and memory are sampled for every point. Results go to results/<run-id>/:
-raw/ (per-request CSVs), points.jsonl (one line per measured point), environment.json,
-baselines.json, then summary.json and REPORT.md from loadtests.report.
+Servers are started here on free loopback ports, pinned to the server cores. Locust runs
+pinned to the other cores (one process per core, Locust's --processes); its CPU and the
+server's CPU and memory are sampled for every point. The sweep's phases (generator floor,
+interleaved levels with wrk beside them, SLO capacity search) are loadtests.sweep.
+Results go to results/<run-id>/: raw/ (per-request CSVs), points.jsonl (one line per
+window), levels.jsonl, floors.jsonl, capacity.jsonl, environment.json, baselines.json,
+then summary.json and REPORT.md from loadtests.report.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -33,6 +34,7 @@ from harness.lifecycle import RunningStack, skipped_reason, start_stack
 from harness.paths import timestamped_dir
 from loadtests import analysis, environment
 from loadtests.profiles import PROFILES, Profile
+from loadtests.records import record_files
 from loadtests.sampler import TreeSampler
 from loadtests.server_metrics import scrape
 from loadtests.settings import Mode
@@ -89,6 +91,17 @@ class Target:
     server_pid: int | None
     metrics_url: str | None = None
     device: str = CPU
+    # REST: the predict route and the headers (token included) for an independent client.
+    path: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.stack}/{self.protocol}/{self.device}"
+
+    @property
+    def url(self) -> str:
+        return self.host.rstrip("/") + self.path
 
     @property
     def user_class(self) -> str:
@@ -105,10 +118,11 @@ def target_for(
     """The load target behind one of the stack's clients: the client's route, headers
     (a token included) and address, passed to Locust as data."""
     env = {"LOADTEST_TARGET": f"{stack.name}/{client.protocol}"}
+    path, headers = "", {}
     if isinstance(client, RestClient):
-        host = client.base_url
-        env["LOADTEST_PATH"] = client.path
-        env["LOADTEST_HEADERS"] = json.dumps(client.headers)
+        host, path, headers = client.base_url, client.path, dict(client.headers)
+        env["LOADTEST_PATH"] = path
+        env["LOADTEST_HEADERS"] = json.dumps(headers)
     elif isinstance(client, TfServingGrpcClient):
         host = f"http://{client.target}"
         env["LOADTEST_GRPC_TARGET"] = client.target
@@ -116,7 +130,8 @@ def target_for(
         raise TypeError(f"{stack.name}: no load target for client {client!r}")
     if client.protocol not in stack.locust_users:
         raise ValueError(f"{stack.name} declares no Locust user for {client.protocol}")
-    return Target(stack.name, client.protocol, host, env, server_pid, metrics_url, device)
+    return Target(stack.name, client.protocol, host, env, server_pid, metrics_url, device,
+                  path, headers)
 
 
 def targets_of(running: RunningStack, device: str = CPU) -> list[Target]:
@@ -140,6 +155,12 @@ class Load:
         return f"{self.mode.value}-b{self.batch_size}-{level}"
 
 
+def generator_processes(generator_cores: list[int], generator_cpus: float | None = None) -> int:
+    """Locust processes for the generator's cores: one per core (Locust's own
+    --processes), so a many-core machine is not measured through one Python process."""
+    return max(1, int(generator_cpus) if generator_cpus else len(generator_cores))
+
+
 def run_point(
     target: Target,
     load: Load,
@@ -149,15 +170,23 @@ def run_point(
     generator_cores: list[int],
     repeat: int,
     generator_cpus: float | None = None,
+    neighbours: list[int] | None = None,
+    label: str = "",
 ) -> dict:
     """One headless Locust run; returns its point record (figures after warm-up).
 
-    generator_cpus: the CPUs Locust may use, when a quota rather than its cores bounds it
-    (a pod's CPU limit); len(generator_cores) if None.
+    Args:
+        generator_cpus: the CPUs Locust may use, when a quota rather than its cores bounds
+            it (a pod's CPU limit); len(generator_cores) if None.
+        neighbours: pids of other servers idling on the server cores meanwhile; their CPU
+            is sampled, so the report can show they did not disturb this point.
+        label: prefixes the raw file names (e.g. "floor" for the generator's floor runs).
     """
     name = f"{target.stack}-{target.protocol}-{target.device}-{load.slug}-rep{repeat}"
+    name = f"{label}-{name}" if label else name
     records = raw_dir / f"{name}.csv"
     run_s = profile.warmup_s + profile.duration_s
+    processes = generator_processes(generator_cores, generator_cpus)
     env = {
         **os.environ,
         **target.env,
@@ -167,6 +196,11 @@ def run_point(
         "LOADTEST_USERS": str(load.users),
         "LOADTEST_REFERENCE": str(paths.reference_predictions),
         "LOADTEST_RECORDS": str(records),
+        "LOADTEST_ARRIVALS": profile.arrivals,
+        "LOADTEST_SEED": str(profile.seed + repeat),
+        # Longer than the run: the schedule must not end before Locust's run time does.
+        "LOADTEST_SCHEDULE_S": str(run_s + 30),
+        "LOADTEST_PROCESSES": str(processes),
     }
     command = [
         "taskset", "-c", ",".join(map(str, generator_cores)),
@@ -177,6 +211,7 @@ def run_point(
         "-t", f"{math.ceil(run_s)}s", "--stop-timeout", "2",
         "--host", target.host,
         "--exit-code-on-error", "0",
+        *(["--processes", str(processes)] if processes > 1 else []),
         target.user_class,
     ]  # fmt: skip
     before = scrape(target.metrics_url) if target.metrics_url else {}
@@ -188,12 +223,14 @@ def run_point(
             if target.server_pid is not None:
                 server_sampler = sampling.enter_context(TreeSampler(target.server_pid))
             gen = sampling.enter_context(TreeSampler(locust.pid))
+            idle = [sampling.enter_context(TreeSampler(pid)) for pid in neighbours or []]
             code = locust.wait(timeout=run_s + 60)
     after = scrape(target.metrics_url) if target.metrics_url else {}
-    if code != 0 or not records.exists():
+    files = record_files(records)
+    if code != 0 or not files:
         raise RuntimeError(f"locust failed ({code}) for {name}; see {log}")
-    stats = analysis.point_stats(analysis.read_records([records]), profile.warmup_s,
-                                 load.batch_size)
+    stats = analysis.point_stats(analysis.read_records(files), profile.warmup_s,
+                                 load.batch_size, profile.duration_s)
     generator_capacity = 100.0 * (generator_cpus or len(generator_cores))
     point = {
         "stack": target.stack,
@@ -205,12 +242,18 @@ def run_point(
         "rate": load.rate if load.mode is Mode.OPEN else None,
         "repeat": repeat,
         "raw": records.name,
+        "warmup_s": profile.warmup_s,
+        "duration_s": profile.duration_s,
         **stats,
         "generator_cpu_pct": gen.samples.mean_cpu(),
         "generator_saturated": gen.samples.mean_cpu()
         >= analysis.GENERATOR_SATURATED_PCT / 100.0 * generator_capacity,
         "server_cpu_pct": server_sampler.samples.mean_cpu() if server_sampler else None,
         "server_rss_mb": server_sampler.samples.max_rss() if server_sampler else None,
+        "neighbours_cpu_pct": sum(n.samples.mean_cpu() for n in idle) if idle else None,
+        "generator_processes": processes,
+        "arrivals": profile.arrivals if load.mode is Mode.OPEN else None,
+        "seed": profile.seed + repeat if load.mode is Mode.OPEN else None,
     }
     point.update(load_stack(target.stack).server_timings(before, after))
     return point
@@ -261,98 +304,6 @@ def plan_runs(
                 reason = f"{stack.name} runs on {', '.join(stack.devices)}, not {device}"
             plan.append((stack, device, reason))
     return plan
-
-
-def sweep(
-    profile: Profile,
-    stacks: list[str],
-    paths: ArtifactPaths,
-    run_dir: Path,
-    devices: list[str] | None = None,
-) -> None:
-    devices = devices or default_devices(cuda_available())
-    raw_dir = run_dir / "raw"
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    server_cores, generator_cores = split_cores(usable_cores())
-    env_block = environment.describe(
-        {
-            "profile": profile.name,
-            "server_cores": server_cores,
-            "generator_cores": generator_cores,
-            "pinning": "taskset: servers and in-process baselines on server cores, "
-            "Locust on generator cores",
-            "warmup_s": profile.warmup_s,
-            "duration_s": profile.duration_s,
-            "repeats": profile.repeats,
-            "slo_p99_ms": profile.slo_p99_ms,
-            "devices": devices,
-            "model": model_block(paths),
-            "floor_paths": {name: load_stack(name).floor_path for name in stacks},
-            "stack_kinds": {name: stack_kind(load_stack(name)) for name in stacks},
-        }
-    )
-    print(f"bench: baselines in-process on cores {server_cores} ...", flush=True)
-    subprocess.run(
-        [
-            sys.executable, "-m", "loadtests.baselines",
-            "--artifacts", str(paths.root),
-            "--batches", ",".join(map(str, profile.baseline_batches)),
-            "--iterations", str(profile.baseline_iterations),
-            "--cores", ",".join(map(str, server_cores)),
-            "--out", str(run_dir / "baselines.json"),
-        ],
-        check=True,
-    )  # fmt: skip
-    points_file = run_dir / "points.jsonl"
-    skipped: dict[str, str] = {}
-    per_target = len(closed_loads(profile)) + len(profile.open_fractions)
-    plugins = [load_stack(name) for name in stacks]
-    planned = (
-        len(devices) * sum(len(s.protocols) for s in plugins) * per_target * profile.repeats
-    )
-    progress = Progress(planned, profile.warmup_s + profile.duration_s + 3)
-    print(f"bench: up to {planned} points; servers on cores {server_cores}, "
-          f"Locust on cores {generator_cores}", flush=True)
-    for stack, device, reason in plan_runs(plugins, devices):
-        key = f"{stack.name}/{device}"
-        if reason is not None:
-            skipped[key] = reason
-            progress.total -= len(stack.protocols) * per_target * profile.repeats
-            print(f"bench: {key} SKIPPED: {reason}", flush=True)
-            continue
-        with ExitStack() as exits:
-            running = start_stack(
-                stack, paths, run_dir / "servers" / device / stack.name, exits,
-                cores=server_cores, env=server_env(stack, device, cuda_available()),
-            )
-            env_block.setdefault("servers", {})[key] = server_settings(running)
-            for target in targets_of(running, device):
-                sweep_target(target, profile, paths, raw_dir, generator_cores,
-                             points_file, progress)
-    env_block["skipped"] = skipped
-    (run_dir / "environment.json").write_text(json.dumps(env_block, indent=2) + "\n")
-
-
-def sweep_target(
-    target: Target,
-    profile: Profile,
-    paths: ArtifactPaths,
-    raw_dir: Path,
-    generator_cores: list[int],
-    points_file: Path,
-    progress: Progress,
-    generator_cpus: float | None = None,
-) -> None:
-    """The profile's closed-loop levels, then its open-loop rates as fractions of the
-    closed-loop peak, against one target (local runs and loadtests.cluster alike)."""
-    peak = 0.0
-    for load in closed_loads(profile):
-        peak = max(peak, measure(target, load, profile, paths, raw_dir, generator_cores,
-                                 points_file, progress, generator_cpus))
-    for fraction in profile.open_fractions:
-        load = Load(Mode.OPEN, 1, profile.open_users, rate=round(peak * fraction))
-        measure(target, load, profile, paths, raw_dir, generator_cores, points_file,
-                progress, generator_cpus)
 
 
 def measure(target, load, profile, paths, raw_dir, generator_cores, points_file, progress,
@@ -441,6 +392,8 @@ def main() -> int:
     from loadtests.report import write_report
 
     if args.command == "sweep":
+        from loadtests.sweep import sweep
+
         devices = [d for d in args.devices.split(",") if d] or None
         sweep(PROFILES[args.profile], stacks, paths, run_dir, devices)
     else:

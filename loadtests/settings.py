@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from digitnet.env import env_float, env_int, env_str
+from digitnet.env import env_bool, env_float, env_int, env_str
 
 
 class Mode(StrEnum):
@@ -41,13 +41,24 @@ class LoadSettings:
     headers: dict[str, str] = field(default_factory=dict)
     # gRPC: host:port of a TF Serving-protocol PredictionService.
     grpc_target: str | None = None
+    # Open loop: the arrival process, its seed, how long its schedule runs, and how many
+    # generator processes share the rate.
+    arrivals: str = "poisson"
+    seed: int = 0
+    schedule_s: float = 3600.0
+    processes: int = 1
+    # Send only the first batch (the generator-floor runs: the null server's fixed reply
+    # is the right answer for that batch alone).
+    single_batch: bool = False
 
     @classmethod
     def from_env(cls) -> LoadSettings:
         """LOADTEST_BATCH_SIZE (1), LOADTEST_MODE (closed), LOADTEST_RATE (0),
         LOADTEST_USERS (1), LOADTEST_REFERENCE (artifacts/reference_predictions.json),
         LOADTEST_RECORDS (per-request CSV; unset: none), LOADTEST_TARGET (stack/protocol),
-        LOADTEST_PATH, LOADTEST_HEADERS (a JSON object), LOADTEST_GRPC_TARGET."""
+        LOADTEST_PATH, LOADTEST_HEADERS (a JSON object), LOADTEST_GRPC_TARGET,
+        LOADTEST_ARRIVALS (poisson|constant), LOADTEST_SEED (0), LOADTEST_SCHEDULE_S,
+        LOADTEST_PROCESSES (1), LOADTEST_SINGLE_BATCH (off)."""
         records = env_str("LOADTEST_RECORDS", "")
         headers = json.loads(env_str("LOADTEST_HEADERS", "{}"))
         if not isinstance(headers, dict):
@@ -63,4 +74,9 @@ class LoadSettings:
             path=env_str("LOADTEST_PATH", ""),
             headers={str(k): str(v) for k, v in headers.items()},
             grpc_target=env_str("LOADTEST_GRPC_TARGET", "") or None,
+            arrivals=env_str("LOADTEST_ARRIVALS", "poisson"),
+            seed=env_int("LOADTEST_SEED", 0),
+            schedule_s=env_float("LOADTEST_SCHEDULE_S", 3600.0),
+            processes=env_int("LOADTEST_PROCESSES", 1),
+            single_batch=env_bool("LOADTEST_SINGLE_BATCH", False),
         )

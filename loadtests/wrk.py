@@ -24,6 +24,8 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from loadtests.tools import probe
+
 INSTALL_HINT = "run scripts/install_tools.sh (Debian package wrk)"
 # A Locust figure more than this far from wrk's (relative to wrk) is flagged and kept out
 # of claims: the issue's tolerance; run-to-run spread on one idle machine is within ±10%.
@@ -64,16 +66,8 @@ def wrk_available() -> tuple[bool, str]:
     Returns:
         (True, version line) or (False, why not and how to get wrk).
     """
-    binary = wrk_binary()
-    if binary is None:
-        return False, f"wrk is not installed: {INSTALL_HINT}"
-    try:
-        done = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return False, f"wrk at {binary} does not run ({err}): {INSTALL_HINT}"
     # `wrk -v` prints its version and usage, and exits 1.
-    first = (done.stdout or done.stderr).strip().splitlines()
-    return True, first[0] if first else binary
+    return probe("wrk", wrk_binary(), INSTALL_HINT, exit_zero=False)
 
 
 def lua_string(data: bytes) -> str:

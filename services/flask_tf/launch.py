@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from digitnet.artifacts import ArtifactPaths
-from services.flask_torch.launch import FlaskStack
+from services.flask_torch.launch import HTTP, FlaskStack
 
 
 class FlaskTfStack(FlaskStack):
     """The SavedModel signature behind the Flask app."""
 
     name = "flask_tf"
+    # Beside flask_torch's 8000, so `make deploy-local` runs both.
+    default_ports = {HTTP: 8001}
     app_factory = "services.flask_tf.app:create_app()"
     required_modules = ("flask", "gunicorn", "tensorflow")
     floor_path = "SavedModel signature"

@@ -45,79 +45,58 @@ class ServedModel(Protocol):
     def predict_timed(self, images: np.ndarray) -> tuple[np.ndarray, float]: ...
 
 
-class TorchScriptModel:
-    """A TorchScript file served on one device, safe to call from gunicorn's threads."""
+class BackgroundLoadedModel:
+    """Loads once (create_app runs `load` in a background thread), then serves one
+    forward pass at a time: readiness, load errors and compute timing for every model
+    behind the Flask app. Subclasses say how to load (`_load`), how to turn a request's
+    images into the model's input (`_prepare`) and how to run it (`_run`)."""
 
-    def __init__(self, settings: Settings, loader: Loader = load_torchscript) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._loader = loader
-        self._module: torch.jit.ScriptModule | None = None
-        self._device: str | None = None
+        self._served: object | None = None
         self._load_error: str | None = None
         # Set once loading has finished, successfully or not, so waiters never hang.
         self._settled = threading.Event()
         # gevent runs requests in greenlets (tests in threads); one forward pass at a time
-        # keeps CPU use at torch_threads per worker, so workers x threads <= cores holds.
+        # keeps CPU use at the worker's threads, so workers x threads <= cores holds.
         self._compute_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
         """True once the model is loaded and warmed up; readiness probes read this."""
-        return self._settled.is_set() and self._module is not None
+        return self._settled.is_set() and self._served is not None
 
     @property
     def load_error(self) -> str | None:
         """Why loading failed, or None."""
         return self._load_error
 
-    @property
-    def device(self) -> str | None:
-        return self._device
+    def _load(self) -> tuple[object, str]:
+        """Loads and warms up the model; returns it and a line for the log."""
+        raise NotImplementedError
+
+    def _prepare(self, images: np.ndarray) -> object:
+        return images
+
+    def _run(self, served: object, prepared: object) -> np.ndarray:
+        raise NotImplementedError
 
     def load(self) -> None:
-        """Loads the TorchScript file, sets torch's threads, warms up, then sets `ready`.
+        """Loads and warms up, then sets `ready`.
 
         A failure is logged and kept in `load_error` (readiness then stays 503 and says
         why) instead of being raised into a background thread where nobody would see it.
         """
         try:
-            device = select_device(self.settings.device, torch.cuda.is_available())
-            # Process-wide: torch applies it to each thread on that thread's first parallel
-            # op, and request threads run none before the model is ready.
-            torch.set_num_threads(self.settings.torch_threads)
             started = time.perf_counter()
-            module = self._loader(self.settings.model_path, device)
-            self._warm_up(module, device)
-            self._device = device
-            self._module = module
-            log.info(
-                "model %s loaded on %s with %d torch thread(s) in %.2f s",
-                self.settings.model_path,
-                device,
-                torch.get_num_threads(),
-                time.perf_counter() - started,
-            )
+            served, what = self._load()
+            self._served = served
+            log.info("%s in %.2f s", what, time.perf_counter() - started)
         except Exception as err:  # noqa: BLE001 - reported through readiness, see docstring
             self._load_error = f"{type(err).__name__}: {err}"
             log.exception("model %s failed to load", self.settings.model_path)
         finally:
             self._settled.set()
-
-    def _warm_up(self, module: torch.jit.ScriptModule, device: str) -> None:
-        spec = self.settings.spec
-        # Both ends of the allowed batch range, so neither the first single-image request
-        # nor the first full batch pays for TorchScript's profiling runs.
-        batch_sizes = sorted({1, self.settings.limits.max_batch})
-        with torch.inference_mode():
-            for _ in range(self.settings.warmup_iterations):
-                for batch in batch_sizes:
-                    images = torch.zeros((batch, spec.side, spec.side), device=device)
-                    logits = module(images)
-                    if tuple(logits.shape) != (batch, spec.num_classes):
-                        raise ValueError(
-                            f"model returns shape {tuple(logits.shape)} for {batch} images, "
-                            f"expected ({batch}, {spec.num_classes}): wrong model file?"
-                        )
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Blocks until loading has finished (or `timeout_s` passed); returns `ready`."""
@@ -131,16 +110,62 @@ class TorchScriptModel:
         Raises:
             ModelNotReady: if the model is not loaded.
         """
-        module, device = self._module, self._device
-        if module is None or device is None:
+        served = self._served
+        if served is None:
             raise ModelNotReady(self._load_error or "model is still loading")
-        tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        with self._compute_lock, torch.inference_mode():
+        prepared = self._prepare(np.ascontiguousarray(images, dtype=np.float32))
+        with self._compute_lock:
             started = time.perf_counter()
-            logits = module(tensor.to(device)).cpu().numpy()
+            logits = self._run(served, prepared)
             elapsed = time.perf_counter() - started
         return logits, elapsed
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Logits float32 [N, classes] for float32 [N, side, side] images."""
         return self.predict_timed(images)[0]
+
+    def _check_shape(self, logits_shape: tuple, batch: int) -> None:
+        expected = (batch, self.settings.spec.num_classes)
+        if tuple(logits_shape) != expected:
+            raise ValueError(f"model returns shape {tuple(logits_shape)} for {batch} images, "
+                             f"expected {expected}: wrong model file?")
+
+    def _warmup_batches(self) -> list[int]:
+        # Both ends of the allowed batch range, so neither the first single-image request
+        # nor the first full batch pays for the framework's first-run work.
+        return sorted({1, self.settings.limits.max_batch}) * self.settings.warmup_iterations
+
+
+class TorchScriptModel(BackgroundLoadedModel):
+    """A TorchScript file served on one device, safe to call from gunicorn's threads."""
+
+    def __init__(self, settings: Settings, loader: Loader = load_torchscript) -> None:
+        super().__init__(settings)
+        self._loader = loader
+        self._device: str | None = None
+
+    @property
+    def device(self) -> str | None:
+        return self._device
+
+    def _load(self) -> tuple[object, str]:
+        device = select_device(self.settings.device, torch.cuda.is_available())
+        # Process-wide: torch applies it to each thread on that thread's first parallel op,
+        # and request threads run none before the model is ready.
+        torch.set_num_threads(self.settings.torch_threads)
+        module = self._loader(self.settings.model_path, device)
+        side = self.settings.spec.side
+        with torch.inference_mode():
+            for batch in self._warmup_batches():
+                self._check_shape(module(torch.zeros((batch, side, side), device=device)).shape,
+                                  batch)  # fmt: skip
+        self._device = device
+        return module, (f"model {self.settings.model_path} loaded on {device} with "
+                        f"{torch.get_num_threads()} torch thread(s)")
+
+    def _prepare(self, images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(images)
+
+    def _run(self, served, prepared: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return served(prepared.to(self._device)).cpu().numpy()

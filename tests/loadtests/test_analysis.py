@@ -77,3 +77,19 @@ def test_slo_capacity_ignores_failing_and_saturated_points():
     ]
     assert analysis.max_rps_under_slo(points, 50.0)["rps"] == 300
     assert analysis.max_rps_under_slo(points, 5.0) is None
+
+
+def test_the_window_ends_at_the_planned_run_time(tmp_path):
+    """Requests sent during Locust's stop sequence (after the run time, while users finish
+    under --stop-timeout) are late because of the generator: they are cut."""
+    path = tmp_path / "stop.csv"
+    rows = [(t / 10, 5.0, 5.0) for t in range(0, 100)]  # 10 s of requests, 5 ms each
+    rows += [(8.0 + t / 100, 120.0, 5.0) for t in range(1, 20)]  # late sends after 8 s
+    with open(path, "w") as handle:
+        handle.write("start_s,latency_ms,service_ms,ok,server_ms,error\n")
+        handle.writelines(f"{s:.3f},{lat},{svc},1,,\n" for s, lat, svc in rows)
+    records = analysis.read_records([path])
+    whole = analysis.point_stats(records, warmup_s=2.0, batch_size=1)
+    planned = analysis.point_stats(records, warmup_s=2.0, batch_size=1, duration_s=6.0)
+    assert whole["lateness_p99_ms"] > 100
+    assert planned["lateness_p99_ms"] == 0 and planned["window_s"] == 6.0

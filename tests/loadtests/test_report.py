@@ -107,3 +107,335 @@ def test_rebuilt_report_recomputes_figures_from_raw_records(tmp_path):
     refreshed = summary_points[0]
     assert refreshed["p99_ms"] == pytest.approx(2.0)
     assert refreshed["rps"] == pytest.approx(50.0, rel=0.05)
+
+
+# --- runs of loadtests.sweep: floors, levels with wrk, capacity brackets ------------------
+
+SLO = 50.0
+FLOOR_RULE = "A point is generator-bound when ... (rule text from calibration.rule_text())."
+
+
+def window(stack, users, rps, p50, p99, repeat, protocol="rest", share=0.05, used=0.1,
+           bound=False, phase="sweep", mode="closed", rate=None, lateness=0.0):
+    """One Locust window as the sweep writes it; drift and neighbours repeat every three."""
+    k = repeat % 3
+    return point(stack, mode, users, rps, p99, rate=rate, repeat=repeat) | {
+        "protocol": protocol, "p50_ms": p50, "phase": phase,
+        "generator_share": share, "generator_tail_share": share / 2,
+        "generator_ceiling_used": used, "generator_bound": bound,
+        "generator_calibrated": True,
+        "generator_reason": ("generator floor is 35% of p50 (limit 25%)" if bound
+                             else "generator share and ceiling within limits"),
+        "lateness_p50_ms": lateness / 2, "lateness_p99_ms": lateness,
+        "generator_fell_behind": lateness > 0.1 * SLO, "arrivals": "poisson", "seed": 7,
+        "neighbours_cpu_pct": 0.2 + k * 0.3, "generator_processes": 1,
+        "drift": {"calibration_before_us": 1000.0 + 50 * k,
+                  "calibration_after_us": 1020.0 + 40 * k,
+                  "calibration_change": 0.02 - 0.01 * k, "steal_share": 0.001 * k,
+                  "drift_interval_s": 11.0},
+    }  # fmt: skip
+
+
+def wrk_result(rps, p50, p90, p99):
+    return {"url": "http://127.0.0.1:1/x", "connections": 1, "threads": 1, "duration_s": 5.0,
+            "requests": int(rps * 5), "rps": rps, "goodput_rps": rps, "p50_ms": p50,
+            "p90_ms": p90, "p99_ms": p99, "max_ms": p99 * 2, "mean_ms": p50,
+            "status_errors": 0, "connect_errors": 0, "read_errors": 0, "write_errors": 0,
+            "timeouts": 0, "socket_errors": 0, "cores": [1]}  # fmt: skip
+
+
+def level(stack, users, windows, protocol="rest", stable=True, reason="within ±10%", tool=None,
+          skipped=None):
+    """A levels.jsonl line; the divergence is computed from the windows' medians, as the
+    sweep does (loadtests.wrk.compare_clients)."""
+    from statistics import median
+
+    from loadtests.wrk import compare_clients
+
+    divergence = None
+    if tool is not None:
+        locust = {k: median(w[k] for w in windows) for k in ("rps", "p50_ms")}
+        divergence = compare_clients(locust, {"rps": tool["goodput_rps"],
+                                              "p50_ms": tool["p50_ms"]}).to_json()
+    return {"stack": stack, "protocol": protocol, "device": "cpu", "batch_size": 1,
+            "mode": "closed", "users": users, "rate": None, "stable": stable,
+            "stability_reason": reason, "windows": len(windows), "wrk": tool,
+            "wrk_skipped": skipped, "divergence": divergence}  # fmt: skip
+
+
+def trial(rate, p99, passed, reason="meets the objective", lateness=0.5, invalid=False):
+    figures = {"rate": rate, "p50_ms": p99 / 3, "p99_ms": p99, "rps": rate * 0.99,
+               "lateness_p99_ms": lateness, "generator_share": 0.04,
+               "generator_fell_behind": lateness > 0.1 * SLO}  # fmt: skip
+    return {"rate": rate, "p99_ms": p99, "requests": int(rate * 6), "failures": 0,
+            "passed": passed, "reason": reason, "invalid": invalid, "figures": figures}
+
+
+def bracket(target, peak, trials, passing, failing):
+    stack, protocol, device = target.split("/")
+    by_rate = {t["rate"]: t for t in trials}
+    return {"target": target, "stack": stack, "protocol": protocol, "device": device,
+            "slo_p99_ms": SLO, "closed_peak_rps": peak, "passing": by_rate[passing],
+            "failing": by_rate[failing], "trials": trials, "n_trials": len(trials),
+            "precision": 0.05, "precision_reached": True, "width": failing / passing - 1,
+            "reason": "capacity within 5%"}  # fmt: skip
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def sweep_run(tmp_path, calibrated=True):
+    """A run as loadtests.sweep writes it, with one of each flag:
+
+    - flask_torch at 1 user is generator-bound (share 35%); at 16 users unstable, and wrk
+      sees gevent's saturation tail (p90 28, p99 80 ms) that Locust does not;
+    - torchserve at 16 users is off wrk by -39% in req/s (flagged);
+    - torchserve/grpc has no wrk (gRPC), so its claim is not cross-checked;
+    - capacity brackets [1800, 1890) for Flask and [2400, 2520) for TorchServe.
+    """
+    figures = {  # (stack, protocol, users) -> windows' (rps, p50, p99), generator fields
+        ("flask_torch", "rest", 1): ([(1000, 0.60, 4.0), (1050, 0.62, 4.2), (1100, 0.64, 4.4)],
+                                     {"share": 0.35, "used": 0.2, "bound": True}),
+        ("flask_torch", "rest", 4): ([(2000, 1.9, 5.0), (2050, 2.0, 5.2), (2100, 2.1, 5.4)], {}),
+        ("flask_torch", "rest", 16): ([(2300, 7.0, 20), (2700, 6.0, 40), (2100, 8.0, 25)], {}),
+        ("torchserve", "rest", 1): ([(140, 6.6, 11), (145, 6.7, 12), (150, 6.8, 13)], {}),
+        ("torchserve", "rest", 4): ([(1950, 1.95, 6.0), (2000, 2.0, 6.2), (2150, 2.05, 6.4)],
+                                    {}),
+        ("torchserve", "rest", 16): ([(2500, 6.2, 9), (2550, 6.3, 9.5), (2600, 6.4, 10)], {}),
+        ("torchserve", "grpc", 1): ([(300, 3.0, 5), (310, 3.1, 5.5), (320, 3.2, 6)], {}),
+    }  # fmt: skip
+    points, windows_of = [], {}
+    for (stack, protocol, users), (values, extra) in figures.items():
+        windows_of[stack, protocol, users] = [
+            window(stack, users, rps, p50, p99, i, protocol=protocol, **extra)
+            for i, (rps, p50, p99) in enumerate(values)
+        ]
+        points += windows_of[stack, protocol, users]
+    flask_trials = [
+        trial(525, 6, True), trial(3150, 300, False, "p99 300.0 ms > 50 ms"),
+        trial(1286, 8, True),
+        trial(2012, 40, False, "invalid: the generator fell behind its schedule (send "
+              "lateness p99 9.0 ms)", lateness=9.0, invalid=True),
+        trial(1608, 10, True), trial(1800, 30, True),
+        trial(1890, 62, False, "p99 62.0 ms > 50 ms"),
+    ]  # fmt: skip
+    torch_trials = [
+        trial(650, 7, True), trial(3900, 900, False, "p99 900.0 ms > 50 ms"),
+        trial(2400, 35, True), trial(2709, 120, False, "p99 120.0 ms > 50 ms"),
+        trial(2520, 70, False, "p99 70.0 ms > 50 ms"),
+    ]  # fmt: skip
+    for target, trials in (("flask_torch", flask_trials), ("torchserve", torch_trials)):
+        points += [window(target, 32, t["rate"], t["p99_ms"] / 3, t["p99_ms"], i,
+                          phase="capacity", mode="open", rate=t["rate"],
+                          lateness=t["figures"]["lateness_p99_ms"])
+                   for i, t in enumerate(trials)]  # fmt: skip
+    write_jsonl(tmp_path / "points.jsonl", points)
+    write_jsonl(tmp_path / "levels.jsonl", [
+        level("flask_torch", 1, windows_of["flask_torch", "rest", 1],
+              tool=wrk_result(2200, 0.40, 0.6, 2.9)),
+        level("flask_torch", 4, windows_of["flask_torch", "rest", 4],
+              tool=wrk_result(2100, 1.95, 3.0, 6.0)),
+        level("flask_torch", 16, windows_of["flask_torch", "rest", 16], stable=False,
+              reason="unstable after 3 windows: rps spreads ±17% around its median (> ±10%)",
+              tool=wrk_result(2450, 6.5, 28.0, 80.0)),
+        level("torchserve", 1, windows_of["torchserve", "rest", 1],
+              tool=wrk_result(150, 6.5, 8.0, 10.0)),
+        level("torchserve", 4, windows_of["torchserve", "rest", 4],
+              tool=wrk_result(2050, 1.98, 3.0, 6.5)),
+        level("torchserve", 16, windows_of["torchserve", "rest", 16],
+              tool=wrk_result(4200, 3.8, 6.0, 8.5)),
+        level("torchserve", 1, windows_of["torchserve", "grpc", 1], protocol="grpc",
+              skipped="gRPC: wrk speaks HTTP only"),
+    ])  # fmt: skip
+    write_jsonl(tmp_path / "capacity.jsonl", [
+        bracket("flask_torch/rest/cpu", 2050, flask_trials, 1800, 1890),
+        bracket("torchserve/rest/cpu", 2550, torch_trials, 2400, 2520),
+    ])  # fmt: skip
+    if calibrated:
+        write_jsonl(tmp_path / "floors.jsonl", [
+            {"target": f"{stack}/rest/cpu", "batch_size": 1, "mode": mode, "users": users,
+             "rate": rate, "p50_ms": p50, "p99_ms": p50 * 2.5, "rps": rps, "requests": 1000}
+            for stack in ("flask_torch", "torchserve")
+            for mode, users, rate, p50, rps in (
+                ("closed", 1, None, 0.21, 5200.0), ("closed", 4, None, 0.45, 8600.0),
+                ("closed", 16, None, 1.5, 9700.0), ("open", 32, 800.0, 0.3, 800.0))
+        ])  # fmt: skip
+    (tmp_path / "environment.json").write_text(json.dumps({
+        "profile": "quick", "warmup_s": 2, "duration_s": 8, "repeats": 3, "slo_p99_ms": SLO,
+        "server_cores": [0], "generator_cores": [1], "cpu_model": "test cpu",
+        "generator_processes": 1, "generator_note": "one generator core: Locust runs as one "
+        "process", "arrivals": {"kind": "poisson", "seed": 7},
+        "tools": {"nginx": "nginx version: nginx/1.22.1" if calibrated else
+                  "missing: nginx is not installed: run scripts/install_tools.sh",
+                  "wrk": "wrk 4.1.0 [epoll] Copyright (C) 2012 Will Glozer"},
+        "calibrated": calibrated,
+        "calibration_reason": "calibrated against nginx answering each stack's own reply"
+        if calibrated else "nginx is missing, so the generator was not calibrated: "
+        "nginx is not installed: run scripts/install_tools.sh",
+        "generator_rule": FLOOR_RULE, "divergence_limit": 0.15,
+        "lateness_share_of_slo": 0.10, "max_error_rate": 0.001,
+        "stability": {"min_windows": 3, "max_windows": 4, "tolerance": 0.10,
+                      "min_requests": 1000},
+        "capacity_search": {"precision": 0.05, "max_trials": 8}, "interleaved": True,
+        "neighbour_note": "every stack runs for the whole sweep, idle on the server cores",
+        "servers": {"flask_torch/cpu": {"worker_processes": 1, "worker_class": "gevent"},
+                    "torchserve/cpu": {"worker_processes": 1}},
+        "skipped": {},
+    }))  # fmt: skip
+    (tmp_path / "baselines.json").write_text(json.dumps([
+        {"path": "TorchScript", "batch_size": 1, "p50_us": 40.0, "p99_us": 50.0}]))
+    return tmp_path
+
+
+def section(report, title):
+    """The text of one `## title` section of REPORT.md."""
+    start = report.index(f"## {title}")
+    end = report.find("\n## ", start + 3)
+    return report[start:end if end != -1 else None]
+
+
+def line_with(text, *needles):
+    (line,) = [x for x in text.splitlines() if all(n in x for n in needles)]
+    return line
+
+
+def test_environment_shows_the_generator_floor_tools_drift_and_neighbours(tmp_path):
+    report = write_report(sweep_run(tmp_path)).read_text()
+    env = section(report, "Environment")
+    assert "| flask_torch/rest/cpu | 1 | closed | 1 | – | 0.210 | 0.525 | 5200 | 1000 |" in env
+    assert "| torchserve/rest/cpu | 1 | open | 32 | 800 | 0.300 | 0.750 | 800 | 1000 |" in env
+    assert "Calibrated: calibrated against nginx answering each stack's own reply." in env
+    assert f"**Generator-bound rule.** {FLOOR_RULE}" in env
+    assert "| generator processes | 1: one generator core: Locust runs as one process |" in env
+    assert "| open-loop arrivals | poisson, seed 7 |" in env
+    assert "| wrk | wrk 4.1.0" in env and "| nginx | nginx version" in env
+    # Drift: the loop took 1000-1100 us over the run (windows 0-2 of every level).
+    assert "the loop took 1000–1100 µs, so absolute figures may have drifted by about 10%" in env
+    assert "changed by +0% to +2% within a window" in env
+    assert "highest CPU steal share was 0.2%" in env
+    assert "highest CPU while a point ran: 0.8% of one core" in env
+    assert "(median 0.5%). Every stack runs for the whole sweep, idle on the server cores." in env
+
+
+def test_an_uncalibrated_run_says_so_plainly(tmp_path):
+    report = write_report(sweep_run(tmp_path, calibrated=False)).read_text()
+    assert ("**UNCALIBRATED: nginx is missing, so the generator was not calibrated: nginx is "
+            "not installed: run scripts/install_tools.sh**") in report  # fmt: skip
+    assert "Floor table: not measured in this run." in report
+    assert "| nginx | **missing: nginx is not installed" in report
+
+
+def test_a_generator_bound_level_is_flagged_and_never_a_headline_or_claim(tmp_path):
+    run = sweep_run(tmp_path)
+    report = write_report(run).read_text()
+    heads = {h["target"]: h for h in json.loads((run / "summary.json").read_text())["headline"]}
+    flask = heads["flask_torch/rest/cpu"]
+    # Flask's 1-user level (p50 0.62 ms) is the generator's: the headline starts at 4 users.
+    assert flask["lowest_users"] == 4 and flask["p50_ms_1_user"] == pytest.approx(2.0)
+    assert "left out: 1 user: generator-bound" in flask["checks"]
+    levels = section(report, "Every load level")
+    flask_rows = levels[levels.index("### flask_torch / rest / cpu / batch 1 / closed"):]
+    assert "| 35% / 20% ⚠ generator-bound |" in line_with(flask_rows, "| 1 | 1050 (1000–1100)")
+    assert "| 5% / 10% |" in line_with(flask_rows, "| 4 | 2050 (2000–2100)")
+    light = line_with(section(report, "Which to choose when"), "Lowest latency at light load")
+    assert "Left out: flask_torch/rest/cpu at 1 user: generator-bound" in light
+    assert "flask_torch/rest/cpu (" not in light.split("Left out")[0]
+
+
+def test_wrk_column_sits_beside_locust_and_marks_divergence(tmp_path):
+    report = write_report(sweep_run(tmp_path)).read_text()
+    levels = section(report, "Every load level")
+    torch_rows = levels[levels.index("### torchserve / rest / cpu / batch 1 / closed"):]
+    agreed = line_with(torch_rows, "| 4 | 2000 (1950–2150)")
+    assert agreed.endswith("| 2050 | 1.98 / 6.50 | req/s -2%, p50 +1% |")
+    diverged = line_with(torch_rows, "| 16 | 2550 (2500–2600)")
+    assert diverged.endswith("| 4200 | 3.80 / 8.50 | req/s -39%, p50 +66% ⚠ > 15% |")
+    # A flagged level carries no claim: TorchServe's peak claim rests on its 4-user level.
+    peak = line_with(section(report, "Which to choose when"), "Highest throughput")
+    assert "torchserve/rest/cpu at 16 users: diverges from wrk" in peak
+    heads = section(report, "Headline")
+    assert "peak: ⚠ diverges from wrk" in line_with(heads, "| torchserve/rest/cpu |")
+
+
+def test_a_skipped_wrk_says_why_and_the_claim_is_not_cross_checked(tmp_path):
+    report = write_report(sweep_run(tmp_path)).read_text()
+    levels = section(report, "Every load level")
+    grpc_rows = levels[levels.index("### torchserve / grpc / cpu / batch 1 / closed"):]
+    assert line_with(grpc_rows, "| 1 | 310 (300–320)").endswith(
+        "| wrk skipped: gRPC: wrk speaks HTTP only | – | – |")
+    light = line_with(section(report, "Which to choose when"), "Lowest latency at light load")
+    assert "torchserve/grpc/cpu (p50 3.10 ms, windows 3.00–3.20 at 1 user) [not " \
+        "cross-checked with wrk: gRPC: wrk speaks HTTP only]" in light  # fmt: skip
+    # Separated ranges rank: gRPC's slowest window (3.2 ms) beats REST's fastest (6.6 ms).
+    assert light.index("torchserve/grpc/cpu") < light.index("ahead of torchserve/rest/cpu")
+
+
+def test_capacity_bracket_and_headline_capacity_from_it(tmp_path):
+    run = sweep_run(tmp_path)
+    report = write_report(run).read_text()
+    heads = {h["target"]: h for h in json.loads((run / "summary.json").read_text())["headline"]}
+    assert heads["torchserve/rest/cpu"]["max_rps_under_slo"] == 2400
+    assert heads["torchserve/rest/cpu"]["capacity_failing_rps"] == 2520
+    assert heads["torchserve/rest/cpu"]["capacity_source"] == "search"
+    assert "| 2400–2520 (bracket) |" in line_with(section(report, "Headline"),
+                                                  "| torchserve/rest/cpu |")  # fmt: skip
+    capacity = section(report, "SLO capacity")
+    row = line_with(capacity, "| flask_torch/rest/cpu | [1800, 1890)")
+    assert "| 1800 req/s: p99 30.00, errors 0.00% |" in row
+    assert "| 1890 req/s: p99 62.00, errors 0.00%, p99 62.0 ms > 50 ms |" in row
+    assert "| reached: width 5.0% (goal 5%) | 7: capacity within 5% |" in row
+    behind = line_with(capacity, "| 4 | 2012 |")
+    assert "| 9.00 ⚠ generator fell behind |" in behind and "failed: invalid" in behind
+    assert "| 30.00 | 10800 | 0 | 0.50 | 4% | passed |" in line_with(capacity, "| 6 | 1800 |")
+    # Non-overlapping brackets rank: TorchServe passed 2400, above Flask's failing 1890.
+    most = line_with(section(report, "Which to choose when"), "Most capacity")
+    assert most.startswith("- **Most capacity under the p99 objective**: torchserve/rest/cpu "
+                           "([2400, 2520) req/s), ahead of flask_torch/rest/cpu")  # fmt: skip
+    framework = section(report, "Framework x server")
+    assert "torchserve: 6.70 ms, 2550 req/s, 2400–2520 (bracket) under objective" in framework
+
+
+def test_an_unstable_level_is_flagged_and_left_out_of_claims(tmp_path):
+    report = write_report(sweep_run(tmp_path)).read_text()
+    levels = section(report, "Every load level")
+    row = line_with(levels, "| 16 | 2300 (2100–2700)")
+    assert "| ⚠ unstable: unstable after 3 windows: rps spreads ±17%" in row
+    assert "| yes (3 windows) |" in line_with(levels, "| 4 | 2050 (2000–2100)")
+    peak = line_with(section(report, "Which to choose when"), "Highest throughput")
+    assert "flask_torch/rest/cpu at 16 users: unstable" in peak
+    # What is left overlaps: Flask 2000-2100 at 4 users, TorchServe 1950-2150 at 4 users.
+    assert "no significant difference between flask_torch/rest/cpu (2050 req/s, windows " \
+        "2000–2100 at 4 users) and torchserve/rest/cpu (2000 req/s" in peak  # fmt: skip
+    flags = section(report, "Flags")
+    assert "- 1 load level(s) unstable" in flags and "- 1 load level(s) generator-bound" in flags
+    # Flask at 1 user (generator-bound) and TorchServe at 16 users.
+    assert "- 2 load level(s) off wrk beyond the divergence limit" in flags
+    assert "- 1 capacity trial(s) where the generator fell behind" in flags
+
+
+def test_flask_section_shows_the_worker_class_tail_measured_by_wrk(tmp_path):
+    flask = section(write_report(sweep_run(tmp_path)).read_text(), "Flask")
+    assert "| flask_torch | gevent | 16 users | 2450 | 28.00 | 80.00 | 25.00 |" in flask
+    assert "gevent p90 28 ms, p99 80 ms vs sync p99 6.3 ms" in flask
+    assert "32 slow clients starved normal requests" in flask
+    assert ("flask_torch runs `gevent`, chosen for slow-client protection; its tail under "
+            "saturation is the price: in this run wrk measured p90 28.00 ms and p99 80.00 ms "
+            "at 16 connections, where Locust read p99 25.00 ms") in flask  # fmt: skip
+
+
+def test_plots_of_a_sweep_run_are_written(tmp_path):
+    run = sweep_run(tmp_path)
+    report = write_report(run).read_text()
+    for image in ("latency_vs_throughput.png", "open_loop_latency.png"):
+        assert (run / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+        assert f"]({image})" in report
+
+
+def test_an_old_run_says_what_it_did_not_measure(tmp_path):
+    report = write_report(saved_run(tmp_path)).read_text()
+    for what in ("Generator calibration", "Floor table", "Drift", "Neighbours' CPU",
+                 "Capacity search", "Worker class",
+                 "Stability verdicts and the independent client (wrk)"):
+        assert f"{what}: not measured in this run" in report, what
+    assert "wrk skipped" not in report  # no wrk column without levels.jsonl

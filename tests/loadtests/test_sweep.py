@@ -1,0 +1,53 @@
+"""A short end-to-end sweep (seconds per window) against a real Flask server: the
+generator's floor against nginx, a level cross-checked by wrk, the SLO capacity search,
+every window annotated. Skipped, with the reason, where nginx or wrk is missing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loadtests.null_server import nginx_available
+from loadtests.profiles import PROFILES
+from loadtests.sweep import sweep
+from loadtests.wrk import wrk_available
+
+pytestmark = pytest.mark.integration
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_smoke_sweep_calibrates_cross_checks_and_searches(artifacts, tmp_path) -> None:
+    for ok, why in (nginx_available(), wrk_available()):
+        if not ok:
+            pytest.skip(why)
+    sweep(PROFILES["smoke"], ["flask_torch"], artifacts, tmp_path, ["cpu"],
+          baselines=lambda run: None)  # fmt: skip
+
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["calibrated"] is True and env["interleaved"] is True
+    assert env["arrivals"] == {"kind": "poisson", "seed": 0}
+    assert env["servers"]["flask_torch/cpu"]["worker_class"] == "gevent"
+    floors = lines(tmp_path / "floors.jsonl")
+    assert {(f["mode"], f["users"]) for f in floors} >= {("closed", 2), ("open", 4)}
+    assert all(f["rps"] > 0 and f["p50_ms"] > 0 for f in floors)
+
+    (level,) = lines(tmp_path / "levels.jsonl")
+    assert level["wrk"]["requests"] > 0 and level["wrk"]["socket_errors"] == 0
+    assert level["divergence"]["limit"] == 0.15 and level["wrk_skipped"] is None
+
+    (search,) = lines(tmp_path / "capacity.jsonl")
+    assert search["n_trials"] >= 1 and search["trials"][0]["rate"] > 0
+    points = lines(tmp_path / "points.jsonl")
+    assert {p["phase"] for p in points} == {"sweep", "capacity"}
+    for point in points:
+        assert point["requests"] > 0 and point["failures"] == 0, point
+        assert point["generator_reason"] and "calibration_change" in point["drift"]
+    closed = next(p for p in points if p["phase"] == "sweep")
+    # Calibrated at the same load: the share is a real number, not "uncalibrated".
+    assert closed["generator_calibrated"] and closed["generator_share"] > 0
+    opened = [p for p in points if p["phase"] == "capacity"]
+    assert all(p["arrivals"] == "poisson" and p["lateness_p99_ms"] >= 0 for p in opened)
