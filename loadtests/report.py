@@ -15,7 +15,7 @@ import argparse
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,8 @@ class RunData:
     floors: list[dict]
     levels: list[dict]
     capacity: list[dict]
+    # wrk against a Flask stack with each gunicorn worker class (loadtests.sweep).
+    worker_classes: list[dict] = field(default_factory=list)
 
     @property
     def slo(self) -> float:
@@ -95,6 +97,7 @@ def load_run(run_dir: Path) -> RunData:
         read_jsonl(run_dir / "floors.jsonl"),
         read_jsonl(run_dir / "levels.jsonl"),
         read_jsonl(run_dir / "capacity.jsonl"),
+        read_jsonl(run_dir / "worker_classes.jsonl"),
     )
 
 
@@ -289,6 +292,7 @@ def capacity_figures(
             "max_rps_under_slo_mode": "open",
             "capacity_failing_rps": failing["rate"] if failing else None,
             "capacity_source": "search",
+            "capacity_generator_limited": generator_limited(row),
             "capacity_precision_reached": row.get("precision_reached"),
             "capacity_trials": row.get("n_trials", len(row.get("trials", []))),
         }
@@ -315,6 +319,9 @@ def capacity_text(h: dict) -> str:
     """A headline's capacity cell: the bracket where the search ran."""
     passing, failing = h.get("max_rps_under_slo"), h.get("capacity_failing_rps")
     if h.get("capacity_source") == "search":
+        if h.get("capacity_generator_limited"):
+            floor = f"≥ {passing:.0f}" if passing is not None else "not measured"
+            return f"{floor} (generator-limited above)"
         if passing is None:
             return f"below {fmt(failing, 0)} (no rate passed)"
         if failing is None:
@@ -688,7 +695,46 @@ def flask_section(data: RunData, records: list[dict]) -> list[str]:
             sentences.append(
                 f"- {stack} runs `{worker}`, not the project's default `gevent`: {measured}."
             )
-    return md + [""] + sentences
+    return md + [""] + sentences + worker_class_comparison(data.worker_classes)
+
+
+def worker_class_comparison(runs: list[dict]) -> list[str]:
+    """The same stack and load under each gunicorn worker class, measured by wrk: the
+    data the configured class is chosen from."""
+    measured = [r for r in runs if r.get("wrk")]
+    if not measured:
+        return []
+    stack, connections = measured[0]["stack"], measured[0]["connections"]
+    md = [
+        "",
+        f"Each worker class on {stack}, wrk at {connections} connections (batch 1), one "
+        "after the other on the same cores:",
+        "",
+        "| worker class | configured | wrk req/s | wrk p50 ms | wrk p90 ms | wrk p99 ms |",
+        "|" + " --- |" * 6,
+    ]
+    for run in measured:
+        w = run["wrk"]
+        md.append(f"| {run['worker_class']} | {'yes' if run.get('configured') else 'no'} | "
+                  f"{fmt(w.get('goodput_rps'), 0)} | {fmt(w.get('p50_ms'))} | "
+                  f"{fmt(w.get('p90_ms'))} | {fmt(w.get('p99_ms'))} |")  # fmt: skip
+    configured = next((r for r in measured if r.get("configured")), None)
+    if configured:
+        tails = {r["worker_class"]: r["wrk"]["p99_ms"] for r in measured}
+        best = min(tails, key=tails.get)
+        md += ["", (
+            f"- The default stays `{configured['worker_class']}`: "
+            + (f"its saturation tail is the shortest here (p99 {fmt(tails[best])} ms)"
+               if best == configured["worker_class"] else
+               f"its saturation tail (p99 {fmt(tails[configured['worker_class']])} ms) is "
+               f"longer than `{best}`'s ({fmt(tails[best])} ms), the price of slow-client "
+               "protection: with a thread or a process per connection, 32 slow clients "
+               "starved normal requests (`make faults`), while gevent gives each a socket. "
+               f"Behind a buffering proxy that absorbs slow clients, `{best}` is the choice "
+               "for tail latency by this run")
+            + "."
+        )]
+    return md
 
 
 def choose_when(
@@ -830,6 +876,13 @@ def capacity_estimates(
         for row in sorted(capacity, key=lambda r: r["target"]):
             passing, failing = row.get("passing"), row.get("failing")
             caveats = [] if row.get("precision_reached") else ["precision not reached"]
+            if generator_limited(row):
+                # Only a lower bound: above it the generator, not the server, failed.
+                estimates.append(claims.capacity_estimate(
+                    row["target"], passing["rate"] if passing else None, None,
+                    f"≥ {passing['rate']:.0f} req/s" if passing else "nothing passed",
+                    ["generator-limited above it"]))  # fmt: skip
+                continue
             estimates.append(claims.capacity_estimate(
                 row["target"], passing["rate"] if passing else None,
                 failing["rate"] if failing else None, bracket_words(passing, failing),
@@ -848,6 +901,14 @@ def capacity_estimates(
                                                   {"rate": failing} if failing else None),
             ["fixed open-loop fractions, not a search"]))  # fmt: skip
     return estimates, left_out
+
+
+def generator_limited(row: dict) -> bool:
+    """The search's lowest failing rate failed because of the generator (it was bound by
+    its own cost or fell behind its schedule): the bracket is then only a lower bound on
+    the server's capacity."""
+    failing = row.get("failing")
+    return bool(failing and failing.get("invalid"))
 
 
 def bracket_words(passing: dict | None, failing: dict | None) -> str:

@@ -439,3 +439,18 @@ def test_an_old_run_says_what_it_did_not_measure(tmp_path):
                  "Stability verdicts and the independent client (wrk)"):
         assert f"{what}: not measured in this run" in report, what
     assert "wrk skipped" not in report  # no wrk column without levels.jsonl
+
+
+def test_the_worker_class_comparison_names_the_shortest_tail_and_the_default() -> None:
+    from loadtests.report import worker_class_comparison
+
+    def run(name, configured, p99):
+        return {"stack": "flask_torch", "worker_class": name, "configured": configured,
+                "connections": 16, "wrk": {"goodput_rps": 600.0, "p50_ms": 20.0,
+                                           "p90_ms": p99 / 2, "p99_ms": p99}}  # fmt: skip
+
+    md = "\n".join(worker_class_comparison(
+        [run("gevent", True, 105.0), run("sync", False, 69.0), run("gthread", False, 50.0)]))
+    assert "| gevent | yes | 600 |" in md and "| gthread | no |" in md
+    assert "The default stays `gevent`" in md and "`gthread` is the choice" in md
+    assert worker_class_comparison([]) == []
