@@ -173,3 +173,12 @@ def max_rps_under_slo(points: Sequence[dict], slo_p99_ms: float) -> dict | None:
         and not p.get("generator_saturated")
     ]
     return max(eligible, key=lambda p: p["rps"], default=None)
+
+
+def series(records: Sequence[dict], mode: str, batch: int) -> dict[str, list[dict]]:
+    """Records of one mode and batch size, grouped by "stack/protocol/device"."""
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        if r["mode"] == mode and r["batch_size"] == batch:
+            out.setdefault(f"{r['stack']}/{r['protocol']}/{r['device']}", []).append(r)
+    return out

@@ -8,9 +8,10 @@ points beside Locust's. Each function takes the report's records, writes its PNG
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from loadtests.analysis import series
 
 OBJECTIVE_STYLE = {"color": "red", "linestyle": ":", "linewidth": 1.2}
 
@@ -33,14 +34,6 @@ def _log_y(axis) -> None:
     some = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else "")
     axis.yaxis.set_major_formatter(plain)
     axis.yaxis.set_minor_formatter(some)
-
-
-def _by_target(records: Sequence[Mapping], mode: str, batch: int) -> dict[str, list[Mapping]]:
-    out: dict[str, list[Mapping]] = defaultdict(list)
-    for r in records:
-        if r["mode"] == mode and r["batch_size"] == batch:
-            out[f"{r['stack']}/{r['protocol']}/{r['device']}"].append(r)
-    return out
 
 
 def _figure(record: Mapping, key: str, fallback: str) -> float:
@@ -81,13 +74,13 @@ def plot_curves(
         The PNG names written.
     """
     written = []
-    closed = _by_target(records, "closed", 1)
+    closed = series(records, "closed", 1)
     if closed:
         written.append(_plot_closed(closed, out, slo_ms, floors))
     if any(c.get("trials") for c in capacity):
         written.append(_plot_capacity(capacity, out, slo_ms))
     else:
-        opened = _by_target(records, "open", 1)
+        opened = series(records, "open", 1)
         if opened:
             written.append(_plot_open_levels(opened, out, slo_ms))
     return written
@@ -173,13 +166,20 @@ def _plot_capacity(capacity: Sequence[Mapping], out: Path, slo_ms: float | None)
         passing, failing = row.get("passing"), row.get("failing")
         if passing and failing:
             axis.axvspan(passing["rate"], failing["rate"], color=color, alpha=0.12)
+    return _finish_open_plot(plt, fig, axis, out, slo_ms, "p99 from scheduled start (ms, log)",
+                             "Open loop, batch 1: SLO capacity search (filled: passed; "
+                             "shaded: the bracket)")  # fmt: skip
+
+
+def _finish_open_plot(plt, fig, axis, out: Path, slo_ms: float | None, ylabel: str,
+                      title: str) -> str:
+    """The objective line, axes, legend and file of an open-loop plot."""
     if slo_ms is not None:
         axis.axhline(slo_ms, label=f"p99 objective {slo_ms:g} ms", **OBJECTIVE_STYLE)
     axis.set_xlabel("offered rate (requests/s)")
-    axis.set_ylabel("p99 from scheduled start (ms, log)")
+    axis.set_ylabel(ylabel)
     _log_y(axis)
-    axis.set_title("Open loop, batch 1: SLO capacity search (filled: passed; shaded: "
-                   "the bracket)", fontsize=10)  # fmt: skip
+    axis.set_title(title, fontsize=10)
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
     fig.tight_layout()
@@ -197,18 +197,8 @@ def _plot_open_levels(opened: dict, out: Path, slo_ms: float | None) -> str:
         (line,) = axis.plot(rates, [r["p99_ms"] for r in curve], marker="o", label=f"{name} p99")
         axis.plot(rates, [r["p50_ms"] for r in curve], marker=".", linestyle="--",
                   color=line.get_color(), label=f"{name} p50")  # fmt: skip
-    if slo_ms is not None:
-        axis.axhline(slo_ms, label=f"p99 objective {slo_ms:g} ms", **OBJECTIVE_STYLE)
-    axis.set_xlabel("offered rate (requests/s)")
-    axis.set_ylabel("latency from scheduled start (ms)")
-    _log_y(axis)
-    axis.set_title("Open loop, batch 1: latency vs offered rate")
-    axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "open_loop_latency.png", dpi=110)
-    plt.close(fig)
-    return "open_loop_latency.png"
+    return _finish_open_plot(plt, fig, axis, out, slo_ms, "latency from scheduled start (ms)",
+                             "Open loop, batch 1: latency vs offered rate")
 
 
 def plot_baselines(baselines: Sequence[Mapping], out: Path) -> list[str]:
@@ -244,7 +234,7 @@ def plot_baselines(baselines: Sequence[Mapping], out: Path) -> list[str]:
 
 def plot_resources(records: Sequence[Mapping], out: Path) -> list[str]:
     """Server CPU and resident memory vs throughput, closed loop, batch 1."""
-    closed = _by_target(records, "closed", 1)
+    closed = series(records, "closed", 1)
     if not closed:
         return []
     plt = _pyplot()

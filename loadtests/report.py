@@ -22,6 +22,7 @@ import numpy as np
 
 from harness.markdown import fmt
 from loadtests import analysis, claims
+from loadtests.analysis import series
 from loadtests.plots import plot_baselines, plot_curves, plot_resources
 from loadtests.records import record_files
 from services.registry import STACK_MODULES, load_stack
@@ -182,14 +183,6 @@ def aggregate(points: list[dict], levels: Sequence[dict] = ()) -> list[dict]:
             r["rate"] or 0,
         ),
     )
-
-
-def series(records: list[dict], mode: str, batch: int) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        if r["mode"] == mode and r["batch_size"] == batch:
-            out[f"{r['stack']}/{r['protocol']}/{r['device']}"].append(r)
-    return out
 
 
 def floor_path(env: dict, stack: str) -> str | None:
