@@ -19,6 +19,7 @@ from harness.lifecycle import start_stack
 from harness.payload import PayloadSet
 from k8s import cluster as k8s_cluster
 from loadtests import cluster, runner
+from loadtests.records import record_files
 from loadtests.report import write_report
 from services.process import usable_cores
 
@@ -126,7 +127,10 @@ def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path
     for point in points:
         assert point["requests"] > 0 and point["failures"] == 0, point
         assert point["device"] == "cpu" and point["server_cpu_pct"] is None
-        assert (run_dir / "raw" / point["raw"]).exists()
+        # One record file per Locust process (--processes: one per CPU of the pod's quota).
+        assert record_files(run_dir / "raw" / point["raw"]), point["raw"]
+        assert point["generator_processes"] == runner.generator_processes(
+            usable_cores(), cluster.cgroup_cpus() or float(len(usable_cores())))
     env = json.loads((run_dir / "environment.json").read_text())
     assert "connection" in env["skipped"]["tf_serving/rest/cpu"].lower()
     assert env["targets"]["flask_torch/rest/cpu"] == flask.host
