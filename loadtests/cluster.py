@@ -184,7 +184,7 @@ def sweep(args: argparse.Namespace, run_dir: Path) -> None:
             "(podAntiAffinity), each server in its own pod with Guaranteed QoS",
             "warmup_s": profile.warmup_s,
             "duration_s": profile.duration_s,
-            "repeats": profile.repeats,
+            "repeats": profile.min_windows,
             "slo_p99_ms": profile.slo_p99_ms,
             "devices": [args.device],
             "model": model_block(paths),

@@ -1,8 +1,7 @@
 """Load profiles as data: what a sweep runs, how long, how often.
 
 Open-loop points come from the SLO capacity search (loadtests/sweep.py): bisection over
-the offered rate, starting from the stack's closed-loop peak; `open_fractions` adds fixed
-fractions of that peak where a profile wants them.
+the offered rate, starting from the stack's closed-loop peak.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ class Profile:
     name: str
     warmup_s: float
     duration_s: float
+    # Windows per level of a single `make loadtest` point; a sweep uses min/max_windows.
     repeats: int
     # Closed loop: concurrent users per level, for each batch size.
     closed_users: dict[int, tuple[int, ...]]
-    # Open loop (batch 1): offered rate as a fraction of the closed-loop peak.
-    open_fractions: tuple[float, ...]
     # Users available to the open-loop schedule (bounds in-flight requests).
     open_users: int
     baseline_batches: tuple[int, ...]
@@ -56,7 +54,6 @@ PROFILES = {
         duration_s=8.0,
         repeats=3,
         closed_users={1: (1, 4, 16), 8: (16,)},
-        open_fractions=(),
         open_users=32,
         baseline_batches=(1, 8, 64),
         baseline_iterations=300,
@@ -68,7 +65,6 @@ PROFILES = {
         duration_s=60.0,
         repeats=3,
         closed_users={1: (1, 2, 4, 8, 16, 32, 64, 128), 8: (1, 4, 16, 64), 64: (1, 4, 16)},
-        open_fractions=(0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0),
         open_users=256,
         baseline_batches=(1, 8, 64),
         baseline_iterations=2000,
@@ -80,7 +76,6 @@ PROFILES = {
         duration_s=2.0,
         repeats=1,
         closed_users={1: (2,)},
-        open_fractions=(0.5,),
         open_users=4,
         baseline_batches=(1,),
         baseline_iterations=20,

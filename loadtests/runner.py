@@ -409,7 +409,7 @@ def run_single_point(args, paths: ArtifactPaths, run_dir: Path) -> None:
         raise SystemExit(f"loadtest: {stack.name} serves {', '.join(stack.protocols)}")
     profile = Profile(
         name="point", warmup_s=args.warmup, duration_s=args.duration, repeats=1,
-        closed_users={}, open_fractions=(), open_users=args.users, baseline_batches=(),
+        closed_users={}, open_users=args.users, baseline_batches=(),
         baseline_iterations=0,
     )  # fmt: skip
     server_cores, generator_cores = split_cores(usable_cores())
