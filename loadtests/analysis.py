@@ -22,9 +22,12 @@ GENERATOR_SATURATED_PCT = 90.0
 COOLDOWN_S = 0.5
 # The knee: the first level after which more load buys less than this throughput gain.
 KNEE_MIN_GAIN = 0.10
-# Open loop: a point whose send lateness (actual send minus scheduled start) has a p99
-# above this share of the p99 objective measured the generator falling behind its
-# schedule, not the server: a late send hides the queueing it should have caused.
+# Open loop: a point whose send lateness has a p99 above this share of the p99 objective
+# measured the generator falling behind its schedule, not the server: a late send hides
+# the queueing it should have caused. Send lateness is the generator's own part: actual
+# send minus the later of the scheduled start and the moment a user was free. A slot that
+# fell due while all users were busy waited for the server (pool wait), which is queueing
+# in front of the server and counts in latency, not against the generator.
 LATENESS_SHARE_OF_SLO = 0.10
 
 
@@ -35,6 +38,7 @@ class Records:
     service_ms: np.ndarray
     ok: np.ndarray
     server_ms: np.ndarray  # NaN where the server sent no timing
+    pool_wait_ms: np.ndarray  # open loop: a due slot's wait for a free user; else 0
 
 
 def read_records(paths: Iterable[Path]) -> Records:
@@ -47,14 +51,17 @@ def read_records(paths: Iterable[Path]) -> Records:
             rows.extend(reader)
     if not rows:
         empty = np.zeros(0)
-        return Records(empty, empty, empty, empty.astype(bool), empty)
+        return Records(empty, empty, empty, empty.astype(bool), empty, empty)
     table = list(zip(*rows, strict=False))
+    # Files written before pool_wait_ms existed have six columns: no wait recorded.
+    pool_wait = table[6] if len(table) > 6 else ("",) * len(rows)
     return Records(
         start_s=np.asarray(table[0], dtype=np.float64),
         latency_ms=np.asarray(table[1], dtype=np.float64),
         service_ms=np.asarray(table[2], dtype=np.float64),
         ok=np.asarray(table[3], dtype=np.int64).astype(bool),
         server_ms=np.asarray([float(v) if v else np.nan for v in table[4]], dtype=np.float64),
+        pool_wait_ms=np.asarray([float(v) if v else 0.0 for v in pool_wait], dtype=np.float64),
     )
 
 
@@ -97,8 +104,11 @@ def point_stats(
     lat = kept.latency_ms
     server = kept.server_ms[~np.isnan(kept.server_ms)]
     # Latency counts from the scheduled start, service from the actual send: their
-    # difference is how late the generator sent (0 in a closed loop).
-    lateness = np.clip(kept.latency_ms - kept.service_ms, 0.0, None)
+    # difference is how late the request went out (0 in a closed loop), of which the pool
+    # wait was the server's (all users busy) and the rest the generator's own lateness.
+    late = np.clip(kept.latency_ms - kept.service_ms, 0.0, None)
+    pool_wait = np.minimum(kept.pool_wait_ms, late)
+    lateness = late - pool_wait
     successes = count - failures
     return {
         "requests": count,
@@ -116,6 +126,8 @@ def point_stats(
         "server_p50_ms": float(np.percentile(server, 50)) if len(server) else None,
         "lateness_p50_ms": float(np.percentile(lateness, 50)),
         "lateness_p99_ms": float(np.percentile(lateness, 99)),
+        "pool_wait_p99_ms": float(np.percentile(pool_wait, 99)),
+        "pool_wait_share": float((pool_wait > 0).mean()),
     }
 
 

@@ -30,6 +30,13 @@ GENERATOR_SHARE_LIMIT = 0.25
 # its per-request cost, equal to that cost at u = 0.5. Past half its ceiling, its own
 # queueing is as large as its own work, and grows steeply from there.
 CEILING_USED_LIMIT = 0.5
+# An open-loop trial that misses the objective is the generator's failure, not the
+# server's, when the generator alone (its floor p99 against the null server at the same
+# rate) already takes more than this share of the objective. A trial that meets the
+# objective passes whatever the generator's share: the generator only adds latency, and
+# in an open loop it cannot lower the offered rate without falling behind its schedule,
+# which the send lateness catches.
+FLOOR_P99_SHARE_OF_SLO = 0.5
 # Two rates closer than this (relative) are the same rate when looking up a floor.
 _SAME_RATE = 1e-6
 
@@ -169,6 +176,7 @@ class GeneratorAssessment:
     calibrated: bool  # a floor and a ceiling were found for this point's load
     generator_share: float | None
     tail_share: float | None  # floor p99 / point p99: shown, not part of the rule
+    floor_p99_ms: float | None
     ceiling_used: float | None
     # None when uncalibrated: unknown, which is neither a pass nor a flag.
     generator_bound: bool | None
@@ -198,6 +206,7 @@ def assess_point(
     share = generator_share(floor.p50_ms if floor else None, point.get("p50_ms"))
     tail = generator_share(floor.p99_ms if floor else None, point.get("p99_ms"))
     used = ceiling_used(point.get("rps"), ceiling)
+    floor_p99 = floor.p99_ms if floor else None
     missing = []
     if floor is None:
         missing.append(
@@ -208,7 +217,7 @@ def assess_point(
         missing.append(f"no ceiling for {user_class} at {users} users")
     if share is None or used is None:
         reason = "uncalibrated: " + ("; ".join(missing) or "the point measured nothing")
-        return GeneratorAssessment(False, share, tail, used, None, reason)
+        return GeneratorAssessment(False, share, tail, floor_p99, used, None, reason)
     problems = []
     if share > GENERATOR_SHARE_LIMIT:
         problems.append(
@@ -219,7 +228,32 @@ def assess_point(
             f"used {used:.0%} of the generator's ceiling (limit {CEILING_USED_LIMIT:.0%})"
         )
     reason = "; ".join(problems) if problems else "generator share and ceiling within limits"
-    return GeneratorAssessment(True, share, tail, used, bool(problems), reason)
+    return GeneratorAssessment(True, share, tail, floor_p99, used, bool(problems), reason)
+
+
+def failure_cause(point: Mapping, slo_p99_ms: float) -> str | None:
+    """Why a capacity trial that missed the objective may have missed it because of the
+    generator (None when the generator cannot explain it, or is uncalibrated: then the
+    failure is the server's as measured).
+
+    Args:
+        point: an annotated open-loop point (generator_floor_p99_ms,
+            generator_ceiling_used).
+        slo_p99_ms: the p99 objective in ms.
+    """
+    problems = []
+    floor_p99 = point.get("generator_floor_p99_ms")
+    if floor_p99 is not None and floor_p99 > FLOOR_P99_SHARE_OF_SLO * slo_p99_ms:
+        problems.append(
+            f"the generator's own p99 at this rate is {floor_p99:.1f} ms, more than "
+            f"{FLOOR_P99_SHARE_OF_SLO:.0%} of the objective"
+        )
+    used = point.get("generator_ceiling_used")
+    if used is not None and used > CEILING_USED_LIMIT:
+        problems.append(
+            f"used {used:.0%} of the generator's ceiling (limit {CEILING_USED_LIMIT:.0%})"
+        )
+    return "; ".join(problems) or None
 
 
 def annotate(
@@ -233,7 +267,8 @@ def annotate(
         floors: the floors measured before the sweep.
 
     Returns:
-        New dicts: generator_share, generator_tail_share, generator_ceiling_used,
+        New dicts: generator_share, generator_tail_share, generator_floor_p99_ms,
+        generator_ceiling_used,
         generator_bound, generator_calibrated, generator_reason.
     """
     if len(points) != len(user_classes):
@@ -246,6 +281,7 @@ def annotate(
                 **point,
                 "generator_share": verdict.generator_share,
                 "generator_tail_share": verdict.tail_share,
+                "generator_floor_p99_ms": verdict.floor_p99_ms,
                 "generator_ceiling_used": verdict.ceiling_used,
                 "generator_bound": verdict.generator_bound,
                 "generator_calibrated": verdict.calibrated,

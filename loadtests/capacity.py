@@ -7,8 +7,11 @@ of the passing one. The result is the bracket itself: the highest passing and th
 failing rate, each with its figures, so the report can say "capacity lies in [a, b)".
 
 A trial passes when its p99 meets the objective, at most 0.1% of its requests failed, it
-completed at least one request, and it was valid (a point where the generator fell behind
-measures the generator, so it counts as failing and the reason is kept).
+completed at least one request, and it was valid. A point where the generator fell behind
+its schedule measures the generator: it is invalid whatever its figures. A point that
+missed the objective where the generator alone could explain the miss (its floor or its
+ceiling) is invalid too; one that met the objective stands, since the generator only
+adds latency. An invalid trial counts as failing and its reason is kept.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ def judge(
 
     Args:
         rate: the offered rate that was measured.
-        result: p99_ms, requests, failures; optionally invalid (bool) and invalid_reason.
+        result: p99_ms, requests, failures; optionally invalid (bool) and invalid_reason,
+            and suspect_reason: why a miss may be the generator's, which makes the trial
+            invalid only if it misses the objective.
         slo_p99_ms: the p99 objective in ms.
         max_error_rate: the largest share of failed requests that still passes.
 
@@ -89,6 +94,10 @@ def judge(
     else:
         reason = "meets the objective"
     passed = reason == "meets the objective"
+    suspect = result.get("suspect_reason")
+    if not passed and not invalid and suspect:
+        invalid = True
+        reason = f"invalid: {reason}, but {suspect}"
     return Trial(rate, p99, requests, failures, passed, reason, invalid, dict(result))
 
 

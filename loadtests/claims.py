@@ -10,9 +10,11 @@ more than the spread of their own repeats, so a ranking here compares ranges, no
   A's passing rate exceeds B's failing rate, i.e. the brackets do not overlap.
 
 Otherwise the answer is "no significant difference". Only levels that are stable, not
-generator-bound and (closed-loop REST) within the divergence limit of wrk carry a claim;
-a level without wrk still may, said as not cross-checked. Pure functions over the report's
-level records (plain dicts) and small dataclasses.
+generator-bound and (closed-loop REST) within the divergence limit of wrk carry a claim
+on Locust's figure; a level without wrk still may, said as not cross-checked. Where
+Locust's figure cannot carry one but wrk measured the level, the claim rests on wrk's
+figure instead (wrk_estimate), said so. Pure functions over the report's level records
+(plain dicts) and small dataclasses.
 """
 
 from __future__ import annotations
@@ -126,6 +128,49 @@ def window_estimate(
         float(high if high is not None else value),
         detail,
         tuple(caveats),
+    )
+
+
+# wrk runs once per level, so its figure has no spread of its own: it is given the
+# relative spread of the level's Locust windows (the machine's noise at that load), and
+# at least the divergence limit, so two stacks rank on wrk only beyond that band.
+WRK_MIN_SPREAD = 0.15
+
+
+def wrk_estimate(
+    name: str, level: Mapping, key: str, unit: str, why: Sequence[str] = ()
+) -> Estimate | None:
+    """An Estimate of `key` from the wrk run beside a closed-loop level, for a level whose
+    Locust figure carries no claim (`why`: its exclusions).
+
+    Args:
+        name: the target's name.
+        level: a level record with wrk (WrkResult.to_json()) and the Locust windows'
+            `key`, `key`_min and `key`_max.
+        key: "p50_ms" or "rps".
+        unit: how the report writes the figure ("ms", "req/s").
+        why: why Locust's own figure was left out, said with the claim.
+
+    Returns:
+        The estimate, or None where wrk did not run or did not complete every request.
+    """
+    run = level.get("wrk") or {}
+    value = run.get("goodput_rps") if key == "rps" else run.get(key)
+    errors = sum(run.get(k) or 0 for k in ("status_errors", "timeouts", "socket_errors"))
+    if not value or errors:
+        return None
+    spread = WRK_MIN_SPREAD
+    median, low, high = (level.get(k) for k in (key, f"{key}_min", f"{key}_max"))
+    if median and low is not None and high is not None:
+        spread = max(spread, (high - low) / 2 / median)
+    digits = 0 if key == "rps" else 2
+    detail = (
+        f"wrk {float(value):.{digits}f} {unit} ±{spread:.0%} at "
+        f"{level.get('users')} connection{'s' if level.get('users') != 1 else ''}"
+    )
+    caveats = (f"by wrk: Locust's figure {'; '.join(why)}",) if why else ("by wrk",)
+    return Estimate(
+        name, float(value), value * (1 - spread), value * (1 + spread), detail, caveats
     )
 
 

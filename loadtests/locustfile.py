@@ -63,21 +63,29 @@ def schedule() -> ArrivalSchedule:
     return _schedule
 
 
-def wait_for_slot() -> float | None:
-    """Closed loop: None at once. Open loop: sleeps until the next slot and returns it.
+def wait_for_slot() -> dict:
+    """The request's context: closed loop, empty. Open loop: sleeps until the next slot
+    and returns it as scheduled_s, with pool_wait_ms, how long the slot had already been
+    due when this user came free to take it.
+
+    A slot that falls due while every user is busy waits for a free user: that wait is
+    the server's doing (it holds the users), like a queue in front of it, and its latency
+    counts from the slot. Only the rest of a send's lateness, from the later of the slot
+    and the user's free moment to the actual send, is the generator's own.
 
     Raises:
         StopUser: once the schedule is used up (the run is over for this user).
     """
     if SETTINGS.mode is not Mode.OPEN:
-        return None
+        return {}
     slot = schedule().next_slot()
     if slot is None:
         raise StopUser()
-    delay = slot - time.time()
+    free = time.time()
+    delay = slot - free
     if delay > 0:
         gevent.sleep(delay)
-    return slot
+    return {"scheduled_s": slot, "pool_wait_ms": max(0.0, -delay) * 1000.0}
 
 
 def request_name() -> str:
@@ -126,7 +134,7 @@ class RestPredictUser(FastHttpUser):
     @task
     def predict(self) -> None:
         batch = payloads().next()
-        context = {"scheduled_s": wait_for_slot()}
+        context = wait_for_slot()
         with self.client.post(
             self.path,
             data=batch.body,
@@ -200,7 +208,7 @@ class TfServingGrpcUser(User):
     @task
     def predict(self) -> None:
         batch = payloads().next()
-        context = {"scheduled_s": wait_for_slot()}
+        context = wait_for_slot()
         request = self.requests.get(id(batch))
         if request is None:
             request = self.requests[id(batch)] = self.grpc.build_request(batch.images)

@@ -7,7 +7,9 @@ import csv
 import os
 from pathlib import Path
 
-COLUMNS = ("start_s", "latency_ms", "service_ms", "ok", "server_ms", "error")
+# pool_wait_ms (open loop: how long a due slot waited for a free user) comes last, so
+# files written before it existed still read.
+COLUMNS = ("start_s", "latency_ms", "service_ms", "ok", "server_ms", "error", "pool_wait_ms")
 
 
 class RequestRecorder:
@@ -57,6 +59,7 @@ class RequestRecorder:
                 int(exception is None),
                 context.get("server_ms", ""),
                 error,
+                "" if context.get("pool_wait_ms") is None else f"{context['pool_wait_ms']:.3f}",
             )
         )
 

@@ -54,6 +54,33 @@ def test_open_loop_latency_counts_from_the_scheduled_start(tmp_path):
     assert records.service_ms[0] == pytest.approx(2.0)
 
 
+def test_send_lateness_is_split_into_pool_wait_and_the_generators_own(tmp_path):
+    # 100 requests: each went out 5 ms after its slot; for the first 50, 4 ms of that was
+    # waiting for a free user (every user busy with the server), 1 ms the generator's.
+    # (The cool-down cuts the last few.)
+    recorder = RequestRecorder(tmp_path / "p.csv")
+    for i in range(100):
+        slot = 100.0 + i / 10
+        context = {"scheduled_s": slot, "pool_wait_ms": 4.0 if i < 50 else 0.0}
+        recorder.on_request("POST", "x", 2.0, 1, context=context, start_time=slot + 0.005)
+    recorder.flush()
+    stats = analysis.point_stats(analysis.read_records([tmp_path / "p.csv"]), warmup_s=0.0,
+                                 batch_size=1)  # fmt: skip
+    assert stats["p50_ms"] == pytest.approx(7.0, abs=1e-3)  # latency still from the slot
+    assert stats["pool_wait_p99_ms"] == pytest.approx(4.0, abs=1e-3)
+    assert stats["lateness_p99_ms"] == pytest.approx(5.0, abs=1e-3)  # the rest
+    assert stats["lateness_p50_ms"] == pytest.approx(1.0, abs=1e-3)  # the first 50's
+    assert stats["pool_wait_share"] == pytest.approx(50 / stats["requests"])
+
+
+def test_records_written_before_the_pool_wait_column_still_read(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text("start_s,latency_ms,service_ms,ok,server_ms,error\n1.0,7.0,2.0,1,,\n")
+    records = analysis.read_records([path])
+    assert records.pool_wait_ms.tolist() == [0.0]
+    assert records.latency_ms.tolist() == [7.0]
+
+
 def test_repeats_are_merged_by_median_with_spread():
     points = [{"rps": r, "p99_ms": p, "requests": 10, "failures": f}
               for r, p, f in [(100, 5, 0), (120, 9, 1), (110, 7, 0)]]

@@ -6,12 +6,14 @@ import pytest
 
 from loadtests.calibration import (
     CEILING_USED_LIMIT,
+    FLOOR_P99_SHARE_OF_SLO,
     GENERATOR_SHARE_LIMIT,
     GeneratorFloor,
     annotate,
     assess_point,
     ceiling_for,
     ceiling_used,
+    failure_cause,
     find_floor,
     generator_share,
     rule_text,
@@ -114,6 +116,25 @@ def test_open_loop_point_uses_the_rate_floor_and_the_closed_ceiling() -> None:
     assert verdict.tail_share == pytest.approx(1.1 / 8.0)
     assert verdict.ceiling_used == pytest.approx(990.0 / 9000.0)
     assert verdict.generator_bound is False
+
+
+def test_a_missed_objective_is_the_generators_only_where_its_floor_or_ceiling_explains_it():
+    slo = 50.0
+    fast_server = {"mode": "open", "users": 16, "rate": 1000.0, "rps": 990.0,
+                   "p50_ms": 0.5, "p99_ms": 80.0}  # fmt: skip
+    (annotated,) = annotate([fast_server], [USER], FLOORS)
+    # Its p50 is mostly the generator's (bound by the share rule), but the generator's own
+    # p99 at 1000 req/s (1.1 ms) cannot explain a p99 of 80 ms: the miss is the server's.
+    assert annotated["generator_bound"] is True
+    assert annotated["generator_floor_p99_ms"] == pytest.approx(1.1)
+    assert failure_cause(annotated, slo) is None
+    slow_generator = {**annotated, "generator_floor_p99_ms": FLOOR_P99_SHARE_OF_SLO * slo + 1}
+    assert "own p99" in failure_cause(slow_generator, slo)
+    busy = {**annotated, "generator_ceiling_used": CEILING_USED_LIMIT + 0.01}
+    assert "ceiling" in failure_cause(busy, slo)
+    uncalibrated = {**fast_server, "generator_floor_p99_ms": None,
+                    "generator_ceiling_used": None}  # fmt: skip
+    assert failure_cause(uncalibrated, slo) is None
 
 
 def test_without_floors_a_point_is_uncalibrated_not_passed() -> None:

@@ -156,6 +156,20 @@ def test_a_generator_that_fell_behind_counts_as_failing_and_is_recorded() -> Non
     assert "send lateness" in bracket.failing.reason
 
 
+def test_a_suspect_trial_is_invalid_only_when_it_misses_the_objective() -> None:
+    suspect = "the generator's own p99 at this rate is 30.0 ms"
+    met = judge(1.0, {"p99_ms": 20.0, "requests": 1000, "failures": 0,
+                      "suspect_reason": suspect}, SLO_MS)  # fmt: skip
+    assert met.passed and not met.invalid
+    missed = judge(1.0, {"p99_ms": 80.0, "requests": 1000, "failures": 0,
+                         "suspect_reason": suspect}, SLO_MS)  # fmt: skip
+    assert not missed.passed and missed.invalid
+    assert "p99 80.0 ms > 50 ms" in missed.reason and suspect in missed.reason
+    plain = judge(1.0, {"p99_ms": 80.0, "requests": 1000, "failures": 0,
+                        "suspect_reason": None}, SLO_MS)  # fmt: skip
+    assert not plain.passed and not plain.invalid
+
+
 def test_judge_rules() -> None:
     assert judge(1.0, {"p99_ms": 50.0, "requests": 1000, "failures": 1}, SLO_MS).passed
     assert not judge(1.0, {"p99_ms": 50.1, "requests": 1000, "failures": 0}, SLO_MS).passed

@@ -149,3 +149,19 @@ def test_legacy_bracket_from_fixed_open_loop_fractions() -> None:
     assert claims.legacy_bracket(points[:2], 50) == (1200, None)
     saturated = [{"rate": 600, "p99_ms": 10, "failures": 0, "generator_saturated": True}]
     assert claims.legacy_bracket(saturated, 50) == (None, 600)
+
+
+def test_wrk_estimate_takes_the_windows_spread_and_at_least_the_divergence_limit() -> None:
+    wrk = {"goodput_rps": 2000.0, "rps": 2100.0, "p50_ms": 0.4, "status_errors": 0}
+    level = {"users": 1, "rps": 1000.0, "rps_min": 700.0, "rps_max": 1300.0,
+             "p50_ms": 0.6, "p50_ms_min": 0.59, "p50_ms_max": 0.61, "wrk": wrk}  # fmt: skip
+    rps = claims.wrk_estimate("flask", level, "rps", "req/s", ["generator-bound (35%)"])
+    # Goodput, not every reply; the windows spread ±30%, wider than the 15% floor.
+    assert (rps.value, rps.low, rps.high) == (2000.0, 1400.0, 2600.0)
+    assert rps.caveats == ("by wrk: Locust's figure generator-bound (35%)",)
+    assert rps.detail == "wrk 2000 req/s ±30% at 1 connection"
+    p50 = claims.wrk_estimate("flask", level, "p50_ms", "ms")
+    assert p50.low == 0.4 * (1 - claims.WRK_MIN_SPREAD) and p50.caveats == ("by wrk",)
+    assert claims.wrk_estimate("flask", {**level, "wrk": None}, "rps", "req/s") is None
+    failed = {**level, "wrk": {**wrk, "status_errors": 3}}
+    assert claims.wrk_estimate("flask", failed, "rps", "req/s") is None

@@ -50,4 +50,29 @@ def test_a_smoke_sweep_calibrates_cross_checks_and_searches(artifacts, tmp_path)
     # Calibrated at the same load: the share is a real number, not "uncalibrated".
     assert closed["generator_calibrated"] and closed["generator_share"] > 0
     opened = [p for p in points if p["phase"] == "capacity"]
-    assert all(p["arrivals"] == "poisson" and p["lateness_p99_ms"] >= 0 for p in opened)
+    assert all(p["arrivals"] == "poisson" and p["lateness_p99_ms"] >= 0
+               and p["pool_wait_p99_ms"] >= 0 for p in opened)  # fmt: skip
+
+
+def test_a_capacity_trial_the_generator_cannot_explain_is_judged_on_its_figures() -> None:
+    from loadtests.capacity import judge
+    from loadtests.sweep import trial_result
+
+    slo = 50.0
+    # A fast server at low load: the generator's floor is most of its p50 (bound by the
+    # share rule), but the trial meets the objective, so it passes.
+    bound = {"p99_ms": 3.0, "requests": 600, "failures": 0, "generator_bound": True,
+             "generator_floor_p99_ms": 2.0, "generator_ceiling_used": 0.05,
+             "generator_fell_behind": False, "lateness_p99_ms": 0.3}  # fmt: skip
+    assert judge(100.0, trial_result(bound, slo), slo).passed
+    # The same server missing the objective with the generator's p99 at 2 ms: the server's.
+    missed = judge(100.0, trial_result({**bound, "p99_ms": 90.0}, slo), slo)
+    assert not missed.passed and not missed.invalid
+    # A generator that used most of its ceiling could explain the miss: invalid.
+    busy = judge(100.0, trial_result({**bound, "p99_ms": 90.0,
+                                      "generator_ceiling_used": 0.8}, slo), slo)  # fmt: skip
+    assert busy.invalid and "ceiling" in busy.reason
+    # A generator behind its schedule measured itself, even where the figures pass.
+    behind = judge(100.0, trial_result({**bound, "generator_fell_behind": True,
+                                        "lateness_p99_ms": 9.0}, slo), slo)  # fmt: skip
+    assert behind.invalid and not behind.passed and "fell behind" in behind.reason
