@@ -829,6 +829,20 @@ def choose_when(
     return lines
 
 
+def level_estimate(name: str, level: dict, key: str, unit: str) -> claims.Estimate | None:
+    """One closed-loop level's figure for a ranking: Locust's windows where the level
+    carries a claim, else wrk's run beside it (claims.wrk_estimate), else None."""
+    verdict = claims.judge_level(level)
+    if not verdict.claim_ok:
+        return claims.wrk_estimate(name, level, key, unit, verdict.exclusions)
+    digits = 0 if key == "rps" else 2
+    return claims.window_estimate(
+        name, level, key, caveats=verdict.caveats,
+        detail=f"{'' if key == 'rps' else 'p50 '}{fmt(level[key], digits)} {unit}, windows "
+               f"{fmt(level[f'{key}_min'], digits)}–{fmt(level[f'{key}_max'], digits)} at "
+               f"{users_words(level['users'])}")  # fmt: skip
+
+
 def ranked_claims(records: list[dict], capacity: Sequence[dict], slo_ms: float | None) -> list[str]:
     """The three rankings: latency at light load, peak throughput, capacity."""
     light: list[claims.Estimate] = []
@@ -838,33 +852,19 @@ def ranked_claims(records: list[dict], capacity: Sequence[dict], slo_ms: float |
     for name, curve in sorted(series(records, "closed", 1).items()):
         curve = sorted(curve, key=lambda r: r["users"])
         low = curve[0]
-        verdict = claims.judge_level(low)
-        if verdict.claim_ok:
-            light.append(claims.window_estimate(
-                name, low, "p50_ms", caveats=verdict.caveats,
-                detail=f"p50 {fmt(low['p50_ms'])} ms, windows {fmt(low['p50_ms_min'])}–"
-                       f"{fmt(low['p50_ms_max'])} at {users_words(low['users'])}"))  # fmt: skip
-        elif fallback := claims.wrk_estimate(name, low, "p50_ms", "ms", verdict.exclusions):
-            light.append(fallback)
+        if estimate := level_estimate(name, low, "p50_ms", "ms"):
+            light.append(estimate)
         else:
             light_out.append(f"{name} at {users_words(low['users'])}: "
-                             + "; ".join(verdict.exclusions))  # fmt: skip
-        usable = [r for r in curve if claims.judge_level(r).claim_ok]
+                             + "; ".join(claims.judge_level(low).exclusions))  # fmt: skip
+        # The peak is the best level, each level on Locust's figure where it qualifies
+        # and on wrk's where only wrk's does.
+        tops = [(r, level_estimate(name, r, "rps", "req/s")) for r in curve]
         peak_out += [f"{name} at {users_words(r['users'])}: "
                      + "; ".join(claims.judge_level(r).exclusions)
-                     for r in curve if r not in usable]  # fmt: skip
-        if usable:
-            top = max(usable, key=lambda r: r["rps"])
-            peak.append(claims.window_estimate(
-                name, top, "rps", caveats=claims.judge_level(top).caveats,
-                detail=f"{fmt(top['rps'], 0)} req/s, windows {fmt(top['rps_min'], 0)}–"
-                       f"{fmt(top['rps_max'], 0)} at {users_words(top['users'])}"))  # fmt: skip
-            continue
-        # No Locust level qualifies: the best level as wrk measured it, if wrk ran.
-        fallbacks = [e for r in curve if (e := claims.wrk_estimate(
-            name, r, "rps", "req/s", claims.judge_level(r).exclusions))]  # fmt: skip
-        if fallbacks:
-            peak.append(max(fallbacks, key=lambda e: e.value))
+                     for r, e in tops if e is None]  # fmt: skip
+        if found := [e for _, e in tops if e is not None]:
+            peak.append(max(found, key=lambda e: e.value))
     lines = [
         claims.claim_line("Lowest latency at light load",
                           claims.rank([e for e in light if e], False), light_out),
