@@ -20,6 +20,7 @@ figure instead (wrk_estimate), said so. Pure functions over the report's level r
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -131,47 +132,58 @@ def window_estimate(
     )
 
 
-# wrk runs once per level, so its figure has no spread of its own: it is given the
-# relative spread of the level's Locust windows (the machine's noise at that load), and
-# at least the divergence limit, so two stacks rank on wrk only beyond that band.
+# A level whose wrk ran more than once (profile.wrk_repeats) has a spread of its own: a
+# claim on wrk's figure carries the min-max of its runs, as one on Locust's carries its
+# windows'. A level measured by one wrk run (runs made before the repeats) has none: it
+# is given the relative spread of its Locust windows (the machine's noise at that load),
+# and at least the divergence limit.
 WRK_MIN_SPREAD = 0.15
+
+
+def _wrk_figure(run: Mapping, key: str) -> float | None:
+    value = run.get("goodput_rps") if key == "rps" else run.get(key)
+    errors = sum(run.get(k) or 0 for k in ("status_errors", "timeouts", "socket_errors"))
+    return None if not value or errors else float(value)
 
 
 def wrk_estimate(
     name: str, level: Mapping, key: str, unit: str, why: Sequence[str] = ()
 ) -> Estimate | None:
-    """An Estimate of `key` from the wrk run beside a closed-loop level, for a level whose
-    Locust figure carries no claim (`why`: its exclusions).
+    """An Estimate of `key` from the wrk runs beside a closed-loop level, for a level
+    whose Locust figure carries no claim (`why`: its exclusions).
 
     Args:
         name: the target's name.
-        level: a level record with wrk (WrkResult.to_json()) and the Locust windows'
-            `key`, `key`_min and `key`_max.
+        level: a level record with wrk (WrkResult.to_json()), wrk_runs (every run, or
+            None), and the Locust windows' `key`, `key`_min and `key`_max.
         key: "p50_ms" or "rps".
         unit: how the report writes the figure ("ms", "req/s").
         why: why Locust's own figure was left out, said with the claim.
 
     Returns:
-        The estimate, or None where wrk did not run or did not complete every request.
+        The estimate, or None where wrk did not run or a run did not complete every
+        request.
     """
-    run = level.get("wrk") or {}
-    value = run.get("goodput_rps") if key == "rps" else run.get(key)
-    errors = sum(run.get(k) or 0 for k in ("status_errors", "timeouts", "socket_errors"))
-    if not value or errors:
+    runs = level.get("wrk_runs") or ([level["wrk"]] if level.get("wrk") else [])
+    values = [_wrk_figure(run, key) for run in runs]
+    if not values or any(v is None for v in values):
         return None
-    spread = WRK_MIN_SPREAD
-    median, low, high = (level.get(k) for k in (key, f"{key}_min", f"{key}_max"))
-    if median and low is not None and high is not None:
-        spread = max(spread, (high - low) / 2 / median)
     digits = 0 if key == "rps" else 2
-    detail = (
-        f"wrk {float(value):.{digits}f} {unit} ±{spread:.0%} at "
-        f"{level.get('users')} connection{'s' if level.get('users') != 1 else ''}"
-    )
+    connections = f"{level.get('users')} connection{'s' if level.get('users') != 1 else ''}"
+    if len(values) > 1:
+        value, low, high = statistics.median(values), min(values), max(values)
+        detail = (f"wrk {value:.{digits}f} {unit}, runs {low:.{digits}f}–{high:.{digits}f} at "
+                  f"{connections}")  # fmt: skip
+    else:
+        value = values[0]
+        spread = WRK_MIN_SPREAD
+        median, lo, hi = (level.get(k) for k in (key, f"{key}_min", f"{key}_max"))
+        if median and lo is not None and hi is not None:
+            spread = max(spread, (hi - lo) / 2 / median)
+        low, high = value * (1 - spread), value * (1 + spread)
+        detail = f"wrk {value:.{digits}f} {unit} ±{spread:.0%} at {connections}"
     caveats = (f"by wrk: Locust's figure {'; '.join(why)}",) if why else ("by wrk",)
-    return Estimate(
-        name, float(value), value * (1 - spread), value * (1 + spread), detail, caveats
-    )
+    return Estimate(name, float(value), float(low), float(high), detail, caveats)
 
 
 def capacity_estimate(

@@ -35,8 +35,11 @@ class Profile:
     calibration_warmup_s: float = 1.0
     calibration_duration_s: float = 3.0
     calibration_rates: tuple[float, ...] = (100.0, 400.0, 1600.0, 6400.0)
-    # The independent client (wrk) after each closed-loop REST level, same connections.
+    # The independent client (wrk) after each closed-loop REST level, same connections,
+    # run `wrk_repeats` times back to back: a claim resting on wrk's figure carries the
+    # spread of its own runs, as one resting on Locust's carries its windows'.
     wrk_duration_s: int = 5
+    wrk_repeats: int = 3
     # SLO capacity by bisection over the open-loop rate: window, precision, trial cap.
     capacity_duration_s: float = 6.0
     capacity_precision: float = 0.05
@@ -86,6 +89,7 @@ PROFILES = {
         calibration_duration_s=1.0,
         calibration_rates=(50.0,),
         wrk_duration_s=1,
+        wrk_repeats=2,
         capacity_duration_s=1.5,
         capacity_precision=0.5,
         capacity_max_trials=2,

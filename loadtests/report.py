@@ -38,7 +38,7 @@ SUMMARY_KEYS = (
     "generator_share", "generator_tail_share", "generator_ceiling_used", "generator_bound",
     "generator_calibrated", "generator_reason", "lateness_p50_ms", "lateness_p99_ms",
     "generator_fell_behind", "pool_wait_p99_ms", "neighbours_cpu_pct",
-    "stable", "stability_reason", "windows", "wrk", "wrk_skipped", "divergence",
+    "stable", "stability_reason", "windows", "wrk", "wrk_runs", "wrk_skipped", "divergence",
 )  # fmt: skip
 # What identifies a load level, in points.jsonl and levels.jsonl alike.
 LEVEL_FIELDS = ("stack", "protocol", "device", "batch_size", "mode", "users", "rate")
@@ -167,8 +167,8 @@ def aggregate(points: list[dict], levels: Sequence[dict] = ()) -> list[dict]:
             record[name] = values[len(values) // 2] if values else None
         record.update(generator_figures(group))
         level = verdicts.get(key, {})
-        for name in ("stable", "stability_reason", "windows", "wrk", "wrk_skipped",
-                     "divergence"):  # fmt: skip
+        for name in ("stable", "stability_reason", "windows", "wrk", "wrk_runs",
+                     "wrk_skipped", "divergence"):  # fmt: skip
             record[name] = level.get(name)
         merged.append({k: record.get(k) for k in SUMMARY_KEYS})
     return sorted(
@@ -755,8 +755,9 @@ def choose_when(
         "windows (for capacity: where the brackets do not overlap); otherwise the answer is "
         f'"{claims.NO_DIFFERENCE} ...". A level that is generator-bound, unstable, or off '
         "wrk by more than the limit carries no claim on Locust's figure; where wrk measured "
-        "it, the claim rests on wrk's figure instead (marked \"by wrk\"), given the spread "
-        f"of Locust's windows and at least ±{claims.WRK_MIN_SPREAD:.0%}, since wrk runs once.",
+        "it, the claim rests on wrk's figure instead (marked \"by wrk\"): the median of "
+        "its runs, ranked beyond their min–max (a run with one wrk run per level: the spread "
+        f"of Locust's windows, at least ±{claims.WRK_MIN_SPREAD:.0%}).",
         "",
     ]
     lines += ranked_claims(records, capacity, slo_ms)
@@ -1004,8 +1005,12 @@ def wrk_cells(r: dict) -> list[str]:
             cell += f" ⚠ > {limit:.0%}"
     else:
         cell = "–"
-    return [fmt(tool.get("goodput_rps", tool.get("rps")), 0),
-            f"{fmt(tool.get('p50_ms'))} / {fmt(tool.get('p99_ms'))}", cell]  # fmt: skip
+    rps = fmt(tool.get("goodput_rps", tool.get("rps")), 0)
+    runs = r.get("wrk_runs") or []
+    if len(runs) > 1:  # the run shown is the median one; its neighbours give the range
+        goodput = [run.get("goodput_rps", run.get("rps")) or 0 for run in runs]
+        rps += f" ({fmt(min(goodput), 0)}–{fmt(max(goodput), 0)}, {len(runs)} runs)"
+    return [rps, f"{fmt(tool.get('p50_ms'))} / {fmt(tool.get('p99_ms'))}", cell]  # fmt: skip
 
 
 def levels_section(data: RunData, records: list[dict]) -> list[str]:

@@ -165,3 +165,19 @@ def test_wrk_estimate_takes_the_windows_spread_and_at_least_the_divergence_limit
     assert claims.wrk_estimate("flask", {**level, "wrk": None}, "rps", "req/s") is None
     failed = {**level, "wrk": {**wrk, "status_errors": 3}}
     assert claims.wrk_estimate("flask", failed, "rps", "req/s") is None
+
+
+def test_wrk_estimate_with_repeated_runs_carries_their_own_spread() -> None:
+    runs = [{"goodput_rps": r, "p50_ms": p, "status_errors": 0}
+            for r, p in [(900.0, 1.2), (1000.0, 1.0), (1100.0, 1.1)]]  # fmt: skip
+    level = {"users": 4, "rps": 500.0, "rps_min": 100.0, "rps_max": 900.0,
+             "wrk": runs[1], "wrk_runs": runs}  # fmt: skip
+    rps = claims.wrk_estimate("flask", level, "rps", "req/s", ["unstable"])
+    # The median of the runs, ranked on their min-max: Locust's ±80% plays no part.
+    assert (rps.value, rps.low, rps.high) == (1000.0, 900.0, 1100.0)
+    assert rps.detail == "wrk 1000 req/s, runs 900–1100 at 4 connections"
+    p50 = claims.wrk_estimate("flask", level, "p50_ms", "ms")
+    assert (p50.value, p50.low, p50.high) == (1.1, 1.0, 1.2)
+    # One failed run and the level carries no wrk claim at all.
+    broken = [*runs[:2], {**runs[2], "timeouts": 1}]
+    assert claims.wrk_estimate("flask", {**level, "wrk_runs": broken}, "rps", "req/s") is None

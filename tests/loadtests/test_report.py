@@ -463,3 +463,12 @@ def test_the_worker_class_comparison_names_the_shortest_tail_and_the_default() -
     assert "| gevent | yes | 600 |" in md and "| gthread | no |" in md
     assert "The default stays `gevent`" in md and "`gthread` is the choice" in md
     assert worker_class_comparison([]) == []
+
+
+def test_the_wrk_cell_shows_the_median_run_and_the_range_of_the_runs():
+    from loadtests.report import wrk_cells
+
+    runs = [{"goodput_rps": r, "p50_ms": 1.0, "p99_ms": 3.0} for r in (900.0, 1000.0, 1100.0)]
+    cells = wrk_cells({"wrk": runs[1], "wrk_runs": runs, "divergence": None})
+    assert cells[:2] == ["1000 (900–1100, 3 runs)", "1.00 / 3.00"]
+    assert wrk_cells({"wrk": runs[1], "divergence": None})[0] == "1000"

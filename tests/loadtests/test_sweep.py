@@ -38,6 +38,9 @@ def test_a_smoke_sweep_calibrates_cross_checks_and_searches(artifacts, tmp_path)
     (level,) = lines(tmp_path / "levels.jsonl")
     assert level["wrk"]["requests"] > 0 and level["wrk"]["socket_errors"] == 0
     assert level["divergence"]["limit"] == 0.15 and level["wrk_skipped"] is None
+    # wrk ran the profile's repeats; the level shows the run with the median goodput.
+    assert len(level["wrk_runs"]) == PROFILES["smoke"].wrk_repeats == 2
+    assert level["wrk"] in level["wrk_runs"]
 
     (search,) = lines(tmp_path / "capacity.jsonl")
     assert search["n_trials"] >= 1 and search["trials"][0]["rate"] > 0
