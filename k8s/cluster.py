@@ -22,21 +22,25 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from k8s.images import (
+    DEFAULT_CUDA_FLAVOR,
+    PROJECT_IMAGES,
+    SUPPORTED_CUDA_FLAVORS,
+    TORCH_WHEEL_INDEX,
+    UnsupportedCudaFlavor,
+    check_cuda_flavor,
+)
 from k8s.validate import K8S_DIR, NAMESPACE, ROOT, kubectl
 from loadtests.profiles import PROFILES
 from services.registry import all_stacks
-from services.stack import CUDA
 
 DEFAULT_TAG = "0.1.0"
-DEFAULT_CUDA_FLAVOR = "cu128"
-TORCH_WHEEL_INDEX = "https://download.pytorch.org/whl/{flavor}"
 GENERATED_OVERLAYS = ROOT / "run" / "k8s"
 RESULTS = ROOT / "results"
 # The servers' Deployments and images, as each stack plugin declares them.
@@ -57,24 +61,6 @@ TOKEN_MIN_VALID = timedelta(hours=12)
 SERVER_SELECTOR = "app.kubernetes.io/component=server"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 POLL_S = 15.0
-
-
-@dataclass(frozen=True)
-class ProjectImage:
-    """One image `make images` builds; names equal those in the overlays' `images:`."""
-
-    name: str
-    dockerfile: str
-    # Built a second time with CUDA torch, tagged <tag>-<cuda flavor>, for the GPU overlay.
-    cuda_variant: bool = False
-
-
-PROJECT_IMAGES = (
-    ProjectImage("digitnet-model", "k8s/model-image/Dockerfile"),
-    *(ProjectImage(s.image[0], s.image[1], cuda_variant=CUDA in s.devices)
-      for s in all_stacks() if s.image),
-    ProjectImage("digitnet-locust", "loadtests/Dockerfile"),
-)
 
 
 class ClusterError(RuntimeError):
@@ -102,10 +88,17 @@ def build_commands(
         engine: docker or podman.
         registry: e.g. registry.example.com/team; empty to build local images only.
         tag: the CPU images' tag; CUDA variants get <tag>-<cuda_flavor>.
-        cuda_flavor: torch's wheel index flavour (cu128 -> download.pytorch.org/whl/cu128).
+        cuda_flavor: torch's wheel index flavour (cu130 -> download.pytorch.org/whl/cu130),
+            one of SUPPORTED_CUDA_FLAVORS.
         variants: "cpu" and/or "cuda".
         git_commit: recorded in the load generator image.
+
+    Raises:
+        UnsupportedCudaFlavor: when CUDA variants are asked for with a flavour torch
+            publishes no wheels for (the build would fail, or get another torch).
     """
+    if "cuda" in variants:
+        check_cuda_flavor(cuda_flavor)
     commands = []
     for image in PROJECT_IMAGES:
         builds: list[tuple[str, list[str]]] = []
@@ -146,11 +139,19 @@ def git_commit() -> str:
 
 def overlay_kustomization(
     overlay: str, registry: str, tag: str, cuda_flavor: str, k8s_dir: Path = K8S_DIR,
-    out_dir: Path = GENERATED_OVERLAYS,
+    out_dir: Path = GENERATED_OVERLAYS, components: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """A kustomization on top of k8s/overlays/<overlay> that points the project images at
     `registry` with `tag` (CUDA variants: <tag>-<cuda_flavor> in the GPU overlay); the
-    official TF Serving image keeps its pinned tag."""
+    official TF Serving image keeps its pinned tag. `components` (names under
+    k8s/components/, e.g. gpu-feature-discovery) are added on top.
+
+    Raises:
+        UnsupportedCudaFlavor: for the GPU overlay with a flavour not in
+            SUPPORTED_CUDA_FLAVORS (no image of that flavour can exist).
+    """
+    if overlay == "gpu":
+        check_cuda_flavor(cuda_flavor)
     images = []
     for image in PROJECT_IMAGES:
         image_tag = f"{tag}-{cuda_flavor}" if overlay == "gpu" and image.cuda_variant else tag
@@ -158,22 +159,29 @@ def overlay_kustomization(
         if registry:
             entry["newName"] = f"{registry.rstrip('/')}/{image.name}"
         images.append(entry)
-    base = Path(os.path.relpath(k8s_dir / "overlays" / overlay, out_dir / overlay))
-    return {
+    here = out_dir / overlay
+    base = Path(os.path.relpath(k8s_dir / "overlays" / overlay, here))
+    doc: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": [base.as_posix()],
-        "images": images,
     }
+    if components:
+        doc["components"] = [Path(os.path.relpath(k8s_dir / "components" / c, here)).as_posix()
+                             for c in components]  # fmt: skip
+    doc["images"] = images
+    return doc
 
 
 def write_overlay(
-    overlay: str, registry: str, tag: str, cuda_flavor: str, out_dir: Path = GENERATED_OVERLAYS
+    overlay: str, registry: str, tag: str, cuda_flavor: str, out_dir: Path = GENERATED_OVERLAYS,
+    components: tuple[str, ...] = (),
 ) -> Path:
     """Writes run/k8s/<overlay>/kustomization.yaml (git-ignored); returns its folder."""
+    doc = overlay_kustomization(overlay, registry, tag, cuda_flavor, out_dir=out_dir,
+                                components=components)  # fmt: skip
     folder = out_dir / overlay
     folder.mkdir(parents=True, exist_ok=True)
-    doc = overlay_kustomization(overlay, registry, tag, cuda_flavor, out_dir=out_dir)
     header = "# Generated by `make k8s-apply` (k8s/cluster.py); edit k8s/overlays instead.\n"
     (folder / "kustomization.yaml").write_text(header + yaml.safe_dump(doc, sort_keys=False))
     return folder
@@ -324,8 +332,9 @@ def wait_for_servers() -> None:
                     f"--timeout={ROLLOUT_TIMEOUT}")  # fmt: skip
 
 
-def apply(overlay: str, registry: str, tag: str, cuda_flavor: str) -> None:
-    folder = write_overlay(overlay, registry, tag, cuda_flavor)
+def apply(overlay: str, registry: str, tag: str, cuda_flavor: str,
+          components: tuple[str, ...] = ()) -> None:
+    folder = write_overlay(overlay, registry, tag, cuda_flavor, components=components)
     if not registry:
         print("k8s: no REGISTRY given: images keep their bare names (fine for kind/minikube "
               "with `kind load docker-image`; a real cluster needs REGISTRY=...)", flush=True)
@@ -435,8 +444,11 @@ def main() -> int:
     for cmd in (images, apply_cmd):
         cmd.add_argument("--registry", default="")
         cmd.add_argument("--tag", default=DEFAULT_TAG)
-        cmd.add_argument("--cuda-flavor", default=DEFAULT_CUDA_FLAVOR)
+        cmd.add_argument("--cuda-flavor", default=DEFAULT_CUDA_FLAVOR,
+                         help=f"torch CUDA build: {', '.join(SUPPORTED_CUDA_FLAVORS)}")
     apply_cmd.add_argument("--overlay", choices=("cpu", "gpu"), required=True)
+    apply_cmd.add_argument("--component", action="append", default=[],
+                           help="a k8s/components/ folder to add (e.g. gpu-feature-discovery)")
     sub.add_parser("token", help="refresh the torchserve-token Secret")
     load = sub.add_parser("loadtest", help="run the sweep in the cluster, copy it, report")
     load.add_argument("--overlay", choices=("cpu", "gpu"), required=True)
@@ -458,11 +470,15 @@ def main() -> int:
                     subprocess.run(command, check=True, cwd=ROOT,
                                    env={**os.environ, "DOCKER_BUILDKIT": "1"})  # fmt: skip
         elif args.command == "apply":
-            apply(args.overlay, args.registry, args.tag, args.cuda_flavor)
+            apply(args.overlay, args.registry, args.tag, args.cuda_flavor,
+                  tuple(args.component))
         elif args.command == "token":
             refresh_token()
         else:
             loadtest(args.overlay, args.profile)
+    except UnsupportedCudaFlavor as err:
+        print(f"k8s: {err}", file=sys.stderr)
+        return 2
     except (ClusterError, subprocess.CalledProcessError) as err:
         print(f"k8s: {err}", file=sys.stderr)
         return 1

@@ -7,13 +7,19 @@ import the same functions.
 1. render    `kubectl kustomize k8s/overlays/<overlay>` (needs kubectl, no cluster)
 2. schema    every object against the Kubernetes OpenAPI schemas, strict (an unknown or
              misspelled field fails), for the oldest and newest version we support
-3. invariants  our own rules, below: GPUs, non-root and hardening, probes, resources,
-             pinned images, no private port in a Service, NetworkPolicy coverage, and
-             what each stack plugin declares (services.registry): its Deployment, its
-             private ports, one replica where it must, the exact container args
-4. generated the config files under k8s/ that a stack generates from digitnet.spec are
+3. invariants  our own rules, below: GPUs (the limit, no add-on node label, the driver's
+             paths, a torch CUDA flavour that exists), non-root and hardening, probes
+             (no liveness probe through an inference port), resources, pinned images, no
+             private port in a Service, NetworkPolicy coverage, and what each stack
+             plugin declares (services.registry): its Deployment, its private ports, one
+             replica where it must, the exact container args
+4. components  each optional component under k8s/components/ rendered on top of its
+             overlay, with the same schemas and invariants
+5. generated the config files under k8s/ that a stack generates from digitnet.spec are
              up to date (`make configs` writes them)
-5. lint      checkov (rendered manifests and Dockerfiles; skips in k8s/.checkov.yaml),
+6. dockerfiles the torch images install torch from their index alone (no fallback index)
+             and assert torch.version.cuda during the build
+7. lint      checkov (rendered manifests and Dockerfiles; skips in k8s/.checkov.yaml),
              yamllint (.yamllint) and hadolint (.hadolint.yaml)
 
 Every check returns a list of problems (empty = pass), so a planted mistake shows up as
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from k8s.images import CUDA_TAG_SUFFIX, PROJECT_IMAGES, SUPPORTED_CUDA_FLAVORS
 from services.registry import all_stacks
 from services.stack import ServingStack
 
@@ -54,6 +62,18 @@ PART_OF_LABEL = "app.kubernetes.io/part-of"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 PRIVATE_PORT_NAMES = {"management", "metrics"}
+# Node labels every node carries (kubelet-set, well-known). Any other label a pod
+# requires is set by an add-on (GPU feature discovery: nvidia.com/gpu.present), so an
+# overlay may not require it; a component under k8s/components/ may add it.
+WELL_KNOWN_LABEL_DOMAINS = ("kubernetes.io", "node.kubernetes.io", "topology.kubernetes.io")
+# Optional components -> the overlay each is rendered on top of for validation.
+COMPONENTS = {"gpu-feature-discovery": "gpu"}
+# Where device plugins that do not use the NVIDIA toolkit's mounts (GKE's) put the driver.
+NVIDIA_LIB = "/usr/local/nvidia/lib64"
+NVIDIA_BIN = "/usr/local/nvidia/bin"
+# The torch images' base (python:3.11-slim) PATH, which the GPU overlay's PATH must keep
+# in front of NVIDIA_BIN (Kubernetes cannot append to an image's ENV).
+IMAGE_PATH = ("/usr/local/bin", "/usr/local/sbin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 # Containers allowed a writable root filesystem, with the reason. None today.
 WRITABLE_ROOT_ALLOWED: dict[str, str] = {}
 
@@ -75,6 +95,9 @@ DOCKERFILES = (
     ROOT / "loadtests" / "Dockerfile",
     K8S_DIR / "model-image" / "Dockerfile",
 )
+# The Dockerfiles that install torch: those of the images with a CUDA variant.
+TORCH_DOCKERFILES = tuple(ROOT / i.dockerfile for i in PROJECT_IMAGES if i.cuda_variant)
+CUDA_IMAGES = {i.name for i in PROJECT_IMAGES if i.cuda_variant}
 YAML_SOURCES = (K8S_DIR, ROOT / ".yamllint", ROOT / ".hadolint.yaml")
 CHECKOV_CONFIG = K8S_DIR / ".checkov.yaml"
 YAMLLINT_CONFIG = ROOT / ".yamllint"
@@ -220,8 +243,9 @@ def quantity(value: Any) -> float:
 
 
 def gpu_problems(objects: list[dict[str, Any]], expect_gpu: bool) -> list[str]:
-    """GPU overlay: every serving container asks for a GPU, tolerates the GPU taint and
-    is placed on GPU nodes; nothing else asks for one. CPU overlay: nothing does."""
+    """GPU overlay: every serving container asks for a GPU and tolerates the GPU taint
+    (the limit is what places it on a GPU node); nothing else asks for one. CPU overlay:
+    nothing does."""
     problems = []
     for pod in pod_templates(objects):
         for container in pod.containers():
@@ -238,8 +262,103 @@ def gpu_problems(objects: list[dict[str, Any]], expect_gpu: bool) -> list[str]:
             keys = {t.get("key") for t in pod.spec.get("tolerations", [])}
             if GPU_TAINT_KEY not in keys:
                 problems.append(f"{pod.name}: no toleration for the {GPU_TAINT_KEY} taint")
-            if not pod.spec.get("nodeSelector") and not pod.spec.get("affinity"):
-                problems.append(f"{pod.name}: no node selection for GPU nodes")
+    return problems
+
+
+def required_node_labels(spec: dict[str, Any]) -> list[str]:
+    """Node label keys a pod spec requires: nodeSelector and required node affinity."""
+    keys = list(spec.get("nodeSelector", {}) or {})
+    required = (spec.get("affinity", {}).get("nodeAffinity", {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution", {}))  # fmt: skip
+    for term in required.get("nodeSelectorTerms", []):
+        keys += [e.get("key") for e in term.get("matchExpressions", [])]
+    return keys
+
+
+def node_label_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """No pod of an overlay requires a node label only an add-on sets: the GPU overlay
+    schedules by its nvidia.com/gpu limit alone; k8s/components/gpu-feature-discovery
+    adds GFD's label for clusters that have it."""
+    problems = []
+    for pod in pod_templates(objects):
+        for key in required_node_labels(pod.spec):
+            domain = key.split("/", 1)[0] if "/" in key else ""
+            if domain not in WELL_KNOWN_LABEL_DOMAINS:
+                problems.append(
+                    f"{pod.name}: requires node label {key}, which only an add-on sets "
+                    f"(GPU feature discovery); the {GPU_RESOURCE} limit schedules alone: "
+                    "add the label with k8s/components/gpu-feature-discovery instead"
+                )
+    return problems
+
+
+def image_name_and_tag(image: str) -> tuple[str, str | None]:
+    """("digitnet-torchserve", "0.1.0-cu130") for registry/digitnet-torchserve:0.1.0-cu130;
+    the tag is None for a digest or no tag."""
+    if "@" in image:
+        return image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0], None
+    last = image.rsplit("/", 1)[-1]
+    name, _, tag = last.partition(":")
+    return name, tag or None
+
+
+def cuda_tag_problems(objects: list[dict[str, Any]], expect_gpu: bool) -> list[str]:
+    """The torch images: a -<flavour> tag torch publishes wheels for
+    (k8s.images.SUPPORTED_CUDA_FLAVORS), one flavour for all, in the GPU overlay; no
+    CUDA tag in the CPU overlay. A digest is not checked (it names no flavour)."""
+    problems = []
+    flavors: dict[str, str] = {}
+    for pod in pod_templates(objects):
+        for container in pod.containers():
+            image = container.get("image", "")
+            name, tag = image_name_and_tag(image)
+            if name not in CUDA_IMAGES or tag is None:
+                continue
+            where = f"{pod.name} container {container.get('name')}: image {image!r}"
+            found = CUDA_TAG_SUFFIX.search(tag)
+            if not expect_gpu:
+                if found:
+                    problems.append(f"{where}: a CUDA build in an overlay without GPUs")
+                continue
+            if not found:
+                problems.append(f"{where}: no -<cuda flavour> tag, a CPU build in the GPU overlay")
+            elif found[1] not in SUPPORTED_CUDA_FLAVORS:
+                problems.append(
+                    f"{where}: CUDA flavour {found[1]} is not one torch publishes wheels for "
+                    f"({', '.join(SUPPORTED_CUDA_FLAVORS)}; k8s/images.py)"
+                )
+            else:
+                flavors[where] = found[1]
+    if len(set(flavors.values())) > 1:
+        problems.append(f"the torch images mix CUDA flavours: {sorted(set(flavors.values()))} "
+                        "(`make images` builds one CUDA_FLAVOR)")  # fmt: skip
+    return problems
+
+
+def driver_path_problems(objects: list[dict[str, Any]], expect_gpu: bool) -> list[str]:
+    """GPU overlay, every torch server container: NVIDIA_LIB on LD_LIBRARY_PATH and
+    NVIDIA_BIN on PATH, appended after the image's own PATH (IMAGE_PATH), as plain values
+    (Kubernetes never expands the image's $(PATH))."""
+    if not expect_gpu:
+        return []
+    problems = []
+    for pod in pod_templates(objects):
+        if not pod.is_server:
+            continue
+        for container in pod.containers(init=False):
+            if image_name_and_tag(container.get("image", ""))[0] not in CUDA_IMAGES:
+                continue
+            where = f"{pod.name} container {container.get('name')}"
+            env = {e.get("name"): e for e in container.get("env", [])}
+            path = str(env.get("PATH", {}).get("value", "")).split(":")
+            libs = str(env.get("LD_LIBRARY_PATH", {}).get("value", "")).split(":")
+            if NVIDIA_LIB not in libs:
+                problems.append(f"{where}: {NVIDIA_LIB} is not on LD_LIBRARY_PATH")
+            if NVIDIA_BIN not in path:
+                problems.append(f"{where}: {NVIDIA_BIN} is not on PATH")
+            elif path[:len(IMAGE_PATH)] != list(IMAGE_PATH) or any("$(" in p for p in path):
+                problems.append(f"{where}: PATH {':'.join(path)} clobbers the image's PATH "
+                                f"(expected {':'.join(IMAGE_PATH)} first, then {NVIDIA_BIN})")
     return problems
 
 
@@ -432,6 +551,63 @@ def network_policy_problems(objects: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def inference_ports(pod: PodTemplate, objects: list[dict[str, Any]]) -> dict[int, str]:
+    """Port number -> where it is declared: every container port a Service selecting the
+    pod targets, and the public ports of the stack plugin whose Deployment this is."""
+    own = container_ports(pod)
+    ports: dict[int, str] = {}
+    for service in (o for o in objects if o.get("kind") == "Service"):
+        selector = service.get("spec", {}).get("selector")
+        if not selector or not selects({"matchLabels": selector}, pod.labels):
+            continue
+        for port in service["spec"].get("ports", []):
+            target = port.get("targetPort", port.get("port"))
+            number = own.get(target, target)
+            if isinstance(number, int):
+                ports[number] = f"{object_name(service)} port {port.get('name', number)}"
+    deployment = pod.owner.get("metadata", {}).get("name")
+    for stack in all_stacks():
+        if stack.k8s_deployment != deployment:
+            continue
+        for name, number in stack.default_ports.items():
+            if number not in stack.private_ports and name not in PRIVATE_PORT_NAMES:
+                ports.setdefault(number, f"{stack.name} {name} port")
+    return ports
+
+
+def liveness_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """No server's livenessProbe goes through an inference port's request handling: an
+    httpGet or grpc probe there (or an exec probe that connects to it) waits behind the
+    requests under test, and under overload its timeouts restart the server mid-point.
+    A tcpSocket probe is allowed: the kernel completes the connect from the backlog."""
+    problems = []
+    for pod in pod_templates(objects):
+        if not pod.is_server:
+            continue
+        served = inference_ports(pod, objects)
+        own = container_ports(pod)
+        for container in pod.containers(init=False):
+            probe = container.get("livenessProbe") or {}
+            where = f"{pod.name} container {container.get('name')}: livenessProbe"
+            for kind in ("httpGet", "grpc"):
+                if kind not in probe:
+                    continue
+                port = probe[kind].get("port")
+                number = own.get(port, port)
+                if number in served:
+                    problems.append(
+                        f"{where} {kind} on inference port {port} ({served[number]}): it "
+                        "waits behind the load under test, and its timeouts restart the "
+                        "server mid-point; use tcpSocket"
+                    )
+            command = " ".join(map(str, probe.get("exec", {}).get("command", [])))
+            for number, what in served.items():
+                if re.search(rf"(?<!\d){number}(?!\d)", command):
+                    problems.append(f"{where} exec connects to inference port {number} "
+                                    f"({what}); use tcpSocket")  # fmt: skip
+    return problems
+
+
 def stack_problems(objects: list[dict[str, Any]],
                    stacks: list[ServingStack] | None = None) -> list[str]:
     """What each stack plugin declares about its k8s deployment: a Deployment of its name,
@@ -500,12 +676,19 @@ def metadata_problems(objects: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def invariant_problems(objects: list[dict[str, Any]], expect_gpu: bool) -> list[str]:
-    """Every invariant above, for one rendered overlay."""
+def invariant_problems(
+    objects: list[dict[str, Any]], expect_gpu: bool, components: tuple[str, ...] = ()
+) -> list[str]:
+    """Every invariant above, for one rendered overlay (with `components` on top: those
+    may require the node labels an overlay must not)."""
     return [
         *gpu_problems(objects, expect_gpu),
+        *([] if components else node_label_problems(objects)),
+        *cuda_tag_problems(objects, expect_gpu),
+        *driver_path_problems(objects, expect_gpu),
         *security_problems(objects),
         *probe_and_resource_problems(objects),
+        *liveness_problems(objects),
         *image_problems(objects),
         *service_problems(objects),
         *network_policy_problems(objects),
@@ -526,6 +709,34 @@ def generated_config_problems(k8s_dir: Path = K8S_DIR) -> list[str]:
             if not copy.exists() or copy.read_text() != text:
                 problems.append(f"{copy} is not what {stack.name} generates from digitnet.spec; "
                                 "regenerate it: make configs")
+    return problems
+
+
+TORCH_FALLBACK_INDEX = re.compile(r"--extra-index-url|PIP_EXTRA_INDEX_URL|--find-links")
+
+
+def torch_dockerfile_problems(dockerfiles: tuple[Path, ...] = TORCH_DOCKERFILES) -> list[str]:
+    """The torch images' Dockerfiles (static text checks): torch installed alone from
+    TORCH_INDEX_URL with --no-deps and no fallback index (a fallback silently installs a
+    torch of another flavour under this flavour's tag), and a build step that compares
+    torch.version.cuda with TORCH_INDEX_URL's flavour and fails the build otherwise."""
+    problems = []
+    for dockerfile in dockerfiles:
+        text = dockerfile.read_text().replace("\\\n", " ")
+        code = "\n".join(line for line in text.splitlines()
+                          if not line.lstrip().startswith("#"))  # fmt: skip
+        name = dockerfile.relative_to(ROOT) if dockerfile.is_relative_to(ROOT) else dockerfile
+        fallback = TORCH_FALLBACK_INDEX.search(code)
+        if fallback:
+            problems.append(f"{name}: a fallback package index ({fallback[0]}) can install a "
+                            "torch that is not TORCH_INDEX_URL's flavour")  # fmt: skip
+        if not re.search(r'pip install[^\n&]*--no-deps[^\n&]*--index-url "\$\{TORCH_INDEX_URL\}"',
+                         code):
+            problems.append(f"{name}: torch is not installed alone (--no-deps) from "
+                            '--index-url "${TORCH_INDEX_URL}"')
+        if not re.search(r"torch\.version\.cuda[^\n]*\$\{TORCH_INDEX_URL\}", code):
+            problems.append(f"{name}: no build step asserts torch.version.cuda against "
+                            "TORCH_INDEX_URL's flavour")
     return problems
 
 
@@ -612,20 +823,36 @@ def checkov_problems(
 # --- the whole run ----------------------------------------------------------------------
 
 
-def validate_overlay(overlay_dir: Path, expect_gpu: bool) -> tuple[str, list[str]]:
-    """Render, schema-check and invariant-check one overlay.
+def validate_overlay(
+    overlay_dir: Path, expect_gpu: bool, components: tuple[str, ...] = ()
+) -> tuple[str, list[str]]:
+    """Render, schema-check and invariant-check one overlay, with the named components of
+    k8s/components/ (next to its overlays/ folder) on top.
 
     Returns:
         (rendered YAML, problems); problems is empty when the overlay passes.
     """
     try:
-        text = render(overlay_dir)
+        if components:
+            with tempfile.TemporaryDirectory(prefix="k8s-component-") as tmp:
+                here = Path(tmp)
+                doc = {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [os.path.relpath(overlay_dir, here)],
+                    "components": [os.path.relpath(overlay_dir.parents[1] / "components" / c,
+                                                   here) for c in components],
+                }  # fmt: skip
+                (here / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+                text = render(here)
+        else:
+            text = render(overlay_dir)
     except RenderError as err:
         return "", [str(err)]
     objects = load_objects(text)
     if not objects:
         return text, [f"{overlay_dir}: renders no objects"]
-    return text, schema_problems(objects) + invariant_problems(objects, expect_gpu)
+    return text, schema_problems(objects) + invariant_problems(objects, expect_gpu, components)
 
 
 def validate_all(k8s_dir: Path = K8S_DIR, lint: bool = True) -> dict[str, list[str]]:
@@ -638,7 +865,14 @@ def validate_all(k8s_dir: Path = K8S_DIR, lint: bool = True) -> dict[str, list[s
         sections[f"overlay {overlay}: render, schema ({', '.join(K8S_VERSIONS)}), invariants"] = (
             problems
         )
+    for component, overlay in COMPONENTS.items():
+        _text, problems = validate_overlay(k8s_dir / "overlays" / overlay, OVERLAYS[overlay],
+                                           (component,))  # fmt: skip
+        sections[f"component {component} on overlay {overlay}: render, schema, invariants"] = (
+            problems
+        )
     sections["generated configs"] = generated_config_problems(k8s_dir)
+    sections["torch Dockerfiles: one index, CUDA asserted"] = torch_dockerfile_problems()
     if lint:
         sections["checkov (kubernetes, dockerfile)"] = checkov_problems(rendered)
         sections["yamllint"] = yamllint_problems(

@@ -53,7 +53,7 @@ def test_with_a_registry_every_build_is_pushed_under_it():
 
 
 def test_cpu_only_builds_skip_the_cuda_variants():
-    refs = built_refs(cluster.build_commands("docker", "", "0.1.0", "cu128", ("cpu",), "x"))
+    refs = built_refs(cluster.build_commands("docker", "", "0.1.0", "cu130", ("cpu",), "x"))
     assert refs == {"digitnet-model:0.1.0", "digitnet-torchserve:0.1.0",
                     "digitnet-flask-torch:0.1.0", "digitnet-locust:0.1.0"}  # fmt: skip
 
@@ -75,9 +75,9 @@ def test_images_without_an_engine_fail_clearly():
 
 @pytest.mark.parametrize("overlay", sorted(validate.OVERLAYS))
 def test_the_applied_overlay_points_project_images_at_the_registry(rendered, tmp_path, overlay):
-    folder = cluster.write_overlay(overlay, REGISTRY, "2.0.0", "cu128", out_dir=tmp_path)
+    folder = cluster.write_overlay(overlay, REGISTRY, "2.0.0", "cu126", out_dir=tmp_path)
     objects = validate.load_objects(validate.render(folder))
-    suffix = "-cu128" if overlay == "gpu" else ""
+    suffix = "-cu126" if overlay == "gpu" else ""
     images = project_images(objects)
     assert images == {
         f"{REGISTRY}/digitnet-model:2.0.0",
@@ -167,7 +167,7 @@ def test_servers_are_described_in_the_report_environment():
                     {"image": image, "resources": {"limits": {"cpu": "2"}}}]}}  # fmt: skip
 
     pods = {"items": [pod("tf-serving", "gpu-1", "tensorflow/serving:2.21.0-gpu"),
-                      pod("flask-torch", "gpu-2", "r/digitnet-flask-torch:1-cu128")]}
+                      pod("flask-torch", "gpu-2", "r/digitnet-flask-torch:1-cu130")]}
     nodes = {"items": [
         {"metadata": {"name": "gpu-1", "labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
                                                   "node.kubernetes.io/instance-type": "a3"}}},
@@ -181,3 +181,49 @@ def test_servers_are_described_in_the_report_environment():
     assert env["gpu"] == "NVIDIA-H100-80GB-HBM3, NVIDIA-L4"
     assert env["versions"]["tensorflow_model_server"] == "tensorflow/serving:2.21.0-gpu"
     assert set(env["servers"]) == {"tf-serving (k8s)", "flask-torch (k8s)"}
+
+
+def test_the_default_cuda_flavour_is_one_torch_publishes():
+    assert cluster.DEFAULT_CUDA_FLAVOR == "cu130"
+    assert set(cluster.SUPPORTED_CUDA_FLAVORS) == {"cu130", "cu126"}
+    makefile = (validate.ROOT / "Makefile").read_text()
+    assert f"\nCUDA_FLAVOR ?= {cluster.DEFAULT_CUDA_FLAVOR}\n" in makefile
+
+
+@pytest.mark.parametrize("flavor", ["cu128", "cu124", "cpu", ""])
+def test_an_unsupported_cuda_flavour_is_refused_before_any_build(flavor):
+    with pytest.raises(cluster.UnsupportedCudaFlavor, match="publishes CUDA wheels for cu130, "
+                       "cu126 only"):  # fmt: skip
+        cluster.build_commands("docker", "", "0.1.0", flavor, ("cpu", "cuda"), "x")
+    with pytest.raises(cluster.UnsupportedCudaFlavor):
+        cluster.overlay_kustomization("gpu", "", "0.1.0", flavor)
+    # CPU-only builds and the CPU overlay never use the flavour.
+    assert cluster.build_commands("docker", "", "0.1.0", flavor, ("cpu",), "x")
+    assert cluster.overlay_kustomization("cpu", "", "0.1.0", flavor)["images"]
+
+
+def test_the_cli_refuses_an_unsupported_cuda_flavour_clearly():
+    result = subprocess.run(
+        [sys.executable, "-m", "k8s.cluster", "images", "--dry-run", "--cuda-flavor", "cu128"],
+        capture_output=True, text=True, cwd=validate.ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "CUDA flavour 'cu128'" in result.stderr and "cu130, cu126" in result.stderr
+    assert "+ docker build" not in result.stdout
+
+
+def test_the_applied_overlay_can_add_the_gpu_feature_discovery_component(rendered, tmp_path):
+    folder = cluster.write_overlay("gpu", REGISTRY, "2.0.0", "cu130", out_dir=tmp_path,
+                                   components=("gpu-feature-discovery",))  # fmt: skip
+    objects = validate.load_objects(validate.render(folder))
+    for name, pod in validate_servers(objects).items():
+        assert pod.spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, name
+    assert validate.invariant_problems(objects, True, ("gpu-feature-discovery",)) == []
+    # Without saying a component is on top, the label is what the overlay must not require.
+    assert any("requires node label nvidia.com/gpu.present" in p
+               for p in validate.invariant_problems(objects, True))  # fmt: skip
+
+
+def validate_servers(objects: list[dict]) -> dict[str, validate.PodTemplate]:
+    return {p.owner["metadata"]["name"]: p for p in validate.pod_templates(objects)
+            if p.is_server}  # fmt: skip

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from k8s import validate
+from digitnet.spec import ModelSpec
+from k8s import cluster, validate
+from loadtests.runner import target_for
+from services.registry import load_stack
+from services.stack import CPU, REST
 from services.tf_serving.server_flags import REPO_CONFIGS, ConfigFiles, ServerTuning, server_flags
 
 ROOT = validate.ROOT
@@ -53,7 +57,9 @@ def test_gpu_overlay_gives_each_server_one_gpu_on_a_gpu_node(rendered):
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
             pod.spec["tolerations"]
         ), name
-        assert pod.spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, name
+        # The limit schedules; no node label only an add-on sets is required
+        # (k8s/components/gpu-feature-discovery adds GFD's).
+        assert "nodeSelector" not in pod.spec and "affinity" not in pod.spec, name
     for pod in workloads(rendered["gpu"]):
         if not pod.is_server:
             assert "tolerations" not in pod.spec, pod.name
@@ -75,7 +81,7 @@ def test_each_overlay_runs_its_own_builds_of_the_images(rendered):
     assert gpu["tf-serving"] == "tensorflow/serving:2.21.0-gpu"
     for name in ("torchserve", "flask-torch"):
         assert cpu[name] == f"digitnet-{name}:0.1.0"
-        assert gpu[name] == f"digitnet-{name}:0.1.0-cu128"
+        assert gpu[name] == f"digitnet-{name}:0.1.0-{cluster.DEFAULT_CUDA_FLAVOR}"
     assert cpu["copy-model"] == gpu["copy-model"] == "digitnet-model:0.1.0"
     assert cpu["locust"] == gpu["locust"] == "digitnet-locust:0.1.0"
 
@@ -215,9 +221,25 @@ def test_load_generator_stays_off_the_servers_nodes_and_targets_their_services(r
         host, port = url.split("://")[-1].split(":")
         assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}, url
     env = {e["name"]: e for e in locust["env"]}
-    assert "TORCHSERVE_TOKEN" not in env  # the token is a mounted Secret, not an env var
+    # The token is a mounted Secret, not in the pod spec's env (see the next test for
+    # where it does go).
+    assert "TORCHSERVE_TOKEN" not in env
+    assert not [e for e in locust["env"] if "secretKeyRef" in str(e.get("valueFrom"))]
     assert {"name": "torchserve-token", "secret": {"secretName": "torchserve-token",
             "defaultMode": 0o440}} in pod.spec["volumes"]  # fmt: skip
+
+
+def test_the_token_reaches_locust_in_its_environment_as_the_manifest_says(rendered):
+    """The key is mounted as a file, but loadtests.cluster reads it and each Locust process
+    gets it in LOADTEST_HEADERS: the manifest's comment must say so, not deny it."""
+    stack = load_stack("torchserve")
+    client = stack.remote_client(REST, "http://torchserve:8080", ModelSpec.from_env(),
+                                 "s3cret-key")  # fmt: skip
+    target = target_for(stack, client, CPU)
+    assert "s3cret-key" in target.env["LOADTEST_HEADERS"]
+    comment = (validate.K8S_DIR / "base" / "loadgen.yaml").read_text()
+    assert "shows in no process environment" not in comment
+    assert "LOADTEST_HEADERS" in comment and "/proc/<pid>/environ" in comment
 
 
 def test_validate_cli_passes_on_the_repository():

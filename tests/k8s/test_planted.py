@@ -3,6 +3,7 @@ one planted mistake, and the overlay's validation must name it."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,13 +33,22 @@ TORCHSERVE_SERVICE_PORT = """    - name: http
       protocol: TCP
 """
 FLASK_LIVENESS = """          livenessProbe:
-            httpGet:
-              path: /healthz
+            tcpSocket:
               port: http
             periodSeconds: 20
             timeoutSeconds: 3
             failureThreshold: 3
 """
+TF_LIVENESS = "          livenessProbe:\n            tcpSocket:\n              port: grpc\n"
+GFD_SELECTOR = """- op: add
+  path: /spec/template/spec/nodeSelector
+  value:
+    nvidia.com/gpu.present: "true"
+"""
+GPU_TORCHSERVE_TAG = '  - name: digitnet-torchserve\n    newTag: "0.1.0-cu130"\n'
+NVIDIA_PATH = ('              value: "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:'
+               '/sbin:/bin:\\\n                /usr/local/nvidia/bin"\n')
+NVIDIA_LIB = "            - name: LD_LIBRARY_PATH\n              value: /usr/local/nvidia/lib64\n"
 FLASK_RESOURCES = """          resources:
             requests: {cpu: "2", memory: 2Gi}
             limits: {cpu: "2", memory: 2Gi}
@@ -126,6 +136,84 @@ PLANTED = [
     pytest.param(
         "cpu", "base/torchserve.yaml", "  replicas: 1\n", "  replicas: 2\n",
         "Deployment/torchserve: replicas 2; must be 1", id="torchserve-scaled"),
+    # Issue 13: a CUDA flavour torch does not publish, builds of the wrong kind.
+    pytest.param(
+        "gpu", "overlays/gpu/kustomization.yaml", GPU_TORCHSERVE_TAG,
+        GPU_TORCHSERVE_TAG.replace("cu130", "cu128"),
+        "CUDA flavour cu128 is not one torch publishes wheels for", id="cuda-flavour-cu128"),
+    pytest.param(
+        "gpu", "overlays/gpu/kustomization.yaml", GPU_TORCHSERVE_TAG,
+        GPU_TORCHSERVE_TAG.replace("-cu130", ""),
+        "no -<cuda flavour> tag, a CPU build in the GPU overlay", id="cpu-build-in-gpu-overlay"),
+    pytest.param(
+        "gpu", "overlays/gpu/kustomization.yaml", GPU_TORCHSERVE_TAG,
+        GPU_TORCHSERVE_TAG.replace("cu130", "cu126"),
+        "the torch images mix CUDA flavours", id="cuda-flavours-mixed"),
+    pytest.param(
+        "cpu", "overlays/cpu/kustomization.yaml",
+        '  - name: digitnet-flask-torch\n    newTag: "0.1.0"',
+        '  - name: digitnet-flask-torch\n    newTag: "0.1.0-cu130"',
+        "a CUDA build in an overlay without GPUs", id="cuda-build-in-cpu-overlay"),
+    # Issue 13: a node label only GPU feature discovery sets, made mandatory.
+    pytest.param(
+        "gpu", "overlays/gpu/gpu-servers.yaml", "      effect: NoSchedule\n",
+        "      effect: NoSchedule\n" + GFD_SELECTOR,
+        "requires node label nvidia.com/gpu.present, which only an add-on sets",
+        id="gfd-selector-mandatory"),
+    pytest.param(
+        "gpu", "overlays/gpu/gpu-servers.yaml", "      effect: NoSchedule\n",
+        "      effect: NoSchedule\n- op: add\n  path: /spec/template/spec/affinity\n  value:\n"
+        "    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n"
+        "        nodeSelectorTerms:\n          - matchExpressions:\n"
+        "              - {key: feature.node.kubernetes.io/pci-10de.present, operator: Exists}\n",
+        "requires node label feature.node.kubernetes.io/pci-10de.present",
+        id="nfd-affinity-mandatory"),
+    # Issue 13: the driver's /usr/local/nvidia paths.
+    pytest.param(
+        "gpu", "overlays/gpu/flask-torch-gpu.yaml", NVIDIA_LIB, "",
+        "container flask-torch: /usr/local/nvidia/lib64 is not on LD_LIBRARY_PATH",
+        id="nvidia-lib-missing"),
+    pytest.param(
+        "gpu", "overlays/gpu/torchserve-gpu.yaml", NVIDIA_PATH,
+        "              value: /usr/local/nvidia/bin\n",
+        "container torchserve: PATH /usr/local/nvidia/bin clobbers the image's PATH",
+        id="path-clobbered"),
+    pytest.param(
+        "gpu", "overlays/gpu/torchserve-gpu.yaml", NVIDIA_PATH,
+        '              value: "$(PATH):/usr/local/nvidia/bin"\n',
+        "clobbers the image's PATH", id="path-image-variable-not-expanded"),
+    pytest.param(
+        "gpu", "overlays/gpu/flask-torch-gpu.yaml", "            - name: PATH\n",
+        "            - name: NOT_PATH\n",
+        "container flask-torch: /usr/local/nvidia/bin is not on PATH", id="nvidia-bin-missing"),
+    # Issue 13: a liveness probe through the port under test.
+    pytest.param(
+        "cpu", "base/tf-serving.yaml", TF_LIVENESS,
+        "          livenessProbe:\n            httpGet:\n              path: /v1/models/digitnet\n"
+        "              port: http\n",
+        "container tf-serving: livenessProbe httpGet on inference port http",
+        id="tf-liveness-on-rest-port"),
+    pytest.param(
+        "gpu", "base/tf-serving.yaml", TF_LIVENESS,
+        "          livenessProbe:\n            grpc:\n              port: 8500\n",
+        "container tf-serving: livenessProbe grpc on inference port 8500",
+        id="tf-liveness-grpc-probe"),
+    pytest.param(
+        "cpu", "base/tf-serving.yaml", TF_LIVENESS,
+        "          livenessProbe:\n            exec:\n              command: *model-available\n",
+        "container tf-serving: livenessProbe exec connects to inference port 8501",
+        id="tf-liveness-exec-on-rest-port"),
+    pytest.param(
+        "cpu", "base/flask-torch.yaml", FLASK_LIVENESS,
+        FLASK_LIVENESS.replace("tcpSocket:\n              port: http",
+                               "httpGet:\n              path: /healthz\n              port: http"),
+        "container flask-torch: livenessProbe httpGet on inference port http",
+        id="flask-liveness-on-http-port"),
+    pytest.param(
+        "cpu", "base/torchserve.yaml", "            tcpSocket:\n              port: http\n",
+        "            httpGet:\n              path: /ping\n              port: 8080\n",
+        "container torchserve: livenessProbe httpGet on inference port 8080",
+        id="torchserve-liveness-on-http-port"),
     pytest.param(
         "gpu", "base/kustomization.yaml", "  - networkpolicy.yaml\n",
         "  - networkpolicy.yaml\n  - missing.yaml\n",
@@ -161,3 +249,77 @@ def test_the_cli_fails_on_a_planted_mistake_and_passes_without(k8s_copy):
     assert planted.returncode == 1
     assert "FAIL overlay cpu" in planted.stdout
     assert "image 'tensorflow/serving' is not pinned" in planted.stdout
+
+
+def test_the_gpu_feature_discovery_component_adds_the_label_the_overlay_may_not(k8s_copy):
+    overlay = k8s_copy / "overlays" / "gpu"
+    component = ("gpu-feature-discovery",)
+    text, problems = validate.validate_overlay(overlay, True, component)
+    assert problems == []
+    servers = [p for p in validate.pod_templates(validate.load_objects(text)) if p.is_server]
+    assert len(servers) == 3
+    for pod in servers:
+        assert pod.spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, pod.name
+    # The component is validated on top of the overlay, so a mistake in it is named too
+    # (here a label value that is no string, which the schema refuses).
+    plant(k8s_copy, "components/gpu-feature-discovery/node-selector.yaml",
+          'nvidia.com/gpu.present: "true"', "nvidia.com/gpu.present: true")
+    _text, problems = validate.validate_overlay(overlay, True, component)
+    assert any("spec/template/spec/nodeSelector/nvidia.com/gpu.present" in p
+               for p in problems), problems  # fmt: skip
+
+
+TORCH_DOCKERFILES = {p.parent.name: p for p in validate.TORCH_DOCKERFILES}
+
+
+def test_the_torch_dockerfiles_install_one_index_and_assert_cuda():
+    assert set(TORCH_DOCKERFILES) == {"torchserve", "flask_torch"}
+    assert validate.torch_dockerfile_problems() == []
+
+
+@pytest.mark.parametrize("stack", ["torchserve", "flask_torch"])
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    pytest.param('--index-url "${TORCH_INDEX_URL}"',
+                 '--index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple',
+                 "a fallback package index (--extra-index-url)", id="pypi-fallback"),
+    pytest.param("--no-deps --index-url", "--index-url",
+                 "torch is not installed alone (--no-deps)", id="torch-with-deps"),
+    pytest.param("torch.version.cuda", "torch.__version__",
+                 "no build step asserts torch.version.cuda", id="cuda-not-asserted"),
+])  # fmt: skip
+def test_a_planted_torch_dockerfile_mistake_is_named(tmp_path, stack, old, new, expected):
+    source = TORCH_DOCKERFILES[stack].read_text()
+    assert old in source
+    planted = tmp_path / "Dockerfile"
+    planted.write_text(source.replace(old, new))
+    problems = validate.torch_dockerfile_problems((planted,))
+    assert any(expected in p for p in problems), problems
+
+
+def build_check(dockerfile: Path) -> str:
+    """The Python the Dockerfile runs to compare torch.version.cuda with the index."""
+    found = re.search(r"python -c '(.*torch\.version\.cuda.*)' \"\$\{TORCH_INDEX_URL\}\"",
+                      dockerfile.read_text())  # fmt: skip
+    assert found, f"{dockerfile}: no torch.version.cuda check"
+    return found[1]
+
+
+@pytest.mark.parametrize("stack", ["torchserve", "flask_torch"])
+@pytest.mark.parametrize(("flavor", "cuda", "ok"), [
+    ("cpu", None, True), ("cu130", "13.0", True), ("cu126", "12.6", True),
+    ("cu130", "12.6", False), ("cu126", None, False), ("cpu", "13.0", False),
+    ("rocm6.2", None, False),
+])  # fmt: skip
+def test_the_build_fails_unless_torch_is_the_flavour_of_its_index(tmp_path, stack, flavor,
+                                                                    cuda, ok):
+    # A stand-in torch module: what the wheel pip picked reports, without installing one.
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        f"__version__ = '2.13.0+stub'\nclass version:\n    cuda = {cuda!r}\n")
+    url = f"https://download.pytorch.org/whl/{flavor}"
+    result = subprocess.run([sys.executable, "-c", build_check(TORCH_DOCKERFILES[stack]), url],
+                            capture_output=True, text=True, check=False,
+                            env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert (result.returncode == 0) is ok, result.stdout + result.stderr
+    if not ok:
+        assert f"has CUDA {cuda}, but {url} promises" in result.stderr
