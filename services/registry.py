@@ -15,6 +15,7 @@ STACK_MODULES: dict[str, str] = {
     "torchserve": "services.torchserve.launch",
     "flask_torch": "services.flask_torch.launch",
     "flask_tf": "services.flask_tf.launch",
+    "ray_serve": "services.ray_serve.launch",
 }
 
 

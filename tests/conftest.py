@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from digitnet.artifacts import ArtifactPaths
 from digitnet.data import DigitsSplit, load_split  # noqa: E402
 from digitnet.spec import ModelSpec, ServingLimits  # noqa: E402
-from harness.artifacts import build_all  # noqa: E402
+from harness.artifacts import build_all, complete  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, spec: ModelSpec) -> Arti
     reuse = os.environ.get("DIGITNET_TEST_ARTIFACTS")
     if reuse:
         paths = ArtifactPaths(Path(reuse), spec)
-        if paths.complete():
+        if complete(paths):
             return paths
     root = tmp_path_factory.mktemp("artifacts")
     build_all(root, spec)

@@ -1,0 +1,338 @@
+"""Ray Serve's plugin: one server process (server.py) that starts a private local Ray
+instance and Serve in it, on 127.0.0.1.
+
+Processes, all started by the server process and all ended by stop():
+    server.py (the Ray driver) -> gcs_server, raylet -> Ray workers: the Serve controller,
+    the HTTP proxy (the inference port) and one replica per worker of the core split
+    (ray::ServeReplica:digitnet:DigitNet), plus Ray's per-node agents.
+Ready means the application is RUNNING with every replica RUNNING (the status file the
+server keeps, from serve.status()) and a replica answers /readyz through the proxy;
+replicas load and warm their model before they take a request.
+
+Nothing but the inference port is meant to be reached: the dashboard is off, Ray's node
+address is 127.0.0.1 (GCS, raylet, agents and workers bind there), the metrics export
+port is on 127.0.0.1, and the gRPC proxy is not started.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+import requests
+
+from digitnet.artifacts import ArtifactPaths
+from digitnet.clients import FLASK_READY_PATH, TFS_PREDICT_PATH, Predictor, RestClient
+from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
+from services.process import (
+    LOOPBACK,
+    ServerProcess,
+    alive,
+    kill_processes,
+    port_is_free,
+    start_process,
+    usable_cores,
+    wait_until,
+)
+from services.ray_serve.settings import (
+    DEPLOYMENT_NAME,
+    LAUNCHER_PID_ENV,
+    REPLICAS_ENV,
+    THREADS_ENV,
+    ServeSettings,
+    parallelism_from_env,
+)
+from services.stack import CPU, REST, ServingStack, SignalPlan
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HTTP = "http"
+METRICS = "metrics"
+LOG_FILE = "ray_serve.log"
+STATUS_FILE = "serve_status.json"
+# Holds the path of the run's Ray temp dir, so stop() can remove it (also after a
+# restart of the harness, from ServerProcess.from_json).
+TEMP_DIR_FILE = "ray_temp_dir"
+# Where Ray's session logs are copied before the temp dir is removed.
+LOGS_COPY = "ray-logs"
+# Parent of the Ray temp dirs: short, since Ray puts Unix sockets under them (Linux caps
+# socket paths at 107 bytes; pytest's tmp paths alone come close).
+TEMP_ROOT = Path("/tmp")
+MAX_TEMP_DIR_CHARS = 40
+# SIGTERM -> serve.shutdown() (replicas drain 5 s at most) -> ray.shutdown(): measured
+# well under this; what is still running after it is killed.
+STOP_GRACE_S = 25.0
+PROBE_TIMEOUT_S = 2.0
+PORTS_FREE_TIMEOUT_S = 15.0
+# Process titles Ray gives its workers (setproctitle), as psutil reads them.
+REPLICA_TITLE = "ray::ServeReplica"
+ROLE_TITLES = (
+    (REPLICA_TITLE, "serve replica"),
+    ("ray::ProxyActor", "serve proxy"),
+    ("ray::ServeController", "serve controller"),
+    ("ray::IDLE", "idle ray worker"),
+)
+ROLE_NAMES = {"gcs_server": "gcs", "raylet": "raylet"}
+ROLE_SCRIPTS = (
+    ("services.ray_serve.server", "server (ray driver)"),
+    ("dashboard/agent.py", "dashboard agent"),
+    ("runtime_env/agent/main.py", "runtime env agent"),
+    ("log_monitor.py", "log monitor"),
+)
+
+
+def run_dir_of(server: ServerProcess) -> Path:
+    """The folder start() ran the server in (its log, status file and temp dir record)."""
+    return server.log_path.parent
+
+
+def read_status(server: ServerProcess) -> dict[str, Any]:
+    """The status file the server keeps: the application's state from serve.status(), the
+    settings it runs with and the batching read back from a replica ({} before the
+    server wrote it)."""
+    try:
+        return json.loads((run_dir_of(server) / STATUS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def application_running(status: Mapping[str, Any]) -> bool:
+    """RUNNING, with as many RUNNING replicas as the settings ask for."""
+    app = status.get("application", {})
+    if app.get("status") != "RUNNING":
+        return False
+    deployment = app.get("deployments", {}).get(DEPLOYMENT_NAME, {})
+    wanted = status.get("settings", {}).get("replicas", 1)
+    return deployment.get("replica_states", {}).get("RUNNING", 0) >= wanted
+
+
+def run_processes(launcher_pid: int) -> list[psutil.Process]:
+    """Every live process of one run: the server and whatever Ray started, found by the
+    marker the server put in their environment, or by the session start_process gave it
+    (whichever a process still has), however far they were re-parented."""
+    found = []
+    marker = str(launcher_pid)
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == launcher_pid or os.getsid(proc.pid) == launcher_pid:
+                found.append(proc)
+            elif proc.environ().get(LAUNCHER_PID_ENV) == marker:
+                found.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return [proc for proc in found if alive(proc)]
+
+
+class RayServeStack(ServingStack):
+    """A Ray Serve application serving the TorchScript model with @serve.batch."""
+
+    name = "ray_serve"
+    # Beside flask_torch's 8000 and flask_tf's 8001, so `make deploy-local` runs all.
+    default_ports: Mapping[str, int] = {HTTP: 8002, METRICS: 8003}
+    protocol_ports = {REST: HTTP}
+    locust_users = {REST: "RestPredictUser"}
+    stop_grace_s = STOP_GRACE_S
+    floor_path = "TorchScript"
+    framework = "pytorch"
+    server_kind = "Ray Serve"
+    # CUDA would need num_gpus per replica and a CUDA build of torch next to Ray; not
+    # built or tested yet.
+    devices = (CPU,)
+    thread_settings = (REPLICAS_ENV, THREADS_ENV, "OMP_NUM_THREADS")
+    not_deployed_why = (
+        "no container image or manifest yet: Ray Serve runs natively only (make "
+        "deploy-local, make bench); on k8s it would run under KubeRay's RayService, which "
+        "k8s/validate does not check"
+    )
+    workers_not_applicable = "Serve always has replica processes"
+
+    def available(self) -> tuple[bool, str]:
+        missing = [m for m in ("ray", "starlette", "torch")
+                   if importlib.util.find_spec(m) is None]  # fmt: skip
+        if missing:
+            return False, (f"missing Python packages {missing}: install ray[serve]==2.60.0 "
+                           "(scripts/bootstrap_venv.sh)")  # fmt: skip
+        return True, ""
+
+    def settings_for(
+        self,
+        paths: ArtifactPaths,
+        run_dir: Path,
+        ports: Mapping[str, int],
+        cores: Sequence[int] | None,
+        temp_dir: Path,
+    ) -> ServeSettings:
+        """What the server will run with: replicas x threads from the cores by the one
+        rule (services.cores), limits and batching from digitnet.spec's variables."""
+        return ServeSettings(
+            model_path=paths.torchscript.resolve(),
+            http_port=ports[HTTP],
+            metrics_port=ports[METRICS],
+            temp_dir=temp_dir,
+            status_file=(run_dir / STATUS_FILE).resolve(),
+            split=parallelism_from_env(len(cores) if cores else len(usable_cores())),
+            spec=paths.spec,
+            limits=ServingLimits.from_env(),
+            policy=BatchingPolicy.from_env(),
+        )
+
+    def start(
+        self,
+        paths: ArtifactPaths,
+        run_dir: Path,
+        ports: Mapping[str, int],
+        cores: Sequence[int] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ServerProcess:
+        if not paths.torchscript.exists():
+            raise FileNotFoundError(f"{paths.torchscript} missing: run `make artifacts`")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / STATUS_FILE).unlink(missing_ok=True)
+        temp_dir = Path(tempfile.mkdtemp(prefix="dn-ray-", dir=TEMP_ROOT))
+        if len(str(temp_dir)) > MAX_TEMP_DIR_CHARS:
+            raise ValueError(f"Ray temp dir {temp_dir} is too long for Ray's socket paths")
+        (run_dir / TEMP_DIR_FILE).write_text(str(temp_dir))
+        settings = self.settings_for(paths, run_dir, ports, cores, temp_dir)
+        server_env = {
+            **settings.to_env(),
+            # Every temp file of Ray's under the run's own dir, none in /tmp/ray.
+            "RAY_TMPDIR": str(temp_dir),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Ray workers import the deployment from the repository.
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
+            **(env or {}),
+        }
+        argv = [sys.executable, "-m", "services.ray_serve.server"]
+        server = start_process(self.name, argv, run_dir / LOG_FILE, cwd=REPO_ROOT,
+                               env=server_env, cores=cores)  # fmt: skip
+        server.endpoints = {
+            HTTP: f"http://{LOOPBACK}:{ports[HTTP]}",
+            METRICS: f"http://{LOOPBACK}:{ports[METRICS]}",
+        }
+        return server
+
+    def serve_status(self, server: ServerProcess) -> dict[str, Any]:
+        """The server's status file (see read_status)."""
+        return read_status(server)
+
+    def model_ready(self, server: ServerProcess) -> bool:
+        """The application RUNNING with all replicas, and a replica answering /readyz."""
+        status = read_status(server)
+        if status.get("application", {}).get("status") == "FAILED":
+            raise _Failed(status.get("error", "failed"))
+        if not application_running(status):
+            return False
+        response = requests.get(server.endpoints[HTTP] + FLASK_READY_PATH,
+                                timeout=PROBE_TIMEOUT_S)  # fmt: skip
+        return response.status_code == 200 and response.json().get("status") == "ready"
+
+    def wait_ready(self, server: ServerProcess, timeout_s: float) -> float:
+        failure: list[str] = []
+
+        def ready_or_failed() -> bool:
+            try:
+                return self.model_ready(server)
+            except _Failed as err:
+                failure.append(str(err))
+                return True
+
+        try:
+            waited = wait_until(ready_or_failed, timeout_s, self.name, interval_s=0.25,
+                                alive=server.alive)  # fmt: skip
+        except (TimeoutError, RuntimeError) as err:
+            raise type(err)(f"{err}\n--- {server.log_path} ---\n{server.log_tail()}") from None
+        if failure:
+            raise RuntimeError(f"{self.name}: {failure[0]}\n{server.log_tail()}")
+        return waited
+
+    def clients(self, server: ServerProcess, paths: ArtifactPaths) -> list[Predictor]:
+        return [self.remote_client(REST, server.endpoints[HTTP], paths.spec)]
+
+    def remote_client(
+        self, protocol: str, url: str, spec: ModelSpec, secret: str | None = None
+    ) -> Predictor:
+        return RestClient(f"{self.name}/{REST}", url, TFS_PREDICT_PATH.format(name=spec.name),
+                          spec)  # fmt: skip
+
+    def stop(self, server: ServerProcess) -> None:
+        """SIGTERM to the server (it shuts Serve and Ray down), then SIGKILL for anything
+        of the run still alive after the grace, then the ports and the temp dir."""
+        try:
+            root = psutil.Process(server.pid)
+            root.terminate()
+            if server.popen is not None:
+                server.popen.wait(timeout=STOP_GRACE_S)
+            else:
+                root.wait(timeout=STOP_GRACE_S)
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired, subprocess.TimeoutExpired):
+            pass  # gone already, or killed below with the rest
+        # Whatever Ray left (a worker mid-start, or everything after a SIGKILLed server).
+        kill_processes(run_processes(server.pid))
+        if server.popen is not None:
+            server.popen.wait(timeout=5)
+        ports = [urlsplit(url).port for url in server.endpoints.values()]
+        wait_until(lambda: all(port_is_free(p) for p in ports if p), PORTS_FREE_TIMEOUT_S,
+                   f"{self.name} ports {ports} released")  # fmt: skip
+        self._remove_temp_dir(run_dir_of(server))
+
+    @staticmethod
+    def _remove_temp_dir(run_dir: Path) -> None:
+        record = run_dir / TEMP_DIR_FILE
+        if not record.exists():
+            return
+        temp_dir = Path(record.read_text().strip())
+        logs = temp_dir / "session_latest" / "logs"
+        if logs.is_dir() and not (run_dir / LOGS_COPY).exists():
+            shutil.copytree(logs, run_dir / LOGS_COPY, symlinks=True,
+                            ignore_dangling_symlinks=True, dirs_exist_ok=True)  # fmt: skip
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        record.unlink()
+
+    def workers(self, server: ServerProcess) -> list[psutil.Process]:
+        # The replicas (server -> raylet -> worker): Serve's controller replaces a killed
+        # one by itself.
+        try:
+            tree = psutil.Process(server.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [p for p in tree if alive(p) and self.process_role(p) == "serve replica"]
+
+    def process_role(self, proc: psutil.Process) -> str | None:
+        try:
+            cmdline = " ".join(proc.cmdline())
+            name = proc.name()
+        except psutil.Error:
+            return None
+        for title, role in ROLE_TITLES:
+            if cmdline.startswith(title):
+                return role
+        if name in ROLE_NAMES:
+            return ROLE_NAMES[name]
+        for script, role in ROLE_SCRIPTS:
+            if script in cmdline:
+                return role
+        return None
+
+    def signal_plan(self) -> SignalPlan:
+        # No container yet: the runtime is start_process, and stop() signals the server
+        # only, which shuts Serve and Ray down within STOP_GRACE_S.
+        return SignalPlan(False, STOP_GRACE_S,
+                          "stop_grace_s of services/ray_serve/launch.py (no container yet)")
+
+
+class _Failed(Exception):
+    """The server reported that the application failed to start."""
+
+
+STACK = RayServeStack()

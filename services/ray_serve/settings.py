@@ -1,0 +1,204 @@
+"""Configuration of the Ray Serve stack: one frozen dataclass that the plugin turns into
+the server process's environment (`to_env`) and the server reads back (`from_env`), and
+the Serve options derived from it. Nothing here imports Ray or torch, so the plugin and
+these settings load on machines without them.
+
+Derived, never typed twice:
+  replicas x torch threads   services.cores.split_cores over the server's cores, as for
+                             every stack (DIGITNET_RAY_REPLICAS / DIGITNET_RAY_THREADS
+                             override, checked against the cores)
+  batching                   digitnet.spec.BatchingPolicy (DIGITNET_BATCHING,
+                             DIGITNET_BATCH_SIZE, DIGITNET_BATCH_DELAY_MS) -> the
+                             deployment's user_config -> @serve.batch
+  max_ongoing_requests       at least max_batch_size x BATCHES_IN_FLIGHT (a batch can
+                             fill), and REQUESTS_PER_REPLICA for slow uploads
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from digitnet.env import env_int, env_optional_int
+from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
+from services.cores import CoreSplit, split_cores
+
+MODEL_PATH_ENV = "DIGITNET_RAY_MODEL_PATH"
+HTTP_PORT_ENV = "DIGITNET_RAY_HTTP_PORT"
+METRICS_PORT_ENV = "DIGITNET_RAY_METRICS_PORT"
+REPLICAS_ENV = "DIGITNET_RAY_REPLICAS"
+THREADS_ENV = "DIGITNET_RAY_THREADS"
+TEMP_DIR_ENV = "DIGITNET_RAY_TEMP_DIR"
+STATUS_FILE_ENV = "DIGITNET_RAY_STATUS_FILE"
+WARMUP_ENV = "DIGITNET_RAY_WARMUP_ITERATIONS"
+# Set by the server process on itself before ray.init: every process Ray starts inherits
+# it, so stop() finds all of them (workers included) by this value, the server's pid.
+LAUNCHER_PID_ENV = "DIGITNET_RAY_LAUNCHER_PID"
+
+HOST = "127.0.0.1"
+APP_NAME = "digitnet"
+DEPLOYMENT_NAME = "DigitNet"
+# One batch at a time per replica: the forward pass runs on the replica's event loop
+# (an 8x8 conv net takes ~50 us), so a second batch could not overlap it anyway.
+BATCHES_IN_FLIGHT = 1
+# Requests one replica may hold, most of them waiting for their body or their batch.
+# Serve's proxy hands a request to a replica as soon as its headers arrive and streams
+# the body after it, so a slow upload holds a replica slot for as long as it trickles:
+# with only a batch's worth of slots, 32 slow clients starved every other client
+# (tests/reliability/test_faults.py). A waiting request is one coroutine; the Flask
+# stack's gevent workers take 1000 connections each for the same reason.
+REQUESTS_PER_REPLICA = 1000
+# The object store only carries small request objects here; Ray's default (30% of RAM,
+# in /dev/shm) would reserve gigabytes for nothing. 75 MiB is Ray's minimum.
+OBJECT_STORE_BYTES = 128 * 1024 * 1024
+# How long a stopping replica waits for its requests, and how often it checks. Both stay
+# well inside STOP_GRACE_S (launch.py), which also covers Ray's own shutdown.
+GRACEFUL_SHUTDOWN_TIMEOUT_S = 5.0
+GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 0.5
+# Serve calls the replica's check_health this often: a replica whose model broke is
+# replaced within a few seconds instead of Serve's default 10 s.
+HEALTH_CHECK_PERIOD_S = 2.0
+
+
+def parallelism_from_env(cores: int) -> CoreSplit:
+    """services.cores.split_cores with DIGITNET_RAY_REPLICAS / DIGITNET_RAY_THREADS as
+    overrides.
+
+    Raises:
+        ValueError: naming both variables when they oversubscribe the cores.
+    """
+    try:
+        return split_cores(cores, env_optional_int(REPLICAS_ENV), env_optional_int(THREADS_ENV))
+    except ValueError as err:
+        raise ValueError(f"{err}; lower {REPLICAS_ENV} or {THREADS_ENV}") from None
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything the server process needs to run the deployment."""
+
+    model_path: Path
+    http_port: int
+    metrics_port: int
+    # The Ray temp dir (sessions, logs, sockets): short, because Ray's Unix socket paths
+    # live under it and Linux caps those at 107 bytes.
+    temp_dir: Path
+    # Where the server writes the application's status for wait_ready (status.py).
+    status_file: Path
+    split: CoreSplit = field(default_factory=lambda: CoreSplit(1, 1))
+    spec: ModelSpec = field(default_factory=ModelSpec)
+    limits: ServingLimits = field(default_factory=ServingLimits)
+    policy: BatchingPolicy = field(default_factory=BatchingPolicy)
+    # Forward passes each replica runs before it counts as started (see predictor.py of
+    # flask_torch, whose loader the replica reuses).
+    warmup_iterations: int = 3
+
+    @property
+    def num_cpus(self) -> int:
+        """The CPUs Ray may schedule: exactly what the replicas use, so Ray's scheduler
+        itself refuses a replica that would oversubscribe the cores."""
+        return self.split.workers * self.split.threads
+
+    def to_env(self) -> dict[str, str]:
+        """The server process's environment for these settings (ModelSpec, limits and
+        batching travel as the DIGITNET_* variables every stack reads)."""
+        return {
+            MODEL_PATH_ENV: str(self.model_path),
+            HTTP_PORT_ENV: str(self.http_port),
+            METRICS_PORT_ENV: str(self.metrics_port),
+            TEMP_DIR_ENV: str(self.temp_dir),
+            STATUS_FILE_ENV: str(self.status_file),
+            REPLICAS_ENV: str(self.split.workers),
+            THREADS_ENV: str(self.split.threads),
+            # Ray would set it per actor from num_cpus; said here so the run's environment
+            # block shows it and torch's OpenMP pool never starts wider.
+            "OMP_NUM_THREADS": str(self.split.threads),
+            WARMUP_ENV: str(self.warmup_iterations),
+            "DIGITNET_NAME": self.spec.name,
+            "DIGITNET_SIDE": str(self.spec.side),
+            "DIGITNET_CHANNELS": ",".join(str(c) for c in self.spec.channels),
+            "DIGITNET_VERSION": str(self.spec.version),
+            "DIGITNET_MAX_BATCH": str(self.limits.max_batch),
+            "DIGITNET_MAX_BODY_BYTES": str(self.limits.max_body_bytes),
+            "DIGITNET_MAX_JSON_DEPTH": str(self.limits.max_json_depth),
+            "DIGITNET_BATCHING": "on" if self.policy.enabled else "off",
+            "DIGITNET_BATCH_SIZE": str(self.policy.max_batch_size),
+            "DIGITNET_BATCH_DELAY_MS": repr(self.policy.max_delay_ms),
+        }
+
+    @classmethod
+    def from_env(cls) -> ServeSettings:
+        """Reads what to_env wrote.
+
+        Raises:
+            KeyError: naming a variable the server cannot run without.
+        """
+        def required(name: str) -> str:
+            value = os.environ.get(name, "").strip()
+            if not value:
+                raise KeyError(f"{name} is not set (services/ray_serve/launch.py sets it)")
+            return value
+
+        return cls(
+            model_path=Path(required(MODEL_PATH_ENV)),
+            http_port=int(required(HTTP_PORT_ENV)),
+            metrics_port=int(required(METRICS_PORT_ENV)),
+            temp_dir=Path(required(TEMP_DIR_ENV)),
+            status_file=Path(required(STATUS_FILE_ENV)),
+            split=CoreSplit(env_int(REPLICAS_ENV, 1), env_int(THREADS_ENV, 1)),
+            spec=ModelSpec.from_env(),
+            limits=ServingLimits.from_env(),
+            policy=BatchingPolicy.from_env(),
+            warmup_iterations=env_int(WARMUP_ENV, cls.warmup_iterations),
+        )
+
+
+def batching_config(policy: BatchingPolicy) -> dict[str, Any]:
+    """The deployment's user_config: what its reconfigure() hands to @serve.batch."""
+    return {
+        "max_batch_size": policy.requests_per_batch,
+        "batch_wait_timeout_s": policy.delay_ms / 1000.0,
+    }
+
+
+def max_ongoing_requests(policy: BatchingPolicy) -> int:
+    """Requests Serve lets one replica hold at once: never fewer than its batches hold
+    (max_batch_size x max_concurrent_batches, or a batch could never fill; Ray warns
+    about that), and room for uploads still arriving (REQUESTS_PER_REPLICA)."""
+    return max(policy.requests_per_batch * BATCHES_IN_FLIGHT, REQUESTS_PER_REPLICA)
+
+
+def deployment_options(settings: ServeSettings) -> dict[str, Any]:
+    """Options of the Serve deployment (Deployment.options), all derived from `settings`."""
+    return {
+        "name": DEPLOYMENT_NAME,
+        "num_replicas": settings.split.workers,
+        "max_ongoing_requests": max_ongoing_requests(settings.policy),
+        # Each replica is one Ray actor holding `threads` CPUs; Ray schedules no more
+        # replicas than num_cpus allows.
+        "ray_actor_options": {"num_cpus": settings.split.threads},
+        "user_config": batching_config(settings.policy),
+        "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
+        "graceful_shutdown_wait_loop_s": GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        # No per-request access log, as gunicorn (accesslog off) and TorchServe's
+        # defaults: a log line per request would be part of what is measured.
+        "logging_config": {"enable_access_log": False},
+    }
+
+
+def describe(settings: ServeSettings) -> Mapping[str, Any]:
+    """The settings as the status file records them (echoed by every run)."""
+    return {
+        "replicas": settings.split.workers,
+        "torch_threads": settings.split.threads,
+        "num_cpus": settings.num_cpus,
+        "http": f"http://{HOST}:{settings.http_port}",
+        "metrics": f"http://{HOST}:{settings.metrics_port}",
+        "deployment": {k: v for k, v in deployment_options(settings).items()
+                       if k != "logging_config"},  # fmt: skip
+    }
+

@@ -1,0 +1,119 @@
+"""The Ray Serve stack's settings and declarations, without starting Ray: the core split,
+the batching policy turned into Serve's options, and the server's environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from digitnet.artifacts import ArtifactPaths
+from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
+from services.cores import CoreSplit
+from services.ray_serve.launch import STACK, application_running
+from services.ray_serve.settings import (
+    BATCHES_IN_FLIGHT,
+    DEPLOYMENT_NAME,
+    REPLICAS_ENV,
+    REQUESTS_PER_REPLICA,
+    THREADS_ENV,
+    ServeSettings,
+    batching_config,
+    deployment_options,
+    max_ongoing_requests,
+    parallelism_from_env,
+)
+from services.registry import all_stacks, load_stack
+
+
+def settings(tmp_path: Path, **changes) -> ServeSettings:
+    return ServeSettings(model_path=tmp_path / "m.pt", http_port=1, metrics_port=2,
+                         temp_dir=tmp_path / "ray", status_file=tmp_path / "s.json",
+                         **changes)  # fmt: skip
+
+
+def test_replicas_times_threads_fit_the_cores(monkeypatch) -> None:
+    monkeypatch.delenv(REPLICAS_ENV, raising=False)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert parallelism_from_env(4) == CoreSplit(4, 1)
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert parallelism_from_env(4) == CoreSplit(2, 2)
+    monkeypatch.setenv(REPLICAS_ENV, "3")
+    with pytest.raises(ValueError, match=REPLICAS_ENV):
+        parallelism_from_env(4)
+
+
+def test_ray_schedules_exactly_the_replicas_cpus(tmp_path) -> None:
+    s = settings(tmp_path, split=CoreSplit(3, 2))
+    options = deployment_options(s)
+    assert s.num_cpus == 6
+    assert options["num_replicas"] == 3
+    assert options["ray_actor_options"] == {"num_cpus": 2}
+    assert options["name"] == DEPLOYMENT_NAME
+
+
+def test_the_batching_policy_becomes_serve_batch_and_max_ongoing_requests() -> None:
+    policy = BatchingPolicy(max_batch_size=6, max_delay_ms=12.5)
+    assert batching_config(policy) == {"max_batch_size": 6, "batch_wait_timeout_s": 0.0125}
+    # A replica may hold at least what its batches hold (else a batch never fills), and
+    # room for slow uploads besides.
+    assert max_ongoing_requests(policy) == REQUESTS_PER_REPLICA
+    huge = BatchingPolicy(max_batch_size=2 * REQUESTS_PER_REPLICA)
+    assert max_ongoing_requests(huge) == 2 * REQUESTS_PER_REPLICA * BATCHES_IN_FLIGHT
+    off = BatchingPolicy(enabled=False, max_batch_size=6, max_delay_ms=12.5)
+    assert batching_config(off) == {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
+
+
+def test_the_server_reads_back_what_the_plugin_wrote(tmp_path, monkeypatch) -> None:
+    written = settings(
+        tmp_path,
+        split=CoreSplit(2, 1),
+        spec=ModelSpec(name="other", side=16, channels=(8, 16), version=3),
+        limits=ServingLimits(max_batch=9, max_body_bytes=1234, max_json_depth=5),
+        policy=BatchingPolicy(enabled=False, max_batch_size=3, max_delay_ms=0.5),
+        warmup_iterations=1,
+    )
+    for name, value in written.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert ServeSettings.from_env() == written
+    monkeypatch.delenv("DIGITNET_RAY_MODEL_PATH")
+    with pytest.raises(KeyError, match="DIGITNET_RAY_MODEL_PATH"):
+        ServeSettings.from_env()
+
+
+def test_knobs_in_the_environment_reach_the_plugins_settings(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DIGITNET_BATCH_SIZE", "5")
+    monkeypatch.setenv("DIGITNET_BATCH_DELAY_MS", "9")
+    monkeypatch.setenv("DIGITNET_MAX_BATCH", "16")
+    paths = ArtifactPaths(tmp_path / "artifacts", ModelSpec())
+    s = STACK.settings_for(paths, tmp_path, {"http": 1, "metrics": 2}, [0, 1], tmp_path)
+    assert s.policy == BatchingPolicy(max_batch_size=5, max_delay_ms=9.0)
+    assert s.limits.max_batch == 16
+    assert s.split.workers * s.split.threads <= 2
+    assert deployment_options(s)["max_ongoing_requests"] >= 5
+
+
+def test_ready_needs_every_replica_running() -> None:
+    def status(app_state: str, running: int) -> dict:
+        return {"settings": {"replicas": 2},
+                "application": {"status": app_state, "deployments": {
+                    DEPLOYMENT_NAME: {"replica_states": {"RUNNING": running}}}}}  # fmt: skip
+
+    assert application_running(status("RUNNING", 2))
+    assert not application_running(status("RUNNING", 1))
+    assert not application_running(status("DEPLOYING", 2))
+    assert not application_running({})
+
+
+def test_the_plugin_is_registered_and_declares_itself() -> None:
+    assert load_stack("ray_serve") is STACK
+    assert STACK.protocols == ("rest",)
+    assert STACK.locust_users["rest"] == "RestPredictUser"
+    assert STACK.server_kind == "Ray Serve" and STACK.framework == "pytorch"
+    # Not deployed by compose or k8s, and it says why.
+    assert STACK.compose_service is None and STACK.k8s_deployment is None
+    assert STACK.not_deployed_why
+    # deploy-local runs every stack on its default ports at once.
+    others = {port for stack in all_stacks() if stack.name != "ray_serve"
+              for port in stack.default_ports.values()}  # fmt: skip
+    assert not set(STACK.default_ports.values()) & others
