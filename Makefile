@@ -19,7 +19,7 @@ SOAK_RATE   ?= 100
 # Kubernetes (k8s/README.md): images, overlay, registry, tools.
 REGISTRY    ?=
 TAG         ?= 0.1.0
-CUDA_FLAVOR ?= cu128
+CUDA_FLAVOR ?= cu130
 VARIANTS    ?= cpu,cuda
 OVERLAY     ?= cpu
 CONTAINER_ENGINE ?= docker
@@ -32,7 +32,7 @@ export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 .DEFAULT_GOAL := help
 .PHONY: help venv tools artifacts configs deploy-local stop status parity bench loadtest report \
 	baselines test test-fast lint clean
-.PHONY: robustness faults soak audit
+.PHONY: robustness faults soak overload audit
 
 .PHONY: k8s-validate images k8s-apply k8s-loadtest k8s-delete k8s-lint-venv k8s-engine \
 	k8s-kubectl
@@ -99,6 +99,9 @@ faults: artifacts ## Kill a worker and SIGTERM under load, slow clients: failure
 soak: artifacts ## SOAK_RATE req/s for SOAK_DURATION s per stack (default 100, 600): errors and RSS slope
 	$(PY) -m reliability soak $(STACKS_ARG) --rate $(SOAK_RATE) --duration $(SOAK_DURATION) \
 		--artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
+
+overload: artifacts ## 1.5x, 2x, 5x each stack's capacity (RUN's capacity.jsonl, else measured), then 50%: goodput, refusals, recovery
+	$(PY) -m reliability overload $(STACKS_ARG) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
 
 audit: venv ## pip-audit of requirements.lock; says NOT AUDITED when its database is unreachable
 	$(PY) -m reliability audit --requirements requirements.lock

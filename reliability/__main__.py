@@ -3,12 +3,16 @@
   python -m reliability matrix            # `make robustness`: bad input x stack -> status
   python -m reliability faults            # `make faults`: kill a worker, SIGTERM, slow clients
   python -m reliability soak --duration 600   # `make soak`
+  python -m reliability overload          # `make overload`: 1.5x, 2x, 5x capacity, then 50%
   python -m reliability audit             # `make audit`: pip-audit of requirements.lock
 
 Each run starts the stacks it needs on free 127.0.0.1 ports, stops them afterwards, prints
 its table and writes results/<kind>/<timestamp>/ (JSON + Markdown). With --into-run
-results/<run-id> the JSON is also copied there, and `make report RUN=...` includes it.
-Exit status 1 when any check failed (the table says which), 0 otherwise.
+results/<run-id> the JSON is also copied there, and `make report RUN=...` includes it
+(overload also takes each stack's capacity from that run's capacity.jsonl).
+Exit status 1 when any check failed (the table says which), 0 otherwise; overload states
+where each stack stands against issue 12's goals and fails on a missed one only with
+--strict.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from reliability import report
 from reliability.settings import (
     FaultSettings,
     MatrixSettings,
+    OverloadSettings,
     SlowClientSettings,
     SoakSettings,
     from_env,
 )
+from services.process import usable_cores
 from services.registry import load_stack, parse_stacks, stack_names
 
 SCENARIOS = ("kill", "sigterm", "slow")
@@ -138,16 +144,55 @@ def run_soak(paths: ArtifactPaths, stacks: list[str], settings: SoakSettings,
     return 0 if all(run["passed"] for run in data["runs"]) else 1
 
 
+def run_overload(paths: ArtifactPaths, stacks: list[str], settings: OverloadSettings,
+                 into_run: Path | None, strict: bool, measure_capacity: bool) -> int:
+    from reliability.overload import OVERLOAD_ENV, capacity_from_run, overload, split_cores
+
+    server_cores, generator_cores = split_cores(usable_cores())
+    print(f"overload: servers on cores {server_cores}, the generator on cores "
+          f"{generator_cores}", flush=True)
+    data: dict = {"runs": [], "skipped": {}}
+    with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
+        for name in stacks:
+            reason = skipped_reason(name)
+            if reason is not None:
+                data["skipped"][name] = reason
+                continue
+            capacity = (capacity_from_run(into_run, name)
+                        if into_run is not None and not measure_capacity else None)
+            with ExitStack() as exits:
+                running = start_stack(name, paths, Path(tmp) / name, exits,
+                                      cores=server_cores if server_cores != generator_cores
+                                      else None, env=OVERLOAD_ENV)
+                try:
+                    data["runs"].append(overload(running, settings, capacity, server_cores,
+                                                 generator_cores,
+                                                 progress=lambda line: print(line, flush=True)))
+                except ValueError as err:  # a stack offering no REST endpoint
+                    data["skipped"][name] = str(err)
+    md = report.overload_markdown(data)
+    out = write_results("overload", {report.OVERLOAD_FILE: data}, md, "OVERLOAD.md", into_run)
+    print("\n".join(md))
+    print(f"overload: wrote {out}")
+    missed = [f"{run['stack']} {m}" for run in data["runs"] for m in run["missed"]]
+    if missed:
+        print("overload: goals missed: " + "; ".join(missed))
+    return 1 if strict and missed else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="Settings: MATRIX_*, FAULT_*, SLOW_*, SOAK_* variables (reliability/settings.py)",
+        epilog="Settings: MATRIX_*, FAULT_*, SLOW_*, SOAK_*, OVERLOAD_* variables "
+               "(reliability/settings.py)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "matrix": sub.add_parser("matrix", help="every bad input on every stack"),
         "faults": sub.add_parser("faults", help="kill a worker, SIGTERM, slow clients"),
         "soak": sub.add_parser("soak", help="fixed rate for a long while, memory watched"),
+        "overload": sub.add_parser("overload", help="1.5x, 2x, 5x capacity, then 50%%: "
+                                   "goodput, refusals, recovery"),
     }
     commands["faults"].add_argument("--scenarios", default=",".join(SCENARIOS),
                                     help=f"comma-separated subset of {','.join(SCENARIOS)}")
@@ -156,6 +201,15 @@ def main() -> int:
                                   help="seconds per stack (SOAK_DURATION_S)")
     commands["soak"].add_argument("--rate", type=float, default=soak_defaults.rate,
                                   help="requests per second (SOAK_RATE)")
+    overload_defaults = from_env(OverloadSettings, "OVERLOAD")
+    commands["overload"].add_argument(
+        "--phase", type=float, default=overload_defaults.phase_s,
+        help="seconds per overload level (OVERLOAD_PHASE_S)")
+    commands["overload"].add_argument(
+        "--strict", action="store_true", help="exit 1 when a stack misses one of the goals")
+    commands["overload"].add_argument(
+        "--measure-capacity", action="store_true",
+        help="measure a closed-loop peak even when --into-run has a capacity.jsonl")
     for command in commands.values():
         command.add_argument("--stacks", default=",".join(stack_names()))
         command.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
@@ -182,6 +236,9 @@ def main() -> int:
                                 # Warm-up is a fifth of a short run, 60 s of a long one.
                                 warmup_s=min(soak_defaults.warmup_s, args.duration / 5)),
             args.into_run),
+        "overload": lambda: run_overload(
+            paths, stacks, dataclasses.replace(overload_defaults, phase_s=args.phase),
+            args.into_run, args.strict, args.measure_capacity),
     }  # fmt: skip
     return runs[args.command]()
 

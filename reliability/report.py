@@ -1,5 +1,5 @@
 """Markdown for the reliability results: the matrix (input x stack -> status), the fault
-runs, slow clients and the soak. Pure functions of the JSON each run writes, so
+runs, slow clients, the soak and overload. Pure functions of the JSON each run writes, so
 loadtests.report can put the same tables into REPORT.md.
 
 A run's JSON files sit in results/<kind>/<timestamp>/; copied into a load-test run's
@@ -17,6 +17,7 @@ MATRIX_FILE = "matrix.json"
 FAULTS_FILE = "faults.json"
 SLOW_CLIENTS_FILE = "slow_clients.json"
 SOAK_FILE = "soak.json"
+OVERLOAD_FILE = "overload.json"
 # Inside a load-test run folder.
 RUN_SUBDIR = "reliability"
 
@@ -183,11 +184,74 @@ def soak_markdown(data: dict) -> list[str]:
     return md
 
 
+def _pct_of(share) -> str:
+    return "–" if share is None else f"{share:.0%}"
+
+
+def overload_markdown(data: dict) -> list[str]:
+    """Per stack: one row per overload level, then where it stands against the goals."""
+    md = [
+        "## Overload",
+        "",
+        "Open loop at multiples of each stack's capacity for the phase, then half the "
+        "capacity: goodput counts right answers within the objective per second; refusals "
+        "are 503/429 answers, timed from the send; accepted latency counts from the "
+        "schedule; recovery is measured from the drop.",
+        "",
+    ]
+    for r in data.get("runs", []):
+        md += [
+            f"### {r['stack']}",
+            "",
+            f"Capacity {r['capacity_rps']:.0f} req/s: {r['capacity_source']}. Objective "
+            f"{r['objective_ms']:g} ms. Server on cores {r['server_cores']}, generator on "
+            f"cores {r['generator_cores']}.",
+            "",
+            "| load | offered req/s | sent req/s | goodput req/s (of capacity) | refused /s | "
+            "refusal p50 / p99 ms | accepted p50 / p99 ms | other errors | server CPU % | "
+            "server RSS MiB | generator CPU % | generator late p99 ms | recovery s |",
+            "|" + " --- |" * 13,
+        ]
+        notes = []
+        for lv in r["levels"]:
+            gen = lv["generator"]
+            errors = _outcomes(lv["error_kinds"]) if lv["errors"] else "0"
+            mark = "" if gen["held"] else " (**generator's**)"
+            md.append(
+                f"| {lv['multiple']:g}x{mark} | {lv['offered_rps']:.0f} | "
+                f"{_fmt(gen['sent_rps'], 0)} | "
+                f"{lv['goodput_rps']:.0f} ({_pct_of(lv['goodput_share'])}) | "
+                f"{lv['refusals_per_s']:.0f} | {_fmt(lv['refusal_p50_ms'])} / "
+                f"{_fmt(lv['refusal_p99_ms'])} | {_fmt(lv['accepted_p50_ms'])} / "
+                f"{_fmt(lv['accepted_p99_ms'])} | {errors} | {_fmt(lv['server_cpu_pct'], 0)} | "
+                f"{_fmt(lv['server_rss_mib'], 0)} | {_fmt(lv['generator_cpu_pct'], 0)} | "
+                f"{_fmt(gen['own_late_p99_ms'])} | "
+                f"{_fmt(lv['recovery_s']) if lv['recovered'] else '**not recovered**'} |"
+            )
+            if gen["note"] != "held the offered rate":
+                notes.append(f"- {lv['multiple']:g}x: the generator {gen['note']}.")
+            for example in lv.get("error_examples", []):
+                notes.append(f"- {lv['multiple']:g}x error: `{example[:160]}`")
+        md += ["", *notes] if notes else []
+        md += ["", "| load | goal | measured | verdict |", "|" + " --- |" * 4]
+        for g in r["goals"]:
+            measured = g["measured"]
+            shown = _pct_of(measured) if "goodput" in g["goal"] else _fmt(measured)
+            verdict = f"**{g['verdict']}**" if g["verdict"] == "missed" else g["verdict"]
+            md.append(f"| {g['multiple']:g}x | {g['goal']} | {shown} | {verdict} |")
+        md.append("")
+    for stack, reason in data.get("skipped", {}).items():
+        md.append(f"- **{stack} skipped**: {reason}")
+    md.append("")
+    return md
+
+
 RENDERERS = {
     MATRIX_FILE: matrix_markdown,
     FAULTS_FILE: faults_markdown,
     SLOW_CLIENTS_FILE: slow_clients_markdown,
     SOAK_FILE: soak_markdown,
+    OVERLOAD_FILE: overload_markdown,
 }
 
 
@@ -199,6 +263,7 @@ def sections_for_run(run_dir: Path) -> list[str]:
         if path.exists():
             md += render(json.loads(path.read_text()))
     if md:
-        md = ["# Reliability", "", "Figures from `make robustness`, `make faults` and "
-              "`make soak` copied into this run (see reliability/README.md).", "", *md]
+        md = ["# Reliability", "", "Figures from `make robustness`, `make faults`, "
+              "`make soak` and `make overload` copied into this run (see "
+              "reliability/README.md).", "", *md]
     return md

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from digitnet.env import env_float
+from digitnet.spec import AdmissionPolicy
 
 # Same root as the load-test results (loadtests.runner), one folder per kind of run.
 RESULTS_ROOT = Path(os.environ.get("DIGITNET_RESULTS", "results"))
@@ -76,13 +77,57 @@ class SoakSettings:
     request_timeout_s: float = 10.0
 
 
+@dataclass(frozen=True)
+class OverloadSettings:
+    # Multiples of the stack's capacity, each held for phase_s (issue 12: 1.5x, 2x, 5x).
+    levels: tuple[float, ...] = (1.5, 2.0, 5.0)
+    phase_s: float = 20.0
+    # After each level, this share of capacity for recovery_s: how fast it is normal again.
+    recovery_fraction: float = 0.5
+    recovery_s: float = 10.0
+    # At recovery_fraction before the first level, not reported (a cold server's first
+    # requests pay for lazy initialisation).
+    warmup_s: float = 2.0
+    # The p99 objective goodput is counted against: the one admission control derives its
+    # bound from (digitnet.spec, equal to loadtests/profiles.py slo_p99_ms).
+    objective_ms: float = AdmissionPolicy().objective_ms
+    # Recovery is judged in windows this long: recovered once every later window has at
+    # least recovered_share of its requests answered right within the objective.
+    recovery_window_s: float = 0.5
+    recovered_share: float = 0.99
+    # Sender threads, one keep-alive connection each: at 5x capacity with replies of a
+    # few ms, tens are in flight; more leave room for a server that holds requests long.
+    senders: int = 128
+    request_timeout_s: float = 5.0
+    # The generator's own lateness p99 above which a level measures the generator (it
+    # could not send at the offered rate), not the server: a tenth of the objective.
+    max_generator_late_ms: float = 5.0
+    # Without a bench run's capacity: a closed-loop peak with this many clients.
+    capacity_clients: int = 8
+    capacity_s: float = 5.0
+    sample_interval_s: float = 0.5
+
+
+def _env_floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise ValueError(f"{name} must be numbers like 1.5,2,5, got {raw!r}") from None
+
+
 def from_env(cls: type, prefix: str):
     """`cls()` with each field overridable by <PREFIX>_<FIELD> (upper case), e.g.
-    SOAK_DURATION_S=60 or FAULT_CLIENTS=8."""
+    SOAK_DURATION_S=60, FAULT_CLIENTS=8 or OVERLOAD_LEVELS=2,5 (a tuple: comma-separated)."""
     values = {}
     for field in fields(cls):
         name = f"{prefix}_{field.name.upper()}"
         default = getattr(cls(), field.name)
+        if isinstance(default, tuple):
+            values[field.name] = _env_floats(name, default)
+            continue
         value = env_float(name, float(default))
         values[field.name] = int(value) if isinstance(default, int) else value
     return cls(**values)

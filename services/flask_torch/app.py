@@ -9,12 +9,20 @@ Routes:
     GET  /healthz                    liveness: 200 whenever the process answers
     GET  /readyz                     readiness: 503 until the model is loaded and warm
 Every error answers {"error": ..., "reason": ...} JSON, never an HTML page or a traceback.
+
+Admission control (digitnet.spec.AdmissionPolicy): each worker holds at most a bounded
+number of predict requests, one computing and the rest queued in arrival order; the next
+one is refused at once with 503 "overloaded" and Retry-After, instead of waiting in an
+unbounded queue past the latency objective. Probes and model status are never refused.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -28,10 +36,13 @@ from digitnet.codec import (
     decode_request_format,
     encode_predictions,
 )
+from digitnet.spec import AdmissionPolicy
 from services.flask_torch.predictor import ServedModel, TorchScriptModel
 from services.flask_torch.settings import Settings
 
 EXTENSION_KEY = "flask_torch"
+ADMISSION_KEY = "flask_torch.admission"
+OVERLOADED_REASON = "overloaded"
 INFERENCE_TIME_HEADER = "X-Inference-Time-Ms"
 # Seconds a client should wait before retrying while the model loads.
 RETRY_AFTER_S = "1"
@@ -87,6 +98,175 @@ def _not_ready(model: ServedModel) -> Response:
     )
 
 
+# Weight of the newest request in a worker's running average of its service time: the
+# average follows a change of batch size within some tens of requests, while one slow
+# request (a GC pause) moves the bound by a few percent only.
+SERVICE_AVERAGE_WEIGHT = 0.05
+
+# How a finishing request hands the worker to the next one: handoff(fn) runs fn now or later.
+Handoff = Callable[[Callable[[], None]], None]
+
+
+def _at_once(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def _handoff_for_this_worker() -> Handoff:
+    """Under gunicorn's gevent worker (monkey-patched; the default, see gunicorn.conf.py),
+    the next queued request is woken on a later turn of the hub's event loop, by a
+    zero-delay timer: libev fires it only after it has polled the sockets again. So
+    between two requests' compute the worker reads what has arrived and refuses what does
+    not fit, and a refusal waits for at most one request's compute, not the whole queue.
+    gevent's own wake-ups (sleep(0), Event.set) are callbacks that would run in the same
+    pass, back to back, without a poll. With threads (gthread, the Flask test client) the
+    operating system interleaves requests: hand over at once."""
+    try:
+        from gevent import get_hub, monkey
+    except ImportError:
+        return _at_once
+    if not monkey.is_module_patched("threading"):
+        return _at_once
+
+    # Held until they fire: a started watcher nobody refers to must not be collected.
+    pending: set = set()
+
+    def next_loop_turn(fn: Callable[[], None]) -> None:
+        timer = get_hub().loop.timer(0.0)
+        pending.add(timer)
+
+        def fire() -> None:
+            pending.discard(timer)
+            fn()
+
+        timer.start(fire)
+
+    return next_loop_turn
+
+
+class AdmissionGate:
+    """Admission control of one worker process: at most `bound` predict requests inside,
+    one at a time holding the worker's turn, the others queued in arrival order; one more
+    is refused.
+
+    Why a queue of turns and not only a counter: under gevent a request's compute never
+    yields, so a counter around it would never see a second request; every request
+    therefore waits for its turn, handed over by `handoff` (see _handoff_for_this_worker).
+    A worker computes one request at a time anyway (the GIL and the forward-pass lock in
+    predictor.py), so the order costs nothing, and the queue length times the service
+    time is exactly the wait a newcomer faces (AdmissionPolicy's derivation).
+    """
+
+    def __init__(self, policy: AdmissionPolicy, handoff: Handoff = _at_once) -> None:
+        self.policy = policy
+        self._handoff = handoff
+        self._lock = threading.Lock()
+        self._queued: deque[threading.Event] = deque()
+        self._busy = False
+        self._service_ms = policy.service_ms
+        # When the current turn began, and whether it was handed over from a predecessor
+        # with the queue non-empty (then the time between the two turns' starts is what
+        # one queued request really costs the worker: see _begin_turn).
+        self._turn_started: float | None = None
+        self._chained = False
+        self.refused = 0
+
+    @property
+    def service_ms(self) -> float:
+        """The service time the bound is derived from (measured, or configured)."""
+        return self._service_ms
+
+    @property
+    def bound(self) -> int:
+        return self.policy.bound(self._service_ms)
+
+    @property
+    def inside(self) -> int:
+        """Requests admitted and not yet done: the one holding the turn and those queued."""
+        return len(self._queued) + int(self._busy)
+
+    def enter(self) -> bool:
+        """Admits the request and blocks until it is its turn; False (at once) when the
+        worker already holds `bound` requests."""
+        with self._lock:
+            if self.inside >= self.bound:
+                self.refused += 1
+                return False
+            turn = threading.Event()
+            self._queued.append(turn)
+            if not self._busy:
+                self._chained = False
+                self._pass_turn()
+        try:
+            turn.wait()
+        except BaseException:
+            # Killed while waiting (a worker shutting down): never keep a turn nobody uses.
+            with self._lock:
+                if turn in self._queued:
+                    self._queued.remove(turn)
+                    turn = None
+            if turn is not None:
+                self.leave(None)
+            raise
+        self._begin_turn()
+        return True
+
+    def _begin_turn(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._chained and self._turn_started is not None:
+                # Under backlog, turn start to turn start: the predecessor's compute plus
+                # everything else the worker did meanwhile (parsing, writing, refusing),
+                # which is the rate the queue drains at. Compute time alone understates it
+                # several times in this Python stack.
+                self._fold(now - self._turn_started)
+            self._turn_started = now
+
+    def _fold(self, seconds: float) -> None:
+        if not self.policy.measure:
+            return
+        # Capped at the objective: one request that alone misses it says nothing about
+        # how many fit, and must not shut the worker for the next hundred.
+        sample = min(seconds * 1000.0, self.policy.objective_ms)
+        self._service_ms += SERVICE_AVERAGE_WEIGHT * (sample - self._service_ms)
+
+    def leave(self, service_s: float | None) -> None:
+        """Ends the request's turn and hands it to the next queued one.
+
+        Args:
+            service_s: the seconds it computed (without waiting for the model), folded
+                into the running average when the policy measures and nothing is queued
+                (with a queue, the next turn's start measures the real cost); None for
+                none.
+        """
+        with self._lock:
+            self._busy = False
+            self._chained = bool(self._queued)
+            if service_s is not None and not self._chained:
+                self._fold(service_s)
+            if self._queued:
+                self._pass_turn()
+
+    def _pass_turn(self) -> None:
+        self._busy = True
+        self._handoff(self._queued.popleft().set)
+
+
+def _gate() -> AdmissionGate | None:
+    return current_app.extensions.get(ADMISSION_KEY)
+
+
+def _overloaded(gate: AdmissionGate) -> Response:
+    retry = str(gate.policy.retry_after_s)
+    return _error(
+        503,
+        OVERLOADED_REASON,
+        f"server overloaded: this worker holds {gate.bound} request(s) already, as many as "
+        f"it answers within the {gate.policy.objective_ms:g} ms objective; retry after "
+        f"{retry} s",
+        {"Retry-After": retry},
+    )
+
+
 api = Blueprint("serving", __name__)
 
 
@@ -103,17 +283,36 @@ def predict(name: str) -> Response:
         )
     # Raw bytes, not request.get_json(): the codec owns validation and its error messages,
     # and Flask's JSON errors would answer with an HTML page. cache=False: read once.
+    # Read before admission: a slow upload costs a greenlet, never a place in the queue.
+    body = request.get_data(cache=False)
+    gate = _gate()
+    if gate is None:
+        return _predict(body, settings, model)[0]
+    if not gate.enter():
+        return _overloaded(gate)
+    service_s = None
+    try:
+        response, service_s = _predict(body, settings, model)
+    finally:
+        gate.leave(service_s)
+    return response
+
+
+def _predict(body: bytes, settings: Settings, model: ServedModel) -> tuple[Response, float | None]:
+    """The answer to one predict body, and the seconds it computed (decode, forward pass,
+    encode; without the wait for a loading model), None when it did not get that far."""
+    started = time.perf_counter()
     # The reply takes the request's format, row or columnar, as TF Serving's does.
-    images, fmt = decode_request_format(
-        request.get_data(cache=False), settings.spec, settings.limits
-    )
+    images, fmt = decode_request_format(body, settings.spec, settings.limits)
+    decoded = time.perf_counter()
     # A request that reaches a sibling worker still loading waits briefly instead of failing.
     if not model.wait_ready(settings.load_wait_s):
-        return _not_ready(model)
+        return _not_ready(model), None
+    waited = time.perf_counter()
     logits, compute_s = model.predict_timed(images)
     response = jsonify(encode_predictions(logits, fmt))
     response.headers[INFERENCE_TIME_HEADER] = f"{compute_s * 1000:.3f}"
-    return response
+    return response, (decoded - started) + (time.perf_counter() - waited)
 
 
 @api.get(_route(TFS_STATUS_PATH))
@@ -198,6 +397,16 @@ def _start_loading(model: ServedModel) -> None:
     threading.Thread(target=model.load, name="model-loader", daemon=False).start()
 
 
+def _admission_line(policy: AdmissionPolicy) -> str:
+    if not policy.enabled:
+        return "off"
+    if policy.limit:
+        return f"at most {policy.limit} requests per worker (fixed)"
+    return (f"at most {policy.bound()} requests per worker to start with "
+            f"({policy.objective_ms:g} ms x {policy.queue_share:g} / {policy.service_ms:g} ms"
+            f"{', then the measured service time' if policy.measure else ''})")
+
+
 def create_app(settings: Settings | None = None, model: ServedModel | None = None) -> Flask:
     """Builds the app and starts loading the model in the background.
 
@@ -207,7 +416,9 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
             Loading is started unless the model is already ready.
 
     Returns:
-        The WSGI app; /readyz answers 503 until the model is loaded and warm.
+        The WSGI app; /readyz answers 503 until the model is loaded and warm. With
+        settings.admission enabled, each app (one per gunicorn worker) has its own
+        AdmissionGate around the predict route.
     """
     settings = settings or Settings.from_env()
     model = model if model is not None else TorchScriptModel(settings)
@@ -219,6 +430,10 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     )
     app.url_map.converters["model_name"] = ModelNameConverter
     app.extensions[EXTENSION_KEY] = (settings, model)
+    if settings.admission.enabled:
+        # One gate per worker: create_app runs in each worker after gunicorn's fork.
+        app.extensions[ADMISSION_KEY] = AdmissionGate(settings.admission,
+                                                      _handoff_for_this_worker())
     app.register_blueprint(api)
     app.register_error_handler(PayloadError, _payload_error)
     app.register_error_handler(HTTPException, _http_error)
@@ -226,5 +441,6 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     _log_through_gunicorn(app)
     if not model.ready:
         _start_loading(model)
-    app.logger.info("serving %s from %s", settings.spec.name, settings.model_path)
+    app.logger.info("serving %s from %s; admission %s", settings.spec.name, settings.model_path,
+                    _admission_line(settings.admission))
     return app

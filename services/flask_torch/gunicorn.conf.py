@@ -47,7 +47,10 @@ raw_env = [f"{TORCH_THREADS_ENV}={_split.threads}"]
 worker_class = "gevent"
 # Open connections per worker, slow ones included; beyond it the worker stops accepting
 # (the kernel queues further connections). A buffering proxy in front is the defence
-# against more slow connections than this.
+# against more slow connections than this. This is not the request bound: the app's
+# admission control (app.py, digitnet.spec.AdmissionPolicy) lets a worker hold about
+# objective / service time predict requests and answers the rest 503 at once, so under
+# overload connections stay cheap to hold and a refusal needs no queue slot.
 worker_connections = env_int(WORKER_CONNECTIONS_ENV) or DEFAULT_WORKER_CONNECTIONS
 
 # The master kills a worker silent for this long. gevent workers heartbeat from their hub

@@ -15,7 +15,7 @@ from pathlib import Path
 from digitnet.artifacts import ArtifactPaths
 from digitnet.env import env_float, env_str
 from digitnet.env import env_optional_int as env_int
-from digitnet.spec import ModelSpec, ServingLimits
+from digitnet.spec import AdmissionPolicy, ModelSpec, ServingLimits
 from services.cores import CoreSplit, split_cores
 
 MODEL_PATH_ENV = "FLASK_TORCH_MODEL_PATH"
@@ -110,6 +110,8 @@ class Settings:
     model_path: Path = DEFAULT_MODEL_PATH
     spec: ModelSpec = field(default_factory=ModelSpec)
     limits: ServingLimits = field(default_factory=ServingLimits)
+    # Predict requests one worker holds at once before it answers 503 (see AdmissionPolicy).
+    admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
     torch_threads: int = DEFAULT_TORCH_THREADS
     device: str = DEVICE_CPU
     # Forward passes run before readiness turns green, so the first real request does not
@@ -132,7 +134,7 @@ class Settings:
     def from_env(cls) -> Settings:
         """Reads FLASK_TORCH_MODEL_PATH, FLASK_TORCH_THREADS, FLASK_TORCH_DEVICE,
         FLASK_TORCH_WARMUP_ITERATIONS, FLASK_TORCH_LOAD_WAIT_S, and the DIGITNET_* variables
-        of ModelSpec and ServingLimits."""
+        of ModelSpec, ServingLimits and AdmissionPolicy."""
         base = cls()
         spec = ModelSpec.from_env()
         threads = env_int(TORCH_THREADS_ENV)
@@ -143,6 +145,7 @@ class Settings:
             model_path=Path(env_str(MODEL_PATH_ENV, str(default_path))),
             spec=spec,
             limits=ServingLimits.from_env(),
+            admission=AdmissionPolicy.from_env(),
             torch_threads=base.torch_threads if threads is None else threads,
             device=env_str(DEVICE_ENV, base.device),
             warmup_iterations=base.warmup_iterations if warmup is None else warmup,
