@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from digitnet.env import env_optional_int
+
 
 @dataclass(frozen=True)
 class CoreSplit:
@@ -55,3 +57,15 @@ def split_cores(cores: int, workers: int | None = None, threads: int | None = No
             f"{cores} cores available"
         )
     return CoreSplit(workers=workers, threads=threads)
+
+
+def split_from_env(cores: int, workers_env: str, threads_env: str) -> CoreSplit:
+    """split_cores with two environment variables as the explicit counts (unset: derived).
+
+    Raises:
+        ValueError: naming both variables when they oversubscribe the cores.
+    """
+    try:
+        return split_cores(cores, env_optional_int(workers_env), env_optional_int(threads_env))
+    except ValueError as err:
+        raise ValueError(f"{err}; lower {workers_env} or {threads_env}") from None

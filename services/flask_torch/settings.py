@@ -16,7 +16,7 @@ from digitnet.artifacts import ArtifactPaths
 from digitnet.env import env_float, env_str
 from digitnet.env import env_optional_int as env_int
 from digitnet.spec import AdmissionPolicy, ModelSpec, ServingLimits
-from services.cores import CoreSplit, split_cores
+from services.cores import CoreSplit, split_from_env
 
 MODEL_PATH_ENV = "FLASK_TORCH_MODEL_PATH"
 TORCH_THREADS_ENV = "FLASK_TORCH_THREADS"
@@ -44,16 +44,9 @@ DEVICE_CUDA = "cuda"
 
 
 def parallelism_from_env(cores: int) -> CoreSplit:
-    """services.cores.split_cores with FLASK_TORCH_WORKERS / FLASK_TORCH_THREADS as
-    overrides.
-
-    Raises:
-        ValueError: naming both variables when they oversubscribe the cores.
-    """
-    try:
-        return split_cores(cores, env_int(WORKERS_ENV), env_int(TORCH_THREADS_ENV))
-    except ValueError as err:
-        raise ValueError(f"{err}; lower {WORKERS_ENV} or {TORCH_THREADS_ENV}") from None
+    """services.cores.split_cores with FLASK_TORCH_WORKERS / FLASK_TORCH_THREADS as overrides
+    (services.cores.split_from_env)."""
+    return split_from_env(cores, WORKERS_ENV, TORCH_THREADS_ENV)
 
 
 def spec_env(spec: ModelSpec) -> dict[str, str]:

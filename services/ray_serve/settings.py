@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digitnet.env import env_int, env_optional_int
+from digitnet.env import env_int
 from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
-from services.cores import CoreSplit, split_cores
+from services.cores import CoreSplit, split_from_env
 
 MODEL_PATH_ENV = "DIGITNET_RAY_MODEL_PATH"
 HTTP_PORT_ENV = "DIGITNET_RAY_HTTP_PORT"
@@ -64,16 +64,9 @@ HEALTH_CHECK_PERIOD_S = 2.0
 
 
 def parallelism_from_env(cores: int) -> CoreSplit:
-    """services.cores.split_cores with DIGITNET_RAY_REPLICAS / DIGITNET_RAY_THREADS as
-    overrides.
-
-    Raises:
-        ValueError: naming both variables when they oversubscribe the cores.
-    """
-    try:
-        return split_cores(cores, env_optional_int(REPLICAS_ENV), env_optional_int(THREADS_ENV))
-    except ValueError as err:
-        raise ValueError(f"{err}; lower {REPLICAS_ENV} or {THREADS_ENV}") from None
+    """services.cores.split_cores with DIGITNET_RAY_REPLICAS / DIGITNET_RAY_THREADS as overrides
+    (services.cores.split_from_env)."""
+    return split_from_env(cores, REPLICAS_ENV, THREADS_ENV)
 
 
 @dataclass(frozen=True)
