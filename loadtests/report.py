@@ -868,9 +868,9 @@ def ranked_claims(records: list[dict], capacity: Sequence[dict], slo_ms: float |
             peak.append(max(found, key=lambda e: e.value))
     lines = [
         claims.claim_line("Lowest latency at light load",
-                          claims.rank([e for e in light if e], False), light_out),
+                          claims.rank(light, False), light_out),
         claims.claim_line("Highest throughput on this hardware (batch 1, closed loop)",
-                          claims.rank([e for e in peak if e], True), peak_out),
+                          claims.rank(peak, True), peak_out),
     ]  # fmt: skip
     estimates, left_out = capacity_estimates(records, capacity, slo_ms)
     if estimates or left_out:
