@@ -16,6 +16,7 @@ DURATION    ?= 20
 RUN         ?=
 SOAK_DURATION ?= 600
 SOAK_RATE   ?= 100
+COLDSTART_REPEATS ?= 5
 # Kubernetes (k8s/README.md): images, overlay, registry, tools.
 REGISTRY    ?=
 TAG         ?= 0.1.0
@@ -23,19 +24,23 @@ CUDA_FLAVOR ?= cu130
 VARIANTS    ?= cpu,cuda
 OVERLAY     ?= cpu
 CONTAINER_ENGINE ?= docker
-KUBECTL     ?= kubectl
+# kubectl on PATH, else the pinned one `make k8s-kubectl` installs into the venv.
+KUBECTL     ?= $(or $(shell command -v kubectl 2>/dev/null),$(VENV)/bin/kubectl)
+# Empty: the collector's deadline is the Job's activeDeadlineSeconds plus 15 min.
+K8S_DEADLINE_S ?=
+RUN_ID      ?=
 K8S_DIR     ?= k8s
 K8S_LINT_VENV ?= $(VENV)/k8s-lint
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools artifacts configs deploy-local stop status parity bench loadtest report \
-	baselines test test-fast lint clean
+.PHONY: help venv tools artifacts configs deploy-local stop status parity bench coldstart loadtest \
+	report baselines test test-fast lint clean
 .PHONY: robustness faults soak overload audit
 
 .PHONY: k8s-validate images k8s-apply k8s-loadtest k8s-delete k8s-lint-venv k8s-engine \
-	k8s-kubectl
+	k8s-kubectl k8s-check-images k8s-collect
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,6 +81,10 @@ STACKS_ARG = $(if $(filter all,$(STACKS)),,--stacks $(STACKS))
 
 bench: artifacts tools ## Whole comparison: sweep every stack/protocol (PROFILE=quick|full), write results/<run>/REPORT.md
 	$(PY) -m loadtests.runner sweep --profile $(PROFILE) $(STACKS_ARG) --artifacts $(ARTIFACTS)
+
+coldstart: artifacts ## Each stack started from nothing COLDSTART_REPEATS times (default 5), with and without warm-up [RUN=results/<run-id>]
+	$(PY) -m loadtests.coldstart $(STACKS_ARG) --repeats $(COLDSTART_REPEATS) --artifacts $(ARTIFACTS) \
+		$(if $(RUN),--into-run $(RUN))
 
 loadtest: artifacts ## One load point: STACK=... PROTOCOL=... USERS=... [RATE=req/s for open loop] [BATCH=] [DURATION=]
 	$(PY) -m loadtests.runner point --stack $(STACK) --protocol $(PROTOCOL) --users $(USERS) \
@@ -121,10 +130,11 @@ clean: stop ## Remove generated artifacts and run state (keeps the venv)
 # --- Kubernetes (k8s/README.md) ---------------------------------------------------------
 # kubectl renders the overlays offline (`kubectl kustomize`); apply, load test and delete
 # act on the cluster of the current kubectl context.
-KUBECTL_MISSING := kubectl not found: install it (Debian/Ubuntu: apt-get install kubectl; \
-	Debian's kubernetes-client package is far too old) or see https://kubernetes.io/docs/tasks/tools/
+KUBECTL_MISSING := $(KUBECTL) not found: 'make k8s-kubectl' installs the pinned kubectl into \
+	$(VENV)/bin (scripts/install_kubectl.sh; Debian has no kubectl package), or set KUBECTL=/path/to/kubectl
 
-k8s-kubectl:
+k8s-kubectl: ## kubectl on PATH, else install the pinned one (dl.k8s.io, sha256-checked) into the venv, no root
+	@command -v $(KUBECTL) >/dev/null || bash scripts/install_kubectl.sh $(VENV)/bin
 	@command -v $(KUBECTL) >/dev/null || { echo "$(KUBECTL_MISSING)"; exit 2; }
 
 k8s-lint-venv: $(VENV)/.ready
@@ -144,10 +154,19 @@ images: k8s-engine artifacts ## Build the cluster's images (VARIANTS=cpu,cuda); 
 
 k8s-apply: k8s-kubectl $(VENV)/.ready ## Apply OVERLAY=cpu|gpu [REGISTRY=... TAG=...] to the cluster, wait for the servers
 	KUBECTL=$(KUBECTL) $(PY) -m k8s.cluster apply --overlay $(OVERLAY) --registry "$(REGISTRY)" \
-		--tag $(TAG) --cuda-flavor $(CUDA_FLAVOR)
+		--tag $(TAG) --cuda-flavor $(CUDA_FLAVOR) --engine $(CONTAINER_ENGINE)
+
+k8s-check-images: $(VENV)/.ready ## Ask the registry whether TF Serving's tags (k8s/images.py) exist; says NOT CHECKED when it cannot
+	$(PY) -m k8s.cluster check-images --engine $(CONTAINER_ENGINE)
 
 k8s-loadtest: k8s-kubectl $(VENV)/.ready ## Sweep in the cluster (OVERLAY=, PROFILE=), copy it to results/<run>/, REPORT.md
-	KUBECTL=$(KUBECTL) $(PY) -m k8s.cluster loadtest --overlay $(OVERLAY) --profile $(PROFILE)
+	KUBECTL=$(KUBECTL) $(PY) -m k8s.cluster loadtest --overlay $(OVERLAY) --profile $(PROFILE) \
+		$(if $(K8S_DEADLINE_S),--deadline-s $(K8S_DEADLINE_S))
+
+k8s-collect: k8s-kubectl $(VENV)/.ready ## Resume copying an interrupted in-cluster run home, then report: RUN_ID=loadtest-...
+	@test -n "$(RUN_ID)" || { echo "usage: make k8s-collect RUN_ID=loadtest-<overlay>-<time>"; exit 2; }
+	KUBECTL=$(KUBECTL) $(PY) -m k8s.cluster collect --run-id $(RUN_ID) \
+		$(if $(K8S_DEADLINE_S),--deadline-s $(K8S_DEADLINE_S))
 
 k8s-delete: k8s-kubectl ## Delete the comparison from the cluster, namespace and all (OVERLAY=cpu|gpu)
 	$(KUBECTL) delete -k $(K8S_DIR)/overlays/$(OVERLAY) --ignore-not-found

@@ -32,6 +32,14 @@ INPUTS_KEY = "inputs"
 PREDICTIONS_KEY = "predictions"
 OUTPUTS_KEY = "outputs"
 JSON_CONTENT_TYPE = "application/json"
+# Reply headers our servers add to every answered prediction (TF Serving adds neither):
+# the forward pass's own time, and the device it actually ran on ("cpu", "cuda:0"), which
+# the load runner reads back for every point so that no CPU figure is labelled a GPU one.
+INFERENCE_TIME_HEADER = "X-Inference-Time-Ms"
+DEVICE_HEADER = "X-Served-Device"
+# How many requests shared the reply's forward pass (the dynamic batch the server formed):
+# the load runner turns it into each point's histogram of observed batch sizes.
+BATCH_HEADER = "X-Batch-Requests"
 
 
 class RequestFormat(Enum):

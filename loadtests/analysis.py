@@ -39,6 +39,7 @@ class Records:
     ok: np.ndarray
     server_ms: np.ndarray  # NaN where the server sent no timing
     pool_wait_ms: np.ndarray  # open loop: a due slot's wait for a free user; else 0
+    batch_requests: np.ndarray  # requests in the reply's forward pass; NaN if not said
 
 
 def read_records(paths: Iterable[Path]) -> Records:
@@ -51,10 +52,11 @@ def read_records(paths: Iterable[Path]) -> Records:
             rows.extend(reader)
     if not rows:
         empty = np.zeros(0)
-        return Records(empty, empty, empty, empty.astype(bool), empty, empty)
+        return Records(empty, empty, empty, empty.astype(bool), empty, empty, empty)
     table = list(zip(*rows, strict=False))
     # Files written before pool_wait_ms existed have six columns: no wait recorded.
     pool_wait = table[6] if len(table) > 6 else ("",) * len(rows)
+    batch_requests = table[7] if len(table) > 7 else ("",) * len(rows)
     return Records(
         start_s=np.asarray(table[0], dtype=np.float64),
         latency_ms=np.asarray(table[1], dtype=np.float64),
@@ -62,6 +64,8 @@ def read_records(paths: Iterable[Path]) -> Records:
         ok=np.asarray(table[3], dtype=np.int64).astype(bool),
         server_ms=np.asarray([float(v) if v else np.nan for v in table[4]], dtype=np.float64),
         pool_wait_ms=np.asarray([float(v) if v else 0.0 for v in pool_wait], dtype=np.float64),
+        batch_requests=np.asarray([float(v) if v else np.nan for v in batch_requests],
+                                  dtype=np.float64),  # fmt: skip
     )
 
 
@@ -128,6 +132,24 @@ def point_stats(
         "lateness_p99_ms": float(np.percentile(lateness, 99)),
         "pool_wait_p99_ms": float(np.percentile(pool_wait, 99)),
         "pool_wait_share": float((pool_wait > 0).mean()),
+        **observed_batches(kept.batch_requests[kept.ok]),
+    }
+
+
+def observed_batches(batch_requests: np.ndarray) -> dict:
+    """The forward passes the server formed, from each answered request's count of the
+    requests it shared its pass with: k requests each saying k are one pass of k (at the
+    window's edges a pass may be cut, so counts are rounded). Empty when the server says
+    nothing (TF Serving)."""
+    said = batch_requests[~np.isnan(batch_requests)]
+    if len(said) == 0:
+        return {}
+    sizes, requests = np.unique(said.astype(np.int64), return_counts=True)
+    passes = {int(k): max(1, round(n / k)) for k, n in zip(sizes, requests, strict=True)}
+    total = sum(passes.values())
+    return {
+        "batch_hist": {str(k): n for k, n in passes.items()},
+        "batch_mean": sum(k * n for k, n in passes.items()) / total,
     }
 
 
@@ -159,7 +181,22 @@ def aggregate_repeats(points: Sequence[dict]) -> dict:
         values = [p[key] for p in points if p.get(key) is not None]
         if values:
             merged[key] = float(np.median(values))
+    merged.update(merge_batches(points))
     return merged
+
+
+def merge_batches(points: Sequence[dict]) -> dict:
+    """The windows' observed forward passes added up ({} when no window has them)."""
+    hist: dict[str, int] = {}
+    for point in points:
+        for size, passes in (point.get("batch_hist") or {}).items():
+            hist[size] = hist.get(size, 0) + passes
+    if not hist:
+        return {}
+    hist = dict(sorted(hist.items(), key=lambda item: int(item[0])))
+    total = sum(hist.values())
+    return {"batch_hist": hist,
+            "batch_mean": sum(int(k) * n for k, n in hist.items()) / total}  # fmt: skip
 
 
 def knee(levels: Sequence[float], rps: Sequence[float]) -> int | None:

@@ -41,7 +41,7 @@ from harness.payload import PayloadSet, check_answer
 from loadtests import environment
 from loadtests.profiles import PROFILES
 from loadtests.runner import Progress, Target, model_block, target_for
-from loadtests.sweep import Run, measure_targets, planned_points
+from loadtests.sweep import Run, measure_targets, planned_points, served_on_their_device
 from services.process import usable_cores
 from services.registry import load_stack
 
@@ -199,6 +199,9 @@ def sweep(args: argparse.Namespace, run_dir: Path) -> None:
     live = [t for t in targets if target_key(t) not in skipped]
     for key, reason in skipped.items():
         print(f"loadgen: {key} SKIPPED: {reason}", flush=True)
+    # A GPU pod whose server fell back to its CPU is refused, never measured as a GPU.
+    live, refused = served_on_their_device(paths, live)
+    skipped.update(refused)
     progress = Progress(planned_points(profile, len(live)),
                         profile.warmup_s + profile.duration_s + 3)  # fmt: skip
     print(f"loadgen: about {progress.total} windows against {len(live)} targets, profile "

@@ -20,7 +20,7 @@ import gevent
 from locust import FastHttpUser, User, constant, events, task
 from locust.exception import StopUser
 
-from digitnet.codec import JSON_CONTENT_TYPE
+from digitnet.codec import BATCH_HEADER, INFERENCE_TIME_HEADER, JSON_CONTENT_TYPE
 from digitnet.spec import ModelSpec
 from harness.payload import PayloadSet, check_answer, check_json_reply
 from loadtests.arrivals import ArrivalKind, ArrivalPlan, ArrivalSchedule
@@ -29,7 +29,6 @@ from loadtests.settings import LoadSettings, Mode
 
 SETTINGS = LoadSettings.from_env()
 SPEC = ModelSpec.from_env()
-SERVER_TIME_HEADER = "X-Inference-Time-Ms"
 
 recorder = RequestRecorder(SETTINGS.records, SETTINGS.processes)
 events.request.add_listener(recorder.on_request)
@@ -144,9 +143,9 @@ class RestPredictUser(FastHttpUser):
             catch_response=True,
         ) as response:
             # Locust fires the event with its own merged copy of `context`.
-            response.request_meta["context"]["server_ms"] = response.headers.get(
-                SERVER_TIME_HEADER, ""
-            )
+            meta = response.request_meta["context"]
+            meta["server_ms"] = response.headers.get(INFERENCE_TIME_HEADER, "")
+            meta["batch_requests"] = response.headers.get(BATCH_HEADER, "")
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
                 return

@@ -47,6 +47,8 @@ class Profile:
     # Open-loop arrivals: Poisson (MLPerf's Server scenario) or constant, and the seed.
     arrivals: str = "poisson"
     seed: int = 0
+    # Cold starts per stack and warm-up mode at the end of a sweep (loadtests/coldstart.py).
+    coldstart_repeats: int = 5
 
 
 PROFILES = {
@@ -93,5 +95,6 @@ PROFILES = {
         capacity_duration_s=1.5,
         capacity_precision=0.5,
         capacity_max_trials=2,
+        coldstart_repeats=0,
     ),
 }

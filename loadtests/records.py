@@ -7,9 +7,11 @@ import csv
 import os
 from pathlib import Path
 
-# pool_wait_ms (open loop: how long a due slot waited for a free user) comes last, so
-# files written before it existed still read.
-COLUMNS = ("start_s", "latency_ms", "service_ms", "ok", "server_ms", "error", "pool_wait_ms")
+# pool_wait_ms (open loop: how long a due slot waited for a free user) and batch_requests
+# (the requests that shared the reply's forward pass, from the server's BATCH_HEADER) come
+# last, so files written before they existed still read.
+COLUMNS = ("start_s", "latency_ms", "service_ms", "ok", "server_ms", "error", "pool_wait_ms",
+           "batch_requests")
 
 
 class RequestRecorder:
@@ -60,6 +62,7 @@ class RequestRecorder:
                 context.get("server_ms", ""),
                 error,
                 "" if context.get("pool_wait_ms") is None else f"{context['pool_wait_ms']:.3f}",
+                context.get("batch_requests", ""),
             )
         )
 

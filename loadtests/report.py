@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from harness.markdown import fmt
-from loadtests import analysis, calibration, claims
+from loadtests import analysis, calibration, claims, coldstart
 from loadtests.analysis import series
+from loadtests.devices import UNREPORTED
 from loadtests.plots import plot_baselines, plot_curves, plot_resources
 from loadtests.records import record_files
 from services.registry import STACK_MODULES, load_stack
@@ -39,6 +40,7 @@ SUMMARY_KEYS = (
     "generator_calibrated", "generator_reason", "lateness_p50_ms", "lateness_p99_ms",
     "generator_fell_behind", "pool_wait_p99_ms", "neighbours_cpu_pct",
     "stable", "stability_reason", "windows", "wrk", "wrk_runs", "wrk_skipped", "divergence",
+    "served_device", "batch_hist", "batch_mean",
 )  # fmt: skip
 # What identifies a load level, in points.jsonl and levels.jsonl alike.
 LEVEL_FIELDS = ("stack", "protocol", "device", "batch_size", "mode", "users", "rate")
@@ -1066,10 +1068,25 @@ def flags_section(data: RunData, records: list[dict]) -> list[str]:
                   "schedule (counted as failing).")  # fmt: skip
     failures = sum(r["failures"] or 0 for r in records)
     md.append(f"- Failed requests over the whole run: {failures}.")
+    md.append(device_check_line(records))
     devices = {r["device"] for r in records}
     if devices == {"cpu"}:
         md.append("- CPU only: no GPU rows (run `make bench` on a GPU machine to add them).")
     return md
+
+
+def device_check_line(records: list[dict]) -> str:
+    """Where each target's server said it computed, read back before every point (a point
+    whose server computed elsewhere than asked was refused and is not in the records)."""
+    served: dict[str, set[str]] = {}
+    for r in records:
+        said = r.get("served_device") or "not read back (a run made before the check)"
+        served.setdefault(f"{r['stack']}/{r['protocol']}/{r['device']}", set()).add(said)
+    shown = "; ".join(f"{key} → {', '.join(sorted(said))}" for key, said in sorted(served.items()))
+    note = (" (`unreported`: the server's replies name no device, so it is not verified)"
+            if any(UNREPORTED in said for said in served.values()) else "")
+    return ("- Device each server computed on, read back from a reply before every point: "
+            f"{shown}{note}.")
 
 
 def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path:
@@ -1081,11 +1098,13 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
     """
     data = load_run(run_dir)
     env, slo = data.env, data.slo
+    starts = coldstart.read_records(run_dir)
     records = aggregate(data.sweep_points, data.levels)
     heads = headline(records, data.baselines, slo, env, data.capacity)
     summary = {"environment": env, "slo_p99_ms": slo, "headline": heads, "points": records,
                "baselines": data.baselines, "floors": data.floors, "capacity": data.capacity,
-               "drift": drift_summary(data.points), "raw_points": data.points}  # fmt: skip
+               "drift": drift_summary(data.points), "raw_points": data.points,
+               "coldstart": coldstart.summarize(starts)}  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     images = plot_curves(records, run_dir, slo, data.floors, data.capacity)
     images += plot_baselines(data.baselines, run_dir) + plot_resources(records, run_dir)
@@ -1103,12 +1122,15 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
         md += ["", f"![{image}]({image})"]
     md += levels_section(data, records)
     md += server_view(records)
+    md += batches_section(records)
     md += ["## In-process baselines (one thread, server cores)", ""]
     md += ["| path | batch | p50 µs | p99 µs |", "| --- | --- | --- | --- |"]
     for row in data.baselines:
         md.append(
             f"| {row['path']} | {row['batch_size']} | {row['p50_us']:.1f} | {row['p99_us']:.1f} |"
         )
+    if starts:
+        md += coldstart.markdown(starts)
     md += flags_section(data, records)
     if extra_sections:
         md += ["", *extra_sections]
@@ -1203,6 +1225,32 @@ def model_compute_ms(record: dict) -> float | None:
     if record["server_p50_ms"] is not None:
         return record["server_p50_ms"]
     return record.get("server_runtime_ms")
+
+
+def batches_section(records: list[dict]) -> list[str]:
+    """The forward passes each server actually formed at each level, from the request
+    count its replies name (BATCH_HEADER): a batching config whose batches never fill
+    shows here at a glance."""
+    rows = [r for r in records if r.get("batch_hist")]
+    if not rows:
+        return []
+    md = [
+        "## Observed batch sizes (requests per forward pass, as the server formed them)",
+        "",
+        "Each answered request names how many requests shared its forward pass; k requests "
+        "naming k are one pass of k. `size×passes`, over the level's measured windows. "
+        "Flask never batches across requests (always 1); TF Serving's replies say nothing.",
+        "",
+        "| target | batch | mode | level | mean requests per pass | passes formed |",
+        "|" + " --- |" * 6,
+    ]
+    for r in rows:
+        level = r["users"] if r["mode"] == "closed" else r["rate"]
+        formed = ", ".join(f"{size}×{passes}" for size, passes in r["batch_hist"].items())
+        md.append(f"| {r['stack']}/{r['protocol']} | {r['batch_size']} | {r['mode']} | "
+                  f"{fmt(level, 0)} | {fmt(r['batch_mean'], 2)} | {formed} |")  # fmt: skip
+    md.append("")
+    return md
 
 
 def server_view(records: list[dict]) -> list[str]:

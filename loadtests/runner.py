@@ -32,7 +32,8 @@ from digitnet.clients import Predictor, RestClient, TfServingGrpcClient
 from harness.artifacts import ensure_artifacts
 from harness.lifecycle import RunningStack, skipped_reason, start_stack
 from harness.paths import timestamped_dir
-from loadtests import analysis, environment
+from harness.payload import PayloadSet
+from loadtests import analysis, devices, environment
 from loadtests.profiles import PROFILES, Profile
 from loadtests.records import record_files
 from loadtests.sampler import TreeSampler
@@ -155,6 +156,19 @@ class Load:
         return f"{self.mode.value}-b{self.batch_size}-{level}"
 
 
+def check_served_device(target: Target, paths: ArtifactPaths) -> str:
+    """What the target's server computes on, read back from one real reply; raises
+    devices.DeviceMismatch when that is not the device the point is asked for."""
+    stack = load_stack(target.stack)
+    served = None
+    if target.protocol == REST and stack.reports_device:
+        body = PayloadSet(paths.spec, 1, paths.reference_predictions, limit=1).batches[0].body
+        served = devices.read_back(target.url, body, target.headers)
+    # gRPC replies carry no header of ours; the stack's REST reply speaks for the server.
+    return devices.check(target.key, target.device, served,
+                         stack.reports_device and target.protocol == REST)
+
+
 def generator_processes(generator_cores: list[int], generator_cpus: float | None = None) -> int:
     """Locust processes for the generator's cores: one per core (Locust's own
     --processes), so a many-core machine is not measured through one Python process."""
@@ -214,6 +228,8 @@ def run_point(
         *(["--processes", str(processes)] if processes > 1 else []),
         target.user_class,
     ]  # fmt: skip
+    # The null server of a generator floor computes nothing: no device to read back.
+    served_device = None if label == "floor" else check_served_device(target, paths)
     before = scrape(target.metrics_url) if target.metrics_url else {}
     log = raw_dir / f"{name}.log"
     with open(log, "wb") as log_handle:
@@ -236,6 +252,7 @@ def run_point(
         "stack": target.stack,
         "protocol": target.protocol,
         "device": target.device,
+        "served_device": served_device,
         "batch_size": load.batch_size,
         "mode": load.mode.value,
         "users": load.users,

@@ -40,7 +40,17 @@ from digitnet.artifacts import ArtifactPaths
 from digitnet.codec import JSON_CONTENT_TYPE
 from harness.lifecycle import RunningStack, start_stack
 from harness.payload import PayloadSet
-from loadtests import analysis, calibration, capacity, drift, environment, stability, wrk
+from loadtests import (
+    analysis,
+    calibration,
+    capacity,
+    coldstart,
+    devices,
+    drift,
+    environment,
+    stability,
+    wrk,
+)
 from loadtests.calibration import GeneratorFloor
 from loadtests.null_server import NullServer, capture_reply, nginx_available
 from loadtests.profiles import Profile
@@ -48,6 +58,7 @@ from loadtests.runner import (
     Load,
     Progress,
     Target,
+    check_served_device,
     closed_loads,
     cuda_available,
     default_devices,
@@ -301,7 +312,9 @@ def run_device(run: Run, device: str, stacks: list[str], env_block: dict) -> Non
             running.append(started)
             env_block["servers"][key] = {**server_settings(started),
                                          **worker_class(started)}  # fmt: skip
-        targets = [t for r in running for t in targets_of(r, device)]
+        targets, refused = served_on_their_device(run.paths, [t for r in running
+                                                               for t in targets_of(r, device)])
+        env_block["skipped"].update(refused)
         run.neighbours = {t.key: t.server_pid for t in targets}
         run.progress.total += planned_points(run.profile, len(targets))
         calibrated, why = calibrate(run, targets)
@@ -313,6 +326,21 @@ def run_device(run: Run, device: str, stacks: list[str], env_block: dict) -> Non
             if "worker_class" in env_block["servers"].get(f"{started.name}/{device}", {}):
                 worker_class_tradeoff(run, started, device)
                 break  # one Flask stack shows the server's trade-off; the app is shared
+
+
+def served_on_their_device(paths: ArtifactPaths, targets: list[Target]
+                           ) -> tuple[list[Target], dict[str, str]]:
+    """The targets whose servers compute on the device they are asked for, and why each
+    other one is refused (every point checks again, in run_point)."""
+    live, refused = [], {}
+    for target in targets:
+        try:
+            check_served_device(target, paths)
+            live.append(target)
+        except devices.DeviceMismatch as err:
+            refused[target.key] = f"REFUSED: {err}"
+            print(f"bench: {target.key} {refused[target.key]}", flush=True)
+    return live, refused
 
 
 def measure_targets(run: Run, targets: list[Target]) -> None:
@@ -443,6 +471,11 @@ def sweep(profile: Profile, stacks: list[str], paths: ArtifactPaths, run_dir: Pa
           f"{generator_cores}; {env_block['generator_note']}", flush=True)
     for device in devices:
         run_device(run, device, stacks, env_block)
+    if profile.coldstart_repeats:
+        # After every server is stopped: each start is from nothing, on the server cores.
+        print(f"bench: cold start, {profile.coldstart_repeats} per stack and warm-up mode",
+              flush=True)  # fmt: skip
+        coldstart.measure(stacks, paths, run_dir, server_cores, profile.coldstart_repeats)
     env_block["sweep_minutes"] = round((time.monotonic() - started) / 60, 1)
     (run_dir / "environment.json").write_text(json.dumps(env_block, indent=2) + "\n")
 

@@ -18,7 +18,8 @@ What a plugin declares, in one object:
   floor       floor_path: the in-process baseline its served latency is compared with
   deployment  compose_service, k8s_deployment, k8s_container, private_ports,
               single_replica_why, k8s_args(cores), generated_files()
-  devices     devices: where it can compute (the load runner's cpu/cuda rows)
+  devices     devices: where it can compute (the load runner's cpu/cuda rows), and
+              reports_device: whether its replies name the device they ran on
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ class ServingStack:
     framework: str = "pytorch"
     server_kind: str = "dedicated server"
     devices: tuple[str, ...] = (CPU,)
+    # Whether every answered prediction names the device it ran on (digitnet.codec's
+    # DEVICE_HEADER), which the load runner reads back before each point; if not, why.
+    reports_device: bool = True
+    unreported_device_why: str = ""
+    # Environment that turns its model warm-up off (the cold-start runs measure the first
+    # request with and without it); None when it cannot be turned off, and why.
+    warmup_off_env: Mapping[str, str] | None = None
+    warmup_fixed_why: str = "the stack offers no switch for its warm-up"
     # Environment variables that set its workers and threads; read back from the running
     # processes for the run's environment block.
     thread_settings: tuple[str, ...] = ()

@@ -28,6 +28,8 @@ class SavedModelModel(BackgroundLoadedModel):
         try:
             tf.config.threading.set_intra_op_parallelism_threads(self.settings.torch_threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
+            # TensorFlow would place the graph on a visible GPU by itself.
+            tf.config.set_visible_devices([], "GPU")
         except RuntimeError:
             # TensorFlow already ran an op in this process (the app built in-process by a
             # test): its pools stay as they are. A gunicorn worker always gets here first.
@@ -40,6 +42,9 @@ class SavedModelModel(BackgroundLoadedModel):
             self._check_shape(logits[LOGITS_KEY].shape, batch)
         # Keep the loaded object alive: the signature holds only weak references to it.
         self._loaded = loaded
+        # What the runtime actually has, not what was asked: a GPU still visible (the pools
+        # were fixed before this worker got here) would take the graph.
+        self._device = "cuda:0" if tf.config.get_visible_devices("GPU") else "cpu"
         return signature, (f"SavedModel {self.settings.model_path} loaded with "
                            f"{self.settings.torch_threads} intra-op thread(s)")
 

@@ -31,6 +31,9 @@ from werkzeug.routing import BaseConverter
 
 from digitnet.clients import FLASK_LIVE_PATH, FLASK_PREDICT_PATH, FLASK_READY_PATH, TFS_STATUS_PATH
 from digitnet.codec import (
+    BATCH_HEADER,
+    DEVICE_HEADER,
+    INFERENCE_TIME_HEADER,
     JSON_CONTENT_TYPE,
     PayloadError,
     decode_request_format,
@@ -43,7 +46,6 @@ from services.flask_torch.settings import Settings
 EXTENSION_KEY = "flask_torch"
 ADMISSION_KEY = "flask_torch.admission"
 OVERLOADED_REASON = "overloaded"
-INFERENCE_TIME_HEADER = "X-Inference-Time-Ms"
 # Seconds a client should wait before retrying while the model loads.
 RETRY_AFTER_S = "1"
 
@@ -312,6 +314,9 @@ def _predict(body: bytes, settings: Settings, model: ServedModel) -> tuple[Respo
     logits, compute_s = model.predict_timed(images)
     response = jsonify(encode_predictions(logits, fmt))
     response.headers[INFERENCE_TIME_HEADER] = f"{compute_s * 1000:.3f}"
+    response.headers[DEVICE_HEADER] = model.device
+    # One request per forward pass: the Flask app never batches across requests.
+    response.headers[BATCH_HEADER] = "1"
     return response, (decoded - started) + (time.perf_counter() - waited)
 
 

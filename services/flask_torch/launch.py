@@ -26,6 +26,7 @@ from services.flask_torch.settings import (
     DEVICE_ENV,
     MODEL_PATH_ENV,
     TORCH_THREADS_ENV,
+    WARMUP_ENV,
     WORKERS_ENV,
     parallelism_from_env,
     spec_env,
@@ -72,6 +73,7 @@ class FlaskStack(ServingStack):
     thread_settings = (WORKERS_ENV, TORCH_THREADS_ENV, "OMP_NUM_THREADS")
     stop_grace_s = PORT_RELEASE_TIMEOUT_S
     server_kind = "Flask + gunicorn"
+    warmup_off_env = {WARMUP_ENV: "0"}
 
     def model_file(self, paths: ArtifactPaths) -> Path:
         raise NotImplementedError

@@ -44,6 +44,9 @@ class ServedModel(Protocol):
 
     def predict_timed(self, images: np.ndarray) -> tuple[np.ndarray, float]: ...
 
+    @property
+    def device(self) -> str | None: ...
+
 
 class BackgroundLoadedModel:
     """Loads once (create_app runs `load` in a background thread), then serves one
@@ -60,6 +63,12 @@ class BackgroundLoadedModel:
         # gevent runs requests in greenlets (tests in threads); one forward pass at a time
         # keeps CPU use at the worker's threads, so workers x threads <= cores holds.
         self._compute_lock = threading.Lock()
+        # Where the forward pass runs ("cpu", "cuda:0"), set by _load: every reply says it.
+        self._device: str | None = None
+
+    @property
+    def device(self) -> str | None:
+        return self._device
 
     @property
     def ready(self) -> bool:
@@ -142,11 +151,6 @@ class TorchScriptModel(BackgroundLoadedModel):
     def __init__(self, settings: Settings, loader: Loader = load_torchscript) -> None:
         super().__init__(settings)
         self._loader = loader
-        self._device: str | None = None
-
-    @property
-    def device(self) -> str | None:
-        return self._device
 
     def _load(self) -> tuple[object, str]:
         device = select_device(self.settings.device, torch.cuda.is_available())

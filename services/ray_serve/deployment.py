@@ -1,7 +1,8 @@
 """The Serve deployment: each replica loads the TorchScript model once, merges concurrent
 requests with @serve.batch, and answers TF Serving's REST routes with the shared codec.
 
-Lifecycle (Serve calls each; server.py builds the application with `build_app`):
+Lifecycle (Serve calls each; server.py builds the application with `build_app`, a
+Serve config file such as KubeRay's serveConfigV2 with `app_builder`):
   __init__      when Serve starts a replica: load and warm up the model (flask_torch's
                 TorchScriptModel); the replica takes no request before it returns, so a
                 replica that exists is a warm one. A load failure raises, and Serve
@@ -34,6 +35,9 @@ from starlette.responses import Response
 
 from digitnet.clients import FLASK_LIVE_PATH, FLASK_READY_PATH, TFS_PREDICT_PATH, TFS_STATUS_PATH
 from digitnet.codec import (
+    BATCH_HEADER,
+    DEVICE_HEADER,
+    INFERENCE_TIME_HEADER,
     JSON_CONTENT_TYPE,
     PayloadError,
     decode_request_format,
@@ -72,8 +76,6 @@ def _bind_replica_grpc_to_loopback() -> None:
 
 _bind_replica_grpc_to_loopback()
 
-# The header the Flask app and TorchServe's handler set, which the load tests read.
-INFERENCE_TIME_HEADER = "X-Inference-Time-Ms"
 # The decorator's values until reconfigure() applies the run's policy (always, since
 # the deployment is always given a user_config): the spec's defaults, not new numbers.
 _DEFAULT_POLICY = BatchingPolicy()
@@ -160,12 +162,14 @@ class DigitNet:
         batch_wait_timeout_s=_DEFAULT_POLICY.delay_ms / 1000.0,
         max_concurrent_batches=BATCHES_IN_FLIGHT,
     )
-    async def predict_batch(self, batch: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+    async def predict_batch(self, batch: list[np.ndarray]
+                            ) -> list[tuple[np.ndarray, float, int]]:
         """One forward pass over every request of the batch (each [n_i, side, side]);
-        each gets its own rows back and the pass's compute time."""
+        each gets its own rows back, the pass's compute time and the requests in it."""
         sizes = [len(images) for images in batch]
         logits, seconds = self._model.predict_timed(np.concatenate(batch))
-        return [(rows, seconds) for rows in np.split(logits, np.cumsum(sizes)[:-1])]
+        return [(rows, seconds, len(batch))
+                for rows in np.split(logits, np.cumsum(sizes)[:-1])]  # fmt: skip
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -211,9 +215,11 @@ class DigitNet:
         body = await self._read_body(request)
         # The reply takes the request's format, row or columnar, as TF Serving's does.
         images, fmt = decode_request_format(body, self._settings.spec, self._settings.limits)
-        logits, seconds = await self.predict_batch(images)
+        logits, seconds, shared = await self.predict_batch(images)
         return json_response(encode_predictions(logits, fmt),
-                             headers={INFERENCE_TIME_HEADER: f"{seconds * 1000:.3f}"})
+                             headers={INFERENCE_TIME_HEADER: f"{seconds * 1000:.3f}",
+                                      DEVICE_HEADER: str(self._model.device),
+                                      BATCH_HEADER: str(shared)})  # fmt: skip
 
     async def _read_body(self, request: Request) -> bytes:
         """The body, refused with 413 past ServingLimits.max_body_bytes. What is over the
@@ -249,6 +255,7 @@ def model_settings(settings: ServeSettings) -> Settings:
         limits=settings.limits,
         torch_threads=settings.split.threads,
         warmup_iterations=settings.warmup_iterations,
+        device=settings.device,
     )
 
 
@@ -256,3 +263,10 @@ def build_app(settings: ServeSettings) -> Application:
     """The application server.py runs: the deployment with options derived from
     `settings` (settings.deployment_options)."""
     return DigitNet.options(**deployment_options(settings)).bind(model_settings(settings))
+
+
+def app_builder(args: dict[str, str]) -> Application:
+    """The application a Serve config file names by import path
+    (`services.ray_serve.deployment:app_builder`, k8s/components/rayservice), built from
+    the config's `args` (ServeSettings.from_args) into the same deployment as build_app."""
+    return build_app(ServeSettings.from_args(args))

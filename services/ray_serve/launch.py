@@ -12,6 +12,12 @@ replicas load and warm their model before they take a request.
 Nothing but the inference port is meant to be reached: the dashboard is off, Ray's node
 address is 127.0.0.1 (GCS, raylet, agents and workers bind there), the metrics export
 port is on 127.0.0.1, and the gRPC proxy is not started.
+
+Deployed the same way (services/ray_serve/Dockerfile runs server.py): the compose service
+ray-serve and the k8s Deployment ray-serve (k8s/base/ray-serve.yaml), a single-node Ray
+per pod whose HTTP proxy alone binds 0.0.0.0 (DIGITNET_RAY_HTTP_HOST); on clusters with
+KubeRay, the optional RayService of k8s/components/rayservice runs the same deployment
+(deployment.app_builder) on a head and a worker group.
 """
 
 from __future__ import annotations
@@ -46,13 +52,16 @@ from services.process import (
 )
 from services.ray_serve.settings import (
     DEPLOYMENT_NAME,
+    DEVICE_CPU,
+    DEVICE_ENV,
     LAUNCHER_PID_ENV,
     REPLICAS_ENV,
     THREADS_ENV,
+    WARMUP_ENV,
     ServeSettings,
     parallelism_from_env,
 )
-from services.stack import CPU, REST, ServingStack, SignalPlan
+from services.stack import CPU, CUDA, DEPLOYMENT_GRACE_S, REST, ServingStack, SignalPlan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HTTP = "http"
@@ -144,16 +153,22 @@ class RayServeStack(ServingStack):
     floor_path = "TorchScript"
     framework = "pytorch"
     server_kind = "Ray Serve"
-    # CUDA would need num_gpus per replica and a CUDA build of torch next to Ray; not
-    # built or tested yet.
-    devices = (CPU,)
+    # On CUDA Ray schedules one GPU and the replicas share it (settings.deployment_options).
+    devices = (CPU, CUDA)
     thread_settings = (REPLICAS_ENV, THREADS_ENV, "OMP_NUM_THREADS")
-    not_deployed_why = (
-        "no container image or manifest yet: Ray Serve runs natively only (make "
-        "deploy-local, make bench); on k8s it would run under KubeRay's RayService, which "
-        "k8s/validate does not check"
-    )
+    warmup_off_env = {WARMUP_ENV: "0"}
     workers_not_applicable = "Serve always has replica processes"
+    compose_service = "ray-serve"
+    image = ("digitnet-ray-serve", "services/ray_serve/Dockerfile")
+    k8s_deployment = "ray-serve"
+    k8s_container = "ray-serve"
+    # Ray's own ports (its defaults; server.py binds every one of them to 127.0.0.1 in the
+    # pod, and the dashboard and Ray client are not even started): never in a Service, a
+    # containerPort or a NetworkPolicy rule of the Deployment.
+    private_ports = {
+        8003: "metrics export", 6379: "gcs", 8265: "dashboard", 10001: "ray client",
+        52365: "dashboard agent",
+    }
 
     def available(self) -> tuple[bool, str]:
         missing = [m for m in ("ray", "starlette", "torch")
@@ -256,6 +271,17 @@ class RayServeStack(ServingStack):
             raise RuntimeError(f"{self.name}: {failure[0]}\n{server.log_tail()}")
         return waited
 
+    def device_env(self, device: str) -> dict[str, str]:
+        if device == CUDA:
+            return {DEVICE_ENV: CUDA}
+        return {**super().device_env(device), DEVICE_ENV: DEVICE_CPU}
+
+    def k8s_args(self, cores: int) -> list[str] | None:
+        # The image's CMD runs server.py, which takes no arguments: the core split reaches
+        # it as DIGITNET_RAY_REPLICAS / DIGITNET_RAY_THREADS in the container's env
+        # (tests/k8s check those against the CPU limit), so there are no args to compare.
+        return None
+
     def clients(self, server: ServerProcess, paths: ArtifactPaths) -> list[Predictor]:
         return [self.remote_client(REST, server.endpoints[HTTP], paths.spec)]
 
@@ -325,10 +351,12 @@ class RayServeStack(ServingStack):
         return None
 
     def signal_plan(self) -> SignalPlan:
-        # No container yet: the runtime is start_process, and stop() signals the server
-        # only, which shuts Serve and Ray down within STOP_GRACE_S.
-        return SignalPlan(False, STOP_GRACE_S,
-                          "stop_grace_s of services/ray_serve/launch.py (no container yet)")
+        # The image runs `tini -- python -m services.ray_serve.server`: tini (no -g) hands
+        # SIGTERM to the server alone, which shuts Serve and then Ray down (STOP_GRACE_S
+        # at most, inside the container's grace); Ray's processes get no signal of their
+        # own that would race that shutdown.
+        return SignalPlan(False, DEPLOYMENT_GRACE_S,
+                          "container stop grace (docker-compose.yml, k8s/base)")
 
 
 class _Failed(Exception):

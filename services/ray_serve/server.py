@@ -4,7 +4,8 @@
 
 It starts a private local Ray instance (never one found on the machine) with only the
 server's CPUs, every Ray address on 127.0.0.1, no dashboard and its own temp dir; starts
-Serve's HTTP proxy on 127.0.0.1; runs the deployment (deployment.py); then keeps the
+Serve's HTTP proxy on 127.0.0.1 (on DIGITNET_RAY_HTTP_HOST when set: 0.0.0.0 in the
+container, for that one port); runs the deployment (deployment.py); then keeps the
 application's status in a file that the plugin's wait_ready reads, until SIGTERM or
 SIGINT, when it shuts Serve and then Ray down, which ends every process Ray started.
 """
@@ -97,7 +98,9 @@ def serve_until_stopped(settings: ServeSettings, stopping: threading.Event,
         # RAY_ADDRESS or /tmp/ray would point to.
         address="local",
         num_cpus=settings.num_cpus,
-        num_gpus=0,
+        # One GPU when the replicas run on CUDA (they share it), else none: Ray never
+        # hands out a GPU it detected by itself.
+        num_gpus=settings.num_gpus,
         include_dashboard=False,
         object_store_memory=OBJECT_STORE_BYTES,
         _node_ip_address=HOST,
@@ -108,7 +111,8 @@ def serve_until_stopped(settings: ServeSettings, stopping: threading.Event,
     _handle_stop_signals(stopping)
     serve.start(
         proxy_location="HeadOnly",
-        http_options={"host": HOST, "port": settings.http_port},
+        # The inference port alone follows http_host (0.0.0.0 in the container).
+        http_options={"host": settings.http_host, "port": settings.http_port},
     )
     # Returns once the application is RUNNING: every replica constructed and warm.
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")

@@ -12,6 +12,9 @@ Derived, never typed twice:
                              deployment's user_config -> @serve.batch
   max_ongoing_requests       at least max_batch_size x BATCHES_IN_FLIGHT (a batch can
                              fill), and REQUESTS_PER_REPLICA for slow uploads
+  device                     DIGITNET_RAY_DEVICE (cpu, cuda, cuda:N): where each replica
+                             loads the model (flask_torch's select_device); on CUDA every
+                             replica holds an equal share of one GPU
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from services.cores import CoreSplit, split_from_env
 
 MODEL_PATH_ENV = "DIGITNET_RAY_MODEL_PATH"
 HTTP_PORT_ENV = "DIGITNET_RAY_HTTP_PORT"
+# The address Serve's HTTP proxy (the inference port, and nothing else) binds: loopback
+# for native runs, 0.0.0.0 in the container (its Dockerfile), where the port is published.
+HTTP_HOST_ENV = "DIGITNET_RAY_HTTP_HOST"
+DEVICE_ENV = "DIGITNET_RAY_DEVICE"
 METRICS_PORT_ENV = "DIGITNET_RAY_METRICS_PORT"
 REPLICAS_ENV = "DIGITNET_RAY_REPLICAS"
 THREADS_ENV = "DIGITNET_RAY_THREADS"
@@ -38,7 +45,9 @@ WARMUP_ENV = "DIGITNET_RAY_WARMUP_ITERATIONS"
 # it, so stop() finds all of them (workers included) by this value, the server's pid.
 LAUNCHER_PID_ENV = "DIGITNET_RAY_LAUNCHER_PID"
 
+# Ray's node address and every Ray port (GCS, raylet, agents, metrics): always loopback.
 HOST = "127.0.0.1"
+DEVICE_CPU = "cpu"
 APP_NAME = "digitnet"
 DEPLOYMENT_NAME = "DigitNet"
 # One batch at a time per replica: the forward pass runs on the replica's event loop
@@ -88,6 +97,19 @@ class ServeSettings:
     # Forward passes each replica runs before it counts as started (see predictor.py of
     # flask_torch, whose loader the replica reuses).
     warmup_iterations: int = 3
+    # Serve's HTTP proxy only; Ray's own ports stay on HOST whatever this says.
+    http_host: str = HOST
+    # Where the replicas run the model: "cpu", or "cuda"/"cuda:N" (one GPU, shared).
+    device: str = DEVICE_CPU
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.strip().lower().startswith("cuda")
+
+    @property
+    def num_gpus(self) -> int:
+        """The GPUs Ray may schedule: one on CUDA (the replicas share it), else none."""
+        return 1 if self.on_gpu else 0
 
     @property
     def num_cpus(self) -> int:
@@ -101,6 +123,8 @@ class ServeSettings:
         return {
             MODEL_PATH_ENV: str(self.model_path),
             HTTP_PORT_ENV: str(self.http_port),
+            HTTP_HOST_ENV: self.http_host,
+            DEVICE_ENV: self.device,
             METRICS_PORT_ENV: str(self.metrics_port),
             TEMP_DIR_ENV: str(self.temp_dir),
             STATUS_FILE_ENV: str(self.status_file),
@@ -146,6 +170,38 @@ class ServeSettings:
             limits=ServingLimits.from_env(),
             policy=BatchingPolicy.from_env(),
             warmup_iterations=env_int(WARMUP_ENV, cls.warmup_iterations),
+            http_host=os.environ.get(HTTP_HOST_ENV, "").strip() or HOST,
+            device=os.environ.get(DEVICE_ENV, "").strip() or DEVICE_CPU,
+        )
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> ServeSettings:
+        """The settings of an application that Serve builds from a config file's `args`
+        (KubeRay's serveConfigV2: deployment.app_builder), where Ray and Serve's proxy are
+        started by `ray start` and the config, not by server.py.
+
+        Keys: model_path (required), replicas, threads, device, warmup_iterations; the
+        model spec, limits and batching come from the DIGITNET_* environment, as for
+        server.py. The server-only fields (ports, temp dir, status file) are unused there
+        and left empty.
+
+        Raises:
+            KeyError: without model_path.
+        """
+        if not str(args.get("model_path", "")).strip():
+            raise KeyError("model_path is not in the application's args")
+        return cls(
+            model_path=Path(args["model_path"]),
+            http_port=0,
+            metrics_port=0,
+            temp_dir=Path(),
+            status_file=Path(),
+            split=CoreSplit(int(args.get("replicas", 1)), int(args.get("threads", 1))),
+            spec=ModelSpec.from_env(),
+            limits=ServingLimits.from_env(),
+            policy=BatchingPolicy.from_env(),
+            warmup_iterations=int(args.get("warmup_iterations", cls.warmup_iterations)),
+            device=str(args.get("device", DEVICE_CPU)),
         )
 
 
@@ -172,7 +228,12 @@ def deployment_options(settings: ServeSettings) -> dict[str, Any]:
         "max_ongoing_requests": max_ongoing_requests(settings.policy),
         # Each replica is one Ray actor holding `threads` CPUs; Ray schedules no more
         # replicas than num_cpus allows.
-        "ray_actor_options": {"num_cpus": settings.split.threads},
+        "ray_actor_options": {
+            "num_cpus": settings.split.threads,
+            # On CUDA the replicas split the one GPU evenly (Ray's fractional GPUs), so Ray
+            # places all of them and sets each one's CUDA_VISIBLE_DEVICES.
+            **({"num_gpus": 1 / settings.split.workers} if settings.on_gpu else {}),
+        },
         "user_config": batching_config(settings.policy),
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
         "graceful_shutdown_wait_loop_s": GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
@@ -189,7 +250,8 @@ def describe(settings: ServeSettings) -> Mapping[str, Any]:
         "replicas": settings.split.workers,
         "torch_threads": settings.split.threads,
         "num_cpus": settings.num_cpus,
-        "http": f"http://{HOST}:{settings.http_port}",
+        "http": f"http://{settings.http_host}:{settings.http_port}",
+        "device": settings.device,
         "metrics": f"http://{HOST}:{settings.metrics_port}",
         "deployment": {k: v for k, v in deployment_options(settings).items()
                        if k != "logging_config"},  # fmt: skip

@@ -150,6 +150,16 @@ class TfServingStack(ServingStack):
     validates_with_codec = False
     floor_path = "SavedModel signature"
     framework = "tensorflow"
+    reports_device = False
+    unreported_device_why = (
+        "TF Serving's replies carry no header of ours, and it places the graph on a GPU "
+        "by itself when its -gpu image finds one; only its log (`Created device ... GPU`) "
+        "says which"
+    )
+    warmup_fixed_why = (
+        "its warm-up records are part of the SavedModel (assets.extra), replayed before it "
+        "reports AVAILABLE"
+    )
     compose_service = "tf-serving"
     k8s_deployment = "tf-serving"
     workers_not_applicable = (

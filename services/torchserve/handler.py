@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from digitnet.codec import (
+    BATCH_HEADER,
+    DEVICE_HEADER,
     JSON_CONTENT_TYPE,
     PayloadError,
     RequestFormat,
@@ -35,6 +37,9 @@ from digitnet.torchscript import load_torchscript
 # Torch intra-op threads per worker; services/torchserve/launch.py derives it from the cores.
 THREADS_ENV = "DIGITNET_TORCH_THREADS"
 DEFAULT_THREADS = 1
+# Forward passes on zeros before the worker takes requests (0: none, for cold-start runs).
+WARMUP_ENV = "DIGITNET_TORCHSERVE_WARMUP_ITERATIONS"
+DEFAULT_WARMUP_ITERATIONS = 1
 # The frontend names a raw (non-multipart, non-form) request body "body".
 BODY_PARAMETER = "body"
 
@@ -120,7 +125,8 @@ class DigitNetHandler:
         serialized = context.manifest["model"]["serializedFile"]
         self.model = load_torchscript(Path(properties["model_dir"]) / serialized, self.device)
         with torch.inference_mode():
-            self.model(torch.zeros(1, self.spec.side, self.spec.side, device=self.device))
+            for _ in range(env_int(WARMUP_ENV, DEFAULT_WARMUP_ITERATIONS)):
+                self.model(torch.zeros(1, self.spec.side, self.spec.side, device=self.device))
         self.initialized = True
 
     def decode(
@@ -163,6 +169,8 @@ class DigitNetHandler:
                 rows = len(images)
                 # Without a phrase TorchServe sends a bare "HTTP/1.1 200 " status line.
                 context.set_response_status(HTTPStatus.OK.value, HTTPStatus.OK.phrase, idx)
+                context.set_response_header(idx, DEVICE_HEADER, self.device)
+                context.set_response_header(idx, BATCH_HEADER, str(len(valid)))
                 responses[idx] = _compact(encode_predictions(logits[start : start + rows], fmt))
                 start += rows
         return responses

@@ -54,6 +54,7 @@ CONFIG_FILE = "config.properties"
 # handler.THREADS_ENV, written here too: the handler imports torch, and this plugin must
 # import without it (the load generator's image has no torch).
 THREADS_ENV = "DIGITNET_TORCH_THREADS"
+WARMUP_ENV = "DIGITNET_TORCHSERVE_WARMUP_ITERATIONS"  # handler.WARMUP_ENV, likewise
 # Overrides the worker count; intra-op threads then get cores // workers each.
 WORKERS_ENV = "DIGITNET_TORCHSERVE_WORKERS"
 # Workers listen on <java.io.tmpdir>/.ts.sock.<port>; Linux caps socket paths at 107 bytes.
@@ -236,6 +237,7 @@ class TorchServeStack(ServingStack):
     devices = (CPU, CUDA)
     floor_path = "TorchScript"
     thread_settings = (THREADS_ENV, WORKERS_ENV, "OMP_NUM_THREADS")
+    warmup_off_env = {WARMUP_ENV: "0"}
     front_answers = {
         "body_over_max": (
             "TorchServe's Netty frontend refuses bodies over max_request_size itself, with an "

@@ -79,6 +79,36 @@ def test_records_written_before_the_pool_wait_column_still_read(tmp_path):
     records = analysis.read_records([path])
     assert records.pool_wait_ms.tolist() == [0.0]
     assert records.latency_ms.tolist() == [7.0]
+    assert np.isnan(records.batch_requests).all()
+
+
+def test_forward_passes_are_counted_from_the_requests_that_shared_them(tmp_path):
+    # 6 single passes, 2 passes of 3, 1 of 4 (its requests all measured); one failure
+    # naming no pass; then a server that says nothing (TF Serving).
+    recorder = RequestRecorder(tmp_path / "p.csv")
+    said = ["1"] * 6 + ["3"] * 6 + ["4"] * 4
+    for i, batch in enumerate(said):
+        recorder.on_request("POST", "x", 1.0, 1, context={"batch_requests": batch},
+                            start_time=100.0 + i / 10)  # fmt: skip
+    recorder.on_request("POST", "x", 1.0, 1, exception=RuntimeError("HTTP 503"),
+                        context={"batch_requests": ""}, start_time=101.65)  # fmt: skip
+    recorder.flush()
+    records = analysis.read_records([tmp_path / "p.csv"])
+    batches = analysis.observed_batches(records.batch_requests[records.ok])
+    assert batches["batch_hist"] == {"1": 6, "3": 2, "4": 1}
+    assert batches["batch_mean"] == pytest.approx(16 / 9)
+    assert analysis.observed_batches(np.full(5, np.nan)) == {}
+
+
+def test_windows_passes_add_up_in_a_level():
+    merged = analysis.aggregate_repeats([
+        {"rps": 1.0, "batch_hist": {"1": 4, "8": 1}},
+        {"rps": 1.0, "batch_hist": {"2": 2, "1": 2}},
+        {"rps": 1.0},
+    ])  # fmt: skip
+    assert merged["batch_hist"] == {"1": 6, "2": 2, "8": 1}
+    assert list(merged["batch_hist"]) == ["1", "2", "8"]
+    assert merged["batch_mean"] == pytest.approx((6 + 4 + 8) / 9)
 
 
 def test_repeats_are_merged_by_median_with_spread():

@@ -127,6 +127,7 @@ def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path
     for point in points:
         assert point["requests"] > 0 and point["failures"] == 0, point
         assert point["device"] == "cpu" and point["server_cpu_pct"] is None
+        assert point["served_device"] == "cpu"
         # One record file per Locust process (--processes: one per CPU of the pod's quota).
         assert record_files(run_dir / "raw" / point["raw"]), point["raw"]
         assert point["generator_processes"] == runner.generator_processes(
@@ -139,6 +140,31 @@ def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path
     assert {h["target"] for h in summary["headline"]} == {"flask_torch/rest/cpu",
                                                          "torchserve/rest/cpu"}  # fmt: skip
     assert "tf_serving/rest/cpu | **skipped**" in report
+
+
+@pytest.mark.integration
+def test_gpu_points_on_servers_computing_on_the_cpu_are_refused(servers, artifacts, tmp_path):
+    (flask,) = runner.targets_of(servers["flask_torch"])
+    (torchserve,) = runner.targets_of(servers["torchserve"])
+    key, _stale = k8s_cluster.inference_key(
+        key_file_of(servers["torchserve"]), datetime.now(UTC), timedelta(0))  # fmt: skip
+    token_file = tmp_path / "inference-key"
+    token_file.write_text(key + "\n")
+    out = tmp_path / "results"
+    # Both pods answer, as a GPU pod whose server fell back to its CPU does.
+    code = cluster.main([
+        "--out", str(out), "--run-id", "k8s-cuda", "--profile", "smoke", "--device", "cuda",
+        "--target", f"flask_torch/rest={flask.host}",
+        "--target", f"torchserve/rest={torchserve.host}",
+        "--secret-file", f"torchserve={token_file}", "--artifacts", str(artifacts.root),
+        "--ready-timeout-s", "2", "--hold-s", "0",
+    ])  # fmt: skip
+    assert code == 0
+    run_dir = out / "k8s-cuda"
+    assert (run_dir / "points.jsonl").read_text() == ""
+    skipped = json.loads((run_dir / "environment.json").read_text())["skipped"]
+    for key in ("flask_torch/rest/cuda", "torchserve/rest/cuda"):
+        assert skipped[key].startswith("REFUSED") and "'cpu'" in skipped[key], skipped
 
 
 @pytest.mark.integration

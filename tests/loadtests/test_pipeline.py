@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from digitnet.codec import DEVICE_HEADER
 from harness.lifecycle import start_stack
 from loadtests import runner
 from loadtests.profiles import PROFILES
@@ -38,6 +39,9 @@ def test_closed_and_open_points_against_real_flask(artifacts, tmp_path):
         assert point["requests"] > 0 and point["failures"] == 0, point
         assert point["p50_ms"] <= point["p99_ms"] <= point["max_ms"]
         assert point["server_rss_mb"] > 0 and point["server_p50_ms"] is not None
+        assert point["served_device"] == "cpu"
+        # gunicorn's workers never batch across requests, and their replies say so.
+        assert point["batch_hist"] == {"1": point["requests"] - point["failures"]}
     assert closed["images_per_s"] == pytest.approx(2 * closed["rps"])
     # 50 req/s offered for ~1.5 s measured: the schedule, not the server, sets the pace.
     assert opened["rps"] == pytest.approx(50, rel=0.3)
@@ -57,6 +61,8 @@ class WrongAnswers(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        # As the server it stands in for does: the device read-back lets the point run.
+        self.send_header(DEVICE_HEADER, "cpu")
         self.end_headers()
         self.wfile.write(data)
 

@@ -472,3 +472,15 @@ def test_the_wrk_cell_shows_the_median_run_and_the_range_of_the_runs():
     cells = wrk_cells({"wrk": runs[1], "wrk_runs": runs, "divergence": None})
     assert cells[:2] == ["1000 (900–1100, 3 runs)", "1.00 / 3.00"]
     assert wrk_cells({"wrk": runs[1], "divergence": None})[0] == "1000"
+
+
+def test_observed_batch_sizes_are_shown_only_where_servers_named_them():
+    from loadtests.report import batches_section
+
+    level = {"stack": "torchserve", "protocol": "rest", "batch_size": 1, "mode": "closed",
+             "users": 8, "rate": None, "batch_hist": {"1": 10, "8": 5}, "batch_mean": 50 / 15}
+    silent = {**level, "stack": "tf_serving", "batch_hist": None, "batch_mean": None}
+    md = "\n".join(batches_section([level, silent]))
+    assert "| torchserve/rest | 1 | closed | 8 | 3.33 | 1×10, 8×5 |" in md
+    assert "tf_serving/rest |" not in md
+    assert batches_section([silent]) == []

@@ -13,10 +13,16 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from digitnet.clients import FLASK_LIVE_PATH, FLASK_PREDICT_PATH, FLASK_READY_PATH, TFS_STATUS_PATH
-from digitnet.codec import decode_predictions, encode_request
+from digitnet.codec import (
+    BATCH_HEADER,
+    DEVICE_HEADER,
+    INFERENCE_TIME_HEADER,
+    decode_predictions,
+    encode_request,
+)
 from digitnet.data import DigitsSplit
 from digitnet.torchscript import load_torchscript
-from services.flask_torch.app import INFERENCE_TIME_HEADER, create_app
+from services.flask_torch.app import create_app
 from services.flask_torch.predictor import TorchScriptModel
 from services.flask_torch.settings import Settings
 
@@ -98,6 +104,14 @@ def test_inference_time_header_is_a_non_negative_number(
     response = post_json_text(client, json.dumps({"instances": image_rows(split, 4)}))
     assert response.status_code == 200
     assert float(response.headers[INFERENCE_TIME_HEADER]) >= 0.0
+
+
+def test_replies_name_the_device_the_model_runs_on(client: FlaskClient, split: DigitsSplit) -> None:
+    response = post_json_text(client, json.dumps({"instances": image_rows(split, 1)}))
+    assert response.status_code == 200
+    assert response.headers[DEVICE_HEADER] == "cpu"
+    # The app runs one forward pass per request, whatever the load.
+    assert response.headers[BATCH_HEADER] == "1"
 
 
 def test_liveness_and_readiness_of_a_loaded_app(client: FlaskClient) -> None:

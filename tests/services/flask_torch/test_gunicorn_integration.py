@@ -16,10 +16,9 @@ import torch
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import FLASK_LIVE_PATH, FLASK_READY_PATH, TFS_STATUS_PATH, RestClient
-from digitnet.codec import encode_request
+from digitnet.codec import INFERENCE_TIME_HEADER, encode_request
 from digitnet.data import DigitsSplit
 from digitnet.torchscript import load_torchscript
-from services.flask_torch.app import INFERENCE_TIME_HEADER
 from services.flask_torch.launch import STACK
 from services.process import ServerProcess, free_port, port_is_free
 

@@ -19,7 +19,7 @@ import requests
 import torch
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.codec import JSON_CONTENT_TYPE, encode_request
+from digitnet.codec import BATCH_HEADER, DEVICE_HEADER, JSON_CONTENT_TYPE, encode_request
 from digitnet.data import DigitsSplit
 from digitnet.torchscript import load_torchscript
 from harness.lifecycle import RunningStack, skipped_reason, start_stack
@@ -105,6 +105,19 @@ def test_concurrent_requests_each_get_their_own_rows(
         answers = list(pool.map(one, starts))
     for (start, size), (_, classes) in zip(starts, answers, strict=True):
         np.testing.assert_array_equal(classes, key[start : start + size])
+
+
+def test_replies_name_their_device_and_the_requests_of_their_pass(
+    running: RunningStack, split: DigitsSplit
+) -> None:
+    body = json.dumps(encode_request(split.test_images[:1])).encode()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(lambda _: post(running, body), range(32)))
+    assert all(reply.status_code == 200 for reply in replies)
+    assert {reply.headers[DEVICE_HEADER] for reply in replies} == {"cpu"}
+    shared = [int(reply.headers[BATCH_HEADER]) for reply in replies]
+    # @serve.batch's bound holds, whatever it merged under this concurrency.
+    assert all(1 <= n <= BATCH_SIZE for n in shared), shared
 
 
 def test_the_columnar_format_is_answered_in_kind(running: RunningStack, split) -> None:

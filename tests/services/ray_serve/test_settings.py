@@ -14,16 +14,21 @@ from services.ray_serve.launch import STACK, application_running
 from services.ray_serve.settings import (
     BATCHES_IN_FLIGHT,
     DEPLOYMENT_NAME,
+    DEVICE_ENV,
+    HOST,
+    HTTP_HOST_ENV,
     REPLICAS_ENV,
     REQUESTS_PER_REPLICA,
     THREADS_ENV,
     ServeSettings,
     batching_config,
     deployment_options,
+    describe,
     max_ongoing_requests,
     parallelism_from_env,
 )
 from services.registry import all_stacks, load_stack
+from services.stack import CPU, CUDA
 
 
 def settings(tmp_path: Path, **changes) -> ServeSettings:
@@ -72,6 +77,8 @@ def test_the_server_reads_back_what_the_plugin_wrote(tmp_path, monkeypatch) -> N
         limits=ServingLimits(max_batch=9, max_body_bytes=1234, max_json_depth=5),
         policy=BatchingPolicy(enabled=False, max_batch_size=3, max_delay_ms=0.5),
         warmup_iterations=1,
+        http_host="0.0.0.0",
+        device="cuda:1",
     )
     for name, value in written.to_env().items():
         monkeypatch.setenv(name, value)
@@ -110,10 +117,54 @@ def test_the_plugin_is_registered_and_declares_itself() -> None:
     assert STACK.protocols == ("rest",)
     assert STACK.locust_users["rest"] == "RestPredictUser"
     assert STACK.server_kind == "Ray Serve" and STACK.framework == "pytorch"
-    # Not deployed by compose or k8s, and it says why.
-    assert STACK.compose_service is None and STACK.k8s_deployment is None
-    assert STACK.not_deployed_why
+    # Deployed by compose and k8s from its own image, with a CUDA variant.
+    assert STACK.compose_service == "ray-serve" and STACK.k8s_deployment == "ray-serve"
+    assert STACK.image == ("digitnet-ray-serve", "services/ray_serve/Dockerfile")
+    assert STACK.devices == (CPU, CUDA)
+    # Ray's ports are private; the inference port is not among them.
+    assert STACK.default_ports["http"] not in STACK.private_ports
+    assert STACK.default_ports["metrics"] in STACK.private_ports
     # deploy-local runs every stack on its default ports at once.
     others = {port for stack in all_stacks() if stack.name != "ray_serve"
               for port in stack.default_ports.values()}  # fmt: skip
     assert not set(STACK.default_ports.values()) & others
+
+
+def test_only_the_http_proxy_leaves_loopback_and_only_when_asked(tmp_path, monkeypatch) -> None:
+    s = settings(tmp_path)
+    assert s.http_host == HOST == "127.0.0.1"
+    for name, value in s.to_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv(HTTP_HOST_ENV)
+    # Unset (an environment written before the knob existed): loopback.
+    assert ServeSettings.from_env().http_host == HOST
+    monkeypatch.setenv(HTTP_HOST_ENV, "0.0.0.0")
+    opened = ServeSettings.from_env()
+    assert opened.http_host == "0.0.0.0"
+    # Ray's own addresses do not follow it: the status file still names the metrics
+    # export on loopback.
+    described = dict(describe(opened))
+    assert described["http"].startswith("http://0.0.0.0:")
+    assert described["metrics"].startswith(f"http://{HOST}:")
+
+
+def test_cuda_replicas_share_one_gpu_that_ray_schedules(tmp_path) -> None:
+    cpu = settings(tmp_path, split=CoreSplit(2, 1))
+    assert cpu.num_gpus == 0 and "num_gpus" not in deployment_options(cpu)["ray_actor_options"]
+    cuda = settings(tmp_path, split=CoreSplit(4, 1), device="cuda")
+    assert cuda.num_gpus == 1
+    assert deployment_options(cuda)["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0.25}
+    assert STACK.device_env("cuda") == {DEVICE_ENV: "cuda"}
+    assert STACK.device_env("cpu") == {"CUDA_VISIBLE_DEVICES": "", DEVICE_ENV: "cpu"}
+
+
+def test_a_config_files_args_build_the_same_deployment(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DIGITNET_BATCH_SIZE", "4")
+    args = {"model_path": "/app/m.pt", "replicas": "3", "threads": "2"}
+    built = ServeSettings.from_args(args)
+    assert built.model_path == Path("/app/m.pt") and built.split == CoreSplit(3, 2)
+    assert built.policy.max_batch_size == 4 and built.device == "cpu"
+    same = settings(tmp_path, split=CoreSplit(3, 2), policy=BatchingPolicy(max_batch_size=4))
+    assert deployment_options(built) == deployment_options(same)
+    with pytest.raises(KeyError, match="model_path"):
+        ServeSettings.from_args({"replicas": "1"})

@@ -48,6 +48,7 @@ class WorkerReply:
     phrase: str
     content_type: str
     body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -109,10 +110,11 @@ def decode_predict_response(raw: bytes) -> tuple[int, list[WorkerReply]]:
         content_type = read_blob().decode()
         status = read_int()
         phrase = read_blob().decode()
+        headers = {}
         for _ in range(read_int()):
-            read_blob()
-            read_blob()
-        replies.append(WorkerReply(status, phrase, content_type, read_blob()))
+            name = read_blob().decode()
+            headers[name] = read_blob().decode()
+        replies.append(WorkerReply(status, phrase, content_type, read_blob(), headers))
     return code, replies
 
 

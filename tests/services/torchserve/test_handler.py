@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.codec import JSON_CONTENT_TYPE, PayloadError, encode_request
+from digitnet.codec import (
+    BATCH_HEADER,
+    DEVICE_HEADER,
+    JSON_CONTENT_TYPE,
+    PayloadError,
+    encode_request,
+)
 from digitnet.data import DigitsSplit
 from digitnet.spec import ModelSpec
 from digitnet.torchscript import load_torchscript
@@ -65,6 +71,21 @@ def test_one_bad_request_does_not_fail_its_batch(worker, split: DigitsSplit, scr
         expected = reference(scripted, images)
         np.testing.assert_allclose(logits, expected, atol=ATOL, rtol=0)
         np.testing.assert_array_equal(classes, expected.argmax(axis=1))
+
+
+def test_answered_requests_name_their_device_and_the_requests_of_their_pass(
+    worker, split: DigitsSplit
+) -> None:
+    good = FrontendRequest(json.dumps(encode_request(split.test_images[:2])).encode())
+    replies = worker([good, FrontendRequest(b"{not json"), good, good])
+
+    assert [reply.status for reply in replies] == [200, 400, 200, 200]
+    for reply in (replies[0], replies[2], replies[3]):
+        # No GPU in this worker: the handler computes on the CPU, and says so.
+        assert reply.headers[DEVICE_HEADER] == "cpu"
+        # The bad request never reached the forward pass: three requests shared it.
+        assert reply.headers[BATCH_HEADER] == "3"
+    assert DEVICE_HEADER not in replies[1].headers and BATCH_HEADER not in replies[1].headers
 
 
 def test_whole_test_split_matches_torchscript(worker, split: DigitsSplit, scripted) -> None:

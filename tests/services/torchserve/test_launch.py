@@ -125,3 +125,11 @@ def test_start_refuses_a_run_dir_too_deep_for_worker_sockets(
     deep = tmp_path / ("d" * 100)
     with pytest.raises(ValueError, match="socket"):
         STACK.start(artifacts, deep, PORTS)
+
+
+def test_the_plugin_names_the_handlers_own_variables():
+    # The plugin must import without torch, so it spells them again; they must agree.
+    from services.torchserve import handler, launch
+
+    assert launch.THREADS_ENV == handler.THREADS_ENV
+    assert launch.STACK.warmup_off_env == {handler.WARMUP_ENV: "0"}
