@@ -4,7 +4,9 @@ in-cluster load test and bring its results home.
   python -m k8s.cluster images   --registry R --tag T [--variants cpu,cuda] [--dry-run]
   python -m k8s.cluster apply    --overlay gpu [--registry R --tag T]
   python -m k8s.cluster token                   # refresh the torchserve-token Secret
-  python -m k8s.cluster loadtest --overlay gpu --profile quick
+  python -m k8s.cluster loadtest --overlay gpu --profile quick [--deadline-s S]
+  python -m k8s.cluster collect  --run-id loadtest-gpu-...  # resume an interrupted copy
+  python -m k8s.cluster check-images [--overlay gpu]        # do the TF Serving tags exist?
 
 Everything talks to the cluster through kubectl (the current context). The pieces that
 decide something (which images, the generated overlay, the Job made from the CronJob,
@@ -21,7 +23,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,11 +37,13 @@ import yaml
 
 from k8s.images import (
     DEFAULT_CUDA_FLAVOR,
+    HOW_TO_PICK_TF_SERVING,
     PROJECT_IMAGES,
     SUPPORTED_CUDA_FLAVORS,
     TORCH_WHEEL_INDEX,
     UnsupportedCudaFlavor,
     check_cuda_flavor,
+    tf_serving_ref,
 )
 from k8s.validate import K8S_DIR, NAMESPACE, ROOT, kubectl
 from loadtests.profiles import PROFILES
@@ -61,6 +70,17 @@ TOKEN_MIN_VALID = timedelta(hours=12)
 SERVER_SELECTOR = "app.kubernetes.io/component=server"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 POLL_S = 15.0
+# One kubectl call waits at most this long (a dropped connection must not hang the run).
+KUBECTL_TIMEOUT_S = 120.0
+# A copy of the results may take longer: several GB of raw CSVs at the end of `full`.
+COPY_TIMEOUT_S = 1800.0
+# Added to the Job's activeDeadlineSeconds for the collector's own deadline: past it the
+# Job is stopped anyway, and this leaves time for the last copy.
+COLLECT_GRACE_S = 900.0
+# Files whose mtime is within this of the newest one copied are sent again next time (a
+# file appended to in the same second as the last copy, clocks' rounding).
+MTIME_MARGIN_S = 5
+COLLECTION_FILE = "collection.json"
 
 
 class ClusterError(RuntimeError):
@@ -132,6 +152,82 @@ def git_commit() -> str:
     probe = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                            text=True, check=False, cwd=ROOT)  # fmt: skip
     return probe.stdout.strip() or "unknown"
+
+
+# --- do the official images exist? -----------------------------------------------------
+
+EXISTS, MISSING, UNCHECKED = "ok", "MISSING", "NOT CHECKED"
+# Registry answers that mean "no such tag" (docker, buildx, podman, skopeo).
+_NO_SUCH_TAG = ("no such manifest", "manifest unknown", "not found", "manifest_unknown")
+
+
+@dataclass
+class ImageCheck:
+    ref: str
+    state: str
+    detail: str
+
+    def line(self) -> str:
+        if self.state == EXISTS:
+            return f"{EXISTS} {self.ref} exists ({self.detail})"
+        if self.state == MISSING:
+            return (f"{MISSING} {self.ref}: the registry has no such tag ({self.detail}). TF "
+                    f"Serving's images have lagged its releases: {HOW_TO_PICK_TF_SERVING}")
+        return (f"{UNCHECKED} {self.ref}: {self.detail}; the cluster will try the pull itself "
+                "(an ImagePullBackOff then names the tag)")  # fmt: skip
+
+
+def overlay_images(overlay: str) -> list[str]:
+    """The official images an overlay pulls (the project's own come from `make images`)."""
+    return [tf_serving_ref(gpu=overlay == "gpu")]
+
+
+def inspect_commands(engine: str, ref: str) -> list[list[str]]:
+    """Ways to ask the registry for a tag's manifest without pulling it, best first."""
+    commands = []
+    if shutil.which(engine):
+        if os.path.basename(engine) == "podman":
+            commands.append([engine, "manifest", "inspect", f"docker://{ref}"])
+        else:
+            commands += [[engine, "manifest", "inspect", ref],
+                         [engine, "buildx", "imagetools", "inspect", ref]]  # fmt: skip
+    if shutil.which("skopeo"):
+        commands.append(["skopeo", "inspect", "--raw", f"docker://{ref}"])
+    return commands
+
+
+def check_images(refs: list[str], engine: str = "docker",
+                 timeout: float = 60.0) -> list[ImageCheck]:
+    """Asks the registry whether each tag exists; says NOT CHECKED, never guesses, when
+    no tool here can ask or the registry does not answer."""
+    checks = []
+    for ref in refs:
+        commands = inspect_commands(engine, ref)
+        if not commands:
+            checks.append(ImageCheck(ref, UNCHECKED, f"no `{engine}` or skopeo on this machine "
+                                     "to ask the registry with"))  # fmt: skip
+            continue
+        errors = []
+        for command in commands:
+            try:
+                result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                        timeout=timeout)  # fmt: skip
+            except subprocess.TimeoutExpired:
+                errors.append(f"`{' '.join(command[:3])}` timed out")
+                continue
+            said = (result.stderr or result.stdout).strip().splitlines()
+            if result.returncode == 0:
+                checks.append(ImageCheck(ref, EXISTS, " ".join(command[:3])))
+                break
+            message = said[-1] if said else f"exit {result.returncode}"
+            if any(s in message.lower() for s in _NO_SUCH_TAG):
+                checks.append(ImageCheck(ref, MISSING, f"{' '.join(command[:3])}: {message}"))
+                break
+            errors.append(f"`{' '.join(command[:3])}`: {message[:200]}")
+        else:
+            checks.append(ImageCheck(ref, UNCHECKED, "the registry did not answer: "
+                                     + "; ".join(errors)))  # fmt: skip
+    return checks
 
 
 # --- the overlay actually applied -------------------------------------------------------
@@ -312,28 +408,95 @@ def merge_environment(env: dict[str, Any], servers: dict[str, Any]) -> dict[str,
 # --- kubectl ----------------------------------------------------------------------------
 
 
-def run_kubectl(*args: str, stdin: str | None = None, namespaced: bool = True) -> str:
+def run_kubectl(*args: str, stdin: str | None = None, namespaced: bool = True,
+                timeout: float | None = None) -> str:
     """kubectl with the project's namespace; returns stdout.
 
     Raises:
-        ClusterError: on a non-zero exit, with kubectl's message.
+        ClusterError: on a non-zero exit, with kubectl's message, or when it takes longer
+            than `timeout` seconds (it is killed).
     """
     command = [kubectl(), *(["--namespace", NAMESPACE] if namespaced else []), *args]
-    result = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True,
+                                check=False, timeout=timeout)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{' '.join(command[:6])} ...: no answer within {timeout:.0f} s"
+                           ) from None  # fmt: skip
     if result.returncode != 0:
         raise ClusterError(f"{' '.join(command[:6])} ...: {result.stderr.strip()}")
     return result.stdout
 
 
+def kubectl_to_file(args: list[str], dest: Path, timeout: float) -> None:
+    """kubectl with the project's namespace, its stdout (binary) written to `dest`.
+
+    Raises:
+        ClusterError: on a non-zero exit or past `timeout` seconds.
+    """
+    command = [kubectl(), "--namespace", NAMESPACE, *args]
+    with dest.open("wb") as out:
+        try:
+            result = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, check=False,
+                                    timeout=timeout)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"{' '.join(command[:6])} ...: no answer within "
+                               f"{timeout:.0f} s") from None  # fmt: skip
+    if result.returncode != 0:
+        raise ClusterError(f"{' '.join(command[:6])} ...: "
+                           f"{result.stderr.decode(errors='replace').strip()}")  # fmt: skip
+
+
+PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
+
+
+def pull_problems(pods: dict[str, Any]) -> list[str]:
+    """Containers waiting on an image pull, named with the image and kubelet's message
+    (`kubectl get pods -o json`); TF Serving's get the way to pick another version."""
+    problems = []
+    for pod in pods.get("items", []):
+        status = pod.get("status", {})
+        for container in (status.get("initContainerStatuses", [])
+                          + status.get("containerStatuses", [])):  # fmt: skip
+            waiting = container.get("state", {}).get("waiting", {})
+            if waiting.get("reason") not in PULL_FAILURES:
+                continue
+            image = container.get("image", "?")
+            problem = (f"{pod['metadata']['name']}: cannot pull {image} ({waiting['reason']}: "
+                       f"{waiting.get('message', '').strip()[:300]})")
+            if image.split("@")[0].rsplit(":", 1)[0].endswith("tensorflow/serving"):
+                problem += (". TF Serving's images have lagged its releases: "
+                            f"{HOW_TO_PICK_TF_SERVING}")
+            else:
+                problem += (". Was it built and pushed (`make images REGISTRY=... TAG=...`), "
+                            "and can the cluster pull from that registry?")
+            problems.append(problem)
+    return problems
+
+
 def wait_for_servers() -> None:
     for deployment in SERVER_DEPLOYMENTS:
         print(f"k8s: waiting for deployment/{deployment} ...", flush=True)
-        run_kubectl("rollout", "status", f"deployment/{deployment}",
-                    f"--timeout={ROLLOUT_TIMEOUT}")  # fmt: skip
+        try:
+            run_kubectl("rollout", "status", f"deployment/{deployment}",
+                        f"--timeout={ROLLOUT_TIMEOUT}")  # fmt: skip
+        except ClusterError as err:
+            pods = json.loads(run_kubectl("get", "pods", "-l", SERVER_SELECTOR, "-o", "json"))
+            missing = pull_problems(pods)
+            if missing:
+                raise ClusterError("; ".join(missing)) from err
+            raise
 
 
 def apply(overlay: str, registry: str, tag: str, cuda_flavor: str,
-          components: tuple[str, ...] = ()) -> None:
+          components: tuple[str, ...] = (), engine: str = "docker") -> None:
+    checks = check_images(overlay_images(overlay), engine)
+    for check in checks:
+        print(f"k8s: {check.line()}", flush=True)
+    missing = [c for c in checks if c.state == MISSING]
+    if missing:
+        raise ClusterError(f"{', '.join(c.ref for c in missing)} not in the registry; "
+                           f"nothing applied. {HOW_TO_PICK_TF_SERVING}")  # fmt: skip
     folder = write_overlay(overlay, registry, tag, cuda_flavor, components=components)
     if not registry:
         print("k8s: no REGISTRY given: images keep their bare names (fine for kind/minikube "
@@ -371,9 +534,11 @@ def refresh_token() -> None:
 def loadgen_pod(job: str, timeout_s: float = 900.0) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
-        names = run_kubectl("get", "pods", "-l", f"job-name={job}", "-o", "name").split()
+        names = run_kubectl("get", "pods", "-l", f"job-name={job}", "-o", "name",
+                            timeout=KUBECTL_TIMEOUT_S).split()  # fmt: skip
         if names:
-            phase = run_kubectl("get", names[0], "-o", "jsonpath={.status.phase}")
+            phase = run_kubectl("get", names[0], "-o", "jsonpath={.status.phase}",
+                                timeout=KUBECTL_TIMEOUT_S)  # fmt: skip
             if phase == "Running":
                 return names[0].removeprefix("pod/")
             if phase in ("Failed", "Succeeded"):
@@ -384,43 +549,222 @@ def loadgen_pod(job: str, timeout_s: float = 900.0) -> str:
         time.sleep(5)
 
 
-def wait_for_results(pod: str, run_id: str) -> str:
-    """Polls the pod for the sweep's marker file, showing its latest log line; returns
-    "complete" or "failed"."""
-    last = ""
+# --- bringing the results home ----------------------------------------------------------
+
+# How a collection ended.
+COMPLETE, SWEEP_FAILED, POD_FAILED, DEADLINE = "complete", "sweep-failed", "pod-failed", "deadline"
+
+
+@dataclass
+class Collection:
+    """What `collect` brought home, and why it stopped."""
+
+    state: str
+    points: int
+    message: str
+
+
+def pod_failure(pod: str, timeout: float) -> str | None:
+    """None while the pod runs; else what ended it (evicted, OOM-killed, deleted, ...).
+
+    Raises:
+        ClusterError: when the cluster does not answer (the pod's fate is unknown).
+    """
+    try:
+        doc = json.loads(run_kubectl("get", "pod", pod, "-o", "json", timeout=timeout))
+    except ClusterError as err:
+        if "NotFound" in str(err) or "not found" in str(err):
+            return "the pod was deleted (evicted, preempted, or its node removed)"
+        raise
+    status = doc.get("status", {})
+    if status.get("phase") == "Running":
+        return None
+    if status.get("phase") == "Unknown":
+        # Its node stopped reporting: the pod (and its results) may come back.
+        raise ClusterError(f"pod {pod} is in phase Unknown (its node does not report)")
+    why = [f"phase {status.get('phase')}"]
+    why += [f"{k} {status[k]}" for k in ("reason", "message") if status.get(k)]
+    for container in status.get("containerStatuses", []):
+        ended = container.get("state", {}).get("terminated")
+        if ended:
+            why.append(f"container {container.get('name')} {ended.get('reason', 'ended')} "
+                       f"(exit {ended.get('exitCode')})")  # fmt: skip
+    return ", ".join(why)
+
+
+def count_points(run_dir: Path) -> int:
+    points = run_dir / "points.jsonl"
+    if not points.exists():
+        return 0
+    return sum(1 for line in points.read_text().splitlines() if line.strip())
+
+
+def copy_results(pod: str, run_id: str, run_dir: Path, since: int | None,
+                 timeout: float) -> int | None:
+    """Streams the pod's results/<run-id> (the files changed since `since`, epoch s of
+    the pod's clock; all with None) as a compressed tar through `kubectl exec` and merges
+    it into run_dir. The archive is read whole into a scratch folder first: a stream cut
+    off by a dying pod or a dropped connection changes nothing already copied.
+
+    Returns:
+        The newest file mtime in the archive (epoch s), None when it held no file.
+
+    Raises:
+        ClusterError: when kubectl fails or the archive is incomplete.
+    """
+    tar = ["tar", "czf", "-", "-C", f"{LOADGEN_RESULTS}/{run_id}",
+           *([f"--newer-mtime=@{since}"] if since is not None else []), "."]  # fmt: skip
+    # GNU tar exits 1 when a file changed while it was read (a point being appended): the
+    # archive is still whole, and the next copy sends that file again.
+    shell = ["sh", "-c", 'tar "$@"; s=$?; [ "$s" -le 1 ]', "tar", *tar[1:]]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{run_id}-", dir=run_dir.parent) as tmp:
+        archive, staging = Path(tmp) / "results.tar.gz", Path(tmp) / "files"
+        kubectl_to_file(["exec", pod, "-c", LOADGEN_CONTAINER, "--", *shell], archive, timeout)
+        newest = None
+        try:
+            with tarfile.open(archive, "r:gz") as bundle:
+                members = bundle.getmembers()
+                bundle.extractall(staging, filter="data")
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+            raise ClusterError(f"incomplete results stream from {pod}: {err}") from None
+        for member in members:
+            if not member.isfile():
+                continue
+            newest = max(newest or 0, int(member.mtime))
+            target = run_dir / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / member.name, target)
+    return newest
+
+
+def collect(
+    pod: str, run_id: str, run_dir: Path, deadline_s: float, poll_s: float = POLL_S,
+    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+) -> Collection:
+    """Brings the run home while the pod measures: after each new point (and once more
+    when the sweep ends) the changed files are streamed out (copy_results), so a pod that
+    fails, is evicted or deleted, or a collector that loses the cluster, keeps every point
+    copied so far. Ends at the sweep's marker (then tells the pod it may exit), at the
+    pod's failure, or at the deadline; never waits longer, whatever kubectl does.
+
+    Args:
+        pod: the load generator's pod.
+        run_id: the run (results/<run-id> in the pod and here).
+        run_dir: where the run is kept here (merged into, so a second collect resumes).
+        deadline_s: the longest the whole collection may take.
+        poll_s: between looks at the pod.
+        sleep, clock: time.sleep and time.monotonic (tests pass their own).
+    """
+    deadline = clock() + deadline_s
+    copied, newest, last_line, unreachable = count_points(run_dir), None, "", ""
+
+    def left(cap: float) -> float:
+        return max(1.0, min(cap, deadline - clock()))
+
+    def stop(state: str, message: str) -> Collection:
+        points = count_points(run_dir)
+        kept = (f"{points} point(s) kept in {run_dir}" if points
+                else f"no point had been copied to {run_dir}")  # fmt: skip
+        return Collection(state, points, f"{message}; {kept}")
+
     while True:
-        listing = run_kubectl("exec", pod, "-c", LOADGEN_CONTAINER, "--", "ls", LOADGEN_RESULTS)
-        names = set(listing.split())
-        for state in ("complete", "failed"):
-            if f"{run_id}.{state}" in names:
-                return state
-        line = run_kubectl("logs", pod, "-c", LOADGEN_CONTAINER, "--tail=1").strip()
-        if line and line != last:
-            print(f"  {line}", flush=True)
-            last = line
-        time.sleep(POLL_S)
+        if clock() >= deadline:
+            why = f" (last kubectl error: {unreachable})" if unreachable else ""
+            return stop(DEADLINE, f"collection deadline of {deadline_s:.0f} s passed before "
+                                  f"the sweep in {pod} finished{why}; the pod keeps its "
+                                  "results until its own deadline: `make k8s-collect "
+                                  f"RUN_ID={run_id}` resumes")  # fmt: skip
+        try:
+            failure = pod_failure(pod, left(KUBECTL_TIMEOUT_S))
+            if failure:
+                return stop(POD_FAILED, f"the load generator pod {pod} ended before its "
+                                        f"results were all copied: {failure}")  # fmt: skip
+            probe = run_kubectl(
+                "exec", pod, "-c", LOADGEN_CONTAINER, "--", "sh", "-c",
+                'ls -1 "$1"; echo "points $(cat "$1/$2/points.jsonl" 2>/dev/null | wc -l)"',
+                "sh", LOADGEN_RESULTS, run_id, timeout=left(KUBECTL_TIMEOUT_S),
+            )  # fmt: skip
+            lines = probe.split()
+            state = next((s for s in ("complete", "failed") if f"{run_id}.{s}" in lines), None)
+            points = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+            if state or points > copied:
+                since = None if newest is None else newest - MTIME_MARGIN_S
+                got = copy_results(pod, run_id, run_dir, since, left(COPY_TIMEOUT_S))
+                newest = max(newest or 0, got or 0) or None
+                copied = count_points(run_dir)
+                print(f"k8s: {copied} point(s) copied to {run_dir}", flush=True)
+            if state:
+                # Everything copied after the marker: let the pod exit.
+                run_kubectl("exec", pod, "-c", LOADGEN_CONTAINER, "--", "touch",
+                            f"{LOADGEN_RESULTS}/{run_id}.collected",
+                            timeout=left(KUBECTL_TIMEOUT_S))  # fmt: skip
+                if state == "failed":
+                    return stop(SWEEP_FAILED, f"the sweep failed in {pod} (see `kubectl -n "
+                                              f"{NAMESPACE} logs job/{run_id}`)")  # fmt: skip
+                return stop(COMPLETE, "the sweep finished and every file was copied")
+            line = run_kubectl("logs", pod, "-c", LOADGEN_CONTAINER, "--tail=1",
+                               timeout=left(KUBECTL_TIMEOUT_S)).strip()  # fmt: skip
+            if line and line != last_line:
+                print(f"  {line}", flush=True)
+                last_line = line
+            unreachable = ""
+        except ClusterError as err:
+            # A dropped connection, a hung exec or a cut stream: what was copied stays;
+            # the next round (or the pod's failure, or the deadline) decides.
+            if str(err) != unreachable:
+                print(f"k8s: {err} (retrying until the deadline)", flush=True)
+            unreachable = str(err)
+        sleep(min(poll_s, max(0.0, deadline - clock())))
 
 
-def loadtest(overlay: str, profile: str, results: Path = RESULTS) -> Path:
+def record_collection(run_dir: Path, pod: str, collection: Collection) -> None:
+    """results/<run-id>/collection.json: how the run came home (read it before trusting a
+    partial run)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / COLLECTION_FILE).write_text(json.dumps({
+        "pod": pod, "state": collection.state, "points": collection.points,
+        "message": collection.message, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }, indent=2) + "\n")  # fmt: skip
+
+
+def job_deadline_s(job: dict[str, Any]) -> float:
+    """The collector's deadline for a Job: its activeDeadlineSeconds plus COLLECT_GRACE_S."""
+    return float(job["spec"].get("activeDeadlineSeconds", 36000)) + COLLECT_GRACE_S
+
+
+def loadtest(overlay: str, profile: str, results: Path = RESULTS,
+             deadline_s: float | None = None) -> Path:
     """Runs the in-cluster sweep and builds the report under results/<run-id>/."""
     wait_for_servers()
     refresh_token()
     run_id = job_name(overlay, datetime.now(UTC))
     cronjob = json.loads(run_kubectl("get", "cronjob", LOADGEN_CRONJOB, "-o", "json"))
-    run_kubectl("create", "-f", "-", stdin=json.dumps(job_from_cronjob(cronjob, run_id, profile)))
+    job = job_from_cronjob(cronjob, run_id, profile)
+    run_kubectl("create", "-f", "-", stdin=json.dumps(job))
     print(f"k8s: job/{run_id} created (profile {profile}); waiting for its pod", flush=True)
-    pod = loadgen_pod(run_id)
-    state = wait_for_results(pod, run_id)
+    return collect_run(run_id, job_deadline_s(job) if deadline_s is None else deadline_s,
+                       results)  # fmt: skip
+
+
+def collect_run(run_id: str, deadline_s: float, results: Path = RESULTS) -> Path:
+    """Collects a run (a fresh one, or one whose collector was interrupted) and builds its
+    report.
+
+    Raises:
+        ClusterError: when the run did not come home whole; what did is kept, and
+            collection.json says why.
+    """
+    start = time.monotonic()
+    pod = loadgen_pod(run_id, min(900.0, deadline_s))
     run_dir = results / run_id
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    run_kubectl("cp", "-c", LOADGEN_CONTAINER, f"{NAMESPACE}/{pod}:{LOADGEN_RESULTS}/{run_id}",
-                str(run_dir))  # fmt: skip
-    run_kubectl("exec", pod, "-c", LOADGEN_CONTAINER, "--", "touch",
-                f"{LOADGEN_RESULTS}/{run_id}.collected")  # fmt: skip
-    print(f"k8s: copied to {run_dir}", flush=True)
-    if state == "failed":
-        raise ClusterError(f"the sweep failed; partial data in {run_dir}; see "
-                           f"`kubectl -n {NAMESPACE} logs job/{run_id}`")  # fmt: skip
+    collection = collect(pod, run_id, run_dir, deadline_s - (time.monotonic() - start))
+    record_collection(run_dir, pod, collection)
+    print(f"k8s: {collection.message}", flush=True)
+    if collection.state != COMPLETE:
+        raise ClusterError(f"{collection.message}. No report was built (environment.json is "
+                           "written when the sweep ends); the points are in points.jsonl and "
+                           f"raw/, and {COLLECTION_FILE} records what happened")  # fmt: skip
     pods = json.loads(run_kubectl("get", "pods", "-l", SERVER_SELECTOR, "-o", "json"))
     nodes = json.loads(run_kubectl("get", "nodes", "-o", "json", namespaced=False))
     env_file = run_dir / "environment.json"
@@ -449,10 +793,21 @@ def main() -> int:
     apply_cmd.add_argument("--overlay", choices=("cpu", "gpu"), required=True)
     apply_cmd.add_argument("--component", action="append", default=[],
                            help="a k8s/components/ folder to add (e.g. gpu-feature-discovery)")
+    apply_cmd.add_argument("--engine", default="docker",
+                           help="asks the registry whether TF Serving's tag exists")
+    check = sub.add_parser("check-images", help="ask the registry whether TF Serving's tags exist")
+    check.add_argument("--overlay", choices=("cpu", "gpu", "all"), default="all")
+    check.add_argument("--engine", default="docker")
     sub.add_parser("token", help="refresh the torchserve-token Secret")
     load = sub.add_parser("loadtest", help="run the sweep in the cluster, copy it, report")
     load.add_argument("--overlay", choices=("cpu", "gpu"), required=True)
     load.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    collect_cmd = sub.add_parser("collect", help="resume bringing a run home, then report")
+    collect_cmd.add_argument("--run-id", required=True, help="the Job's name (loadtest-...)")
+    for cmd in (load, collect_cmd):
+        cmd.add_argument("--deadline-s", type=float, default=None,
+                         help="the longest the collection may take (default: the Job's "
+                         f"activeDeadlineSeconds + {COLLECT_GRACE_S:.0f} s)")
     args = parser.parse_args()
     try:
         if args.command == "images":
@@ -471,11 +826,22 @@ def main() -> int:
                                    env={**os.environ, "DOCKER_BUILDKIT": "1"})  # fmt: skip
         elif args.command == "apply":
             apply(args.overlay, args.registry, args.tag, args.cuda_flavor,
-                  tuple(args.component))
+                  tuple(args.component), args.engine)
+        elif args.command == "check-images":
+            overlays = ("cpu", "gpu") if args.overlay == "all" else (args.overlay,)
+            checks = check_images([r for o in overlays for r in overlay_images(o)], args.engine)
+            for check in checks:
+                print(check.line(), flush=True)
+            if any(c.state == MISSING for c in checks):
+                return 1
+            return 3 if any(c.state == UNCHECKED for c in checks) else 0
         elif args.command == "token":
             refresh_token()
+        elif args.command == "collect":
+            deadline = 3600.0 + COLLECT_GRACE_S if args.deadline_s is None else args.deadline_s
+            collect_run(args.run_id, deadline)
         else:
-            loadtest(args.overlay, args.profile)
+            loadtest(args.overlay, args.profile, deadline_s=args.deadline_s)
     except UnsupportedCudaFlavor as err:
         print(f"k8s: {err}", file=sys.stderr)
         return 2

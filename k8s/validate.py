@@ -10,13 +10,17 @@ import the same functions.
 3. invariants  our own rules, below: GPUs (the limit, no add-on node label, the driver's
              paths, a torch CUDA flavour that exists), non-root and hardening, probes
              (no liveness probe through an inference port), resources, pinned images, no
-             private port in a Service, NetworkPolicy coverage, and what each stack
+             private port in a Service, NetworkPolicy coverage, no voluntary eviction of
+             a benchmark pod (a PodDisruptionBudget, the autoscaler's safe-to-evict
+             annotation), and what each stack
              plugin declares (services.registry): its Deployment, its private ports, one
              replica where it must, the exact container args
 4. components  each optional component under k8s/components/ rendered on top of its
              overlay, with the same schemas and invariants
 5. generated the config files under k8s/ that a stack generates from digitnet.spec are
-             up to date (`make configs` writes them)
+             up to date (`make configs` writes them); TF Serving's image tag in compose,
+             the overlays and the docs is k8s/images.py's TF_SERVING_VERSION, which equals
+             the tensorflow-serving-api pin (or says why not)
 6. dockerfiles the torch images install torch from their index alone (no fallback index)
              and assert torch.version.cuda during the build
 7. lint      checkov (rendered manifests and Dockerfiles; skips in k8s/.checkov.yaml),
@@ -37,13 +41,18 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from k8s.images import CUDA_TAG_SUFFIX, PROJECT_IMAGES, SUPPORTED_CUDA_FLAVORS
+from k8s.images import (
+    CUDA_TAG_SUFFIX,
+    PROJECT_IMAGES,
+    SUPPORTED_CUDA_FLAVORS,
+    tf_serving_version_problems,
+)
 from services.registry import all_stacks
 from services.stack import ServingStack
 
@@ -89,12 +98,8 @@ def single_replica() -> dict[str, str]:
     """Deployment name -> why it must keep one replica (the plugins' single_replica_why)."""
     return {s.k8s_deployment: s.single_replica_why for s in all_stacks()
             if s.k8s_deployment and s.single_replica_why}  # fmt: skip
-DOCKERFILES = (
-    ROOT / "services" / "torchserve" / "Dockerfile",
-    ROOT / "services" / "flask_torch" / "Dockerfile",
-    ROOT / "loadtests" / "Dockerfile",
-    K8S_DIR / "model-image" / "Dockerfile",
-)
+# Every image the project builds (the plugins declare theirs), linted alike.
+DOCKERFILES = tuple(ROOT / i.dockerfile for i in PROJECT_IMAGES)
 # The Dockerfiles that install torch: those of the images with a CUDA variant.
 TORCH_DOCKERFILES = tuple(ROOT / i.dockerfile for i in PROJECT_IMAGES if i.cuda_variant)
 CUDA_IMAGES = {i.name for i in PROJECT_IMAGES if i.cuda_variant}
@@ -106,9 +111,11 @@ HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
 LINT_VENV = Path(os.environ.get("K8S_LINT_VENV", str(Path(sys.prefix) / "k8s-lint")))
 
 KUBECTL_HELP = (
-    "kubectl not found on PATH. It renders the overlays offline (`kubectl kustomize`, no "
-    "cluster needed). Install it: Debian/Ubuntu `apt-get install kubectl` (the `kubectl` "
-    "package; Debian's `kubernetes-client` is far too old), or see "
+    "kubectl not found on PATH or in the venv. It renders the overlays offline (`kubectl "
+    "kustomize`, no cluster needed). Install the project's pinned kubectl without root: "
+    "`make k8s-kubectl` (scripts/install_kubectl.sh: the official dl.k8s.io release, its "
+    "sha256 checked, into .venv/bin; KUBECTL_VERSION= picks another). Debian has no "
+    "`kubectl` package and its `kubernetes-client` is far too old; other ways: "
     "https://kubernetes.io/docs/tasks/tools/ (kubectl >= 1.27, for kustomize v5)."
 )
 
@@ -122,6 +129,9 @@ POD_TEMPLATE_PATHS = {
     "Pod": ("spec",),
 }
 BATCH_KINDS = {"Job", "CronJob"}
+# The pods whose loss ends or skews a measurement: servers and the load generator.
+BENCHMARK_COMPONENTS = {SERVER_COMPONENT, "loadgen"}
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 
 
 class KubectlMissing(RuntimeError):
@@ -138,7 +148,9 @@ def kubectl() -> str:
     Raises:
         KubectlMissing: with install instructions.
     """
-    found = shutil.which(os.environ.get("KUBECTL", "kubectl"))
+    name = os.environ.get("KUBECTL", "kubectl")
+    # On PATH, else where `make k8s-kubectl` installs it: the venv's bin.
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if not found:
         raise KubectlMissing(KUBECTL_HELP)
     return found
@@ -194,11 +206,12 @@ def schema_problems(
 
 @dataclass(frozen=True)
 class PodTemplate:
-    """A pod spec inside a workload, with the labels its pods get."""
+    """A pod spec inside a workload, with the labels and annotations its pods get."""
 
     owner: dict[str, Any]
     spec: dict[str, Any]
     labels: dict[str, str]
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -225,10 +238,9 @@ def pod_templates(objects: list[dict[str, Any]]) -> Iterator[PodTemplate]:
         node: Any = obj
         for key in path[:-1]:
             node = node.get(key, {})
-        labels = obj.get("metadata", {}).get("labels", {}) if path == ("spec",) else (
-            node.get("metadata", {}).get("labels", {})
-        )
-        yield PodTemplate(obj, node.get(path[-1], {}), labels or {})
+        meta = obj.get("metadata", {}) if path == ("spec",) else node.get("metadata", {})
+        yield PodTemplate(obj, node.get(path[-1], {}), meta.get("labels") or {},
+                          meta.get("annotations") or {})
 
 
 def quantity(value: Any) -> float:
@@ -608,6 +620,81 @@ def liveness_problems(objects: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def _replicas(pod: PodTemplate) -> int:
+    """How many pods the workload runs at once: Deployment replicas, Job parallelism."""
+    spec = pod.owner.get("spec", {})
+    if pod.owner.get("kind") == "CronJob":
+        return int(spec.get("jobTemplate", {}).get("spec", {}).get("parallelism", 1))
+    if pod.is_batch:
+        return int(spec.get("parallelism", 1))
+    return int(spec.get("replicas", 1))
+
+
+def _budget_problem(budget: dict[str, Any], pods: list[PodTemplate]) -> str | None:
+    """None when the budget allows no voluntary eviction of any pod it selects, else why
+    it does (or why the eviction API could not resolve it)."""
+    spec = budget.get("spec", {})
+    expected = sum(_replicas(p) for p in pods)
+    batch = [p.name for p in pods if p.is_batch]
+    name = object_name(budget)
+    if "maxUnavailable" in spec:
+        value = str(spec["maxUnavailable"])
+        if batch:
+            return (f"{name}: maxUnavailable does not apply to pods without a scale "
+                    f"({', '.join(batch)}); use an integer minAvailable")  # fmt: skip
+        return None if value in ("0", "0%") else f"{name}: maxUnavailable {value} allows evictions"
+    value = str(spec.get("minAvailable", ""))
+    if value.endswith("%"):
+        if batch:
+            return (f"{name}: a percentage minAvailable cannot be resolved for pods without "
+                    f"a scale ({', '.join(batch)}); use an integer")  # fmt: skip
+        keep = -(-int(value[:-1]) * expected // 100)
+    elif value.isdigit():
+        keep = int(value)
+    else:
+        return f"{name}: neither minAvailable nor maxUnavailable"
+    if keep < expected:
+        return (f"{name}: minAvailable {value} keeps {keep} of the {expected} pods it "
+                "selects, so evictions are allowed")  # fmt: skip
+    return None
+
+
+def disruption_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Every benchmark pod (a server or the load generator, by its component label)
+    carries the cluster autoscaler's safe-to-evict "false" annotation and is selected by
+    exactly one PodDisruptionBudget that allows no voluntary eviction: a drain or a
+    scale-down mid-point would restart a server or end the run's pod."""
+    problems = []
+    pods = [p for p in pod_templates(objects) if p.labels.get(COMPONENT_LABEL)
+            in BENCHMARK_COMPONENTS]  # fmt: skip
+    budgets = [o for o in objects if o.get("kind") == "PodDisruptionBudget"]
+    selected: dict[str, list[PodTemplate]] = {}
+    for budget in budgets:
+        try:
+            selected[object_name(budget)] = [
+                p for p in pods if selects(budget.get("spec", {}).get("selector", {}), p.labels)]
+        except ValueError as err:
+            problems.append(f"{object_name(budget)}: {err}")
+    for pod in pods:
+        if str(pod.annotations.get(SAFE_TO_EVICT)) != "false":
+            problems.append(f'{pod.name}: pod template lacks the annotation {SAFE_TO_EVICT}: '
+                            '"false" (the cluster autoscaler may evict it mid-run)')
+        covering = [b for b in budgets if pod in selected.get(object_name(b), [])]
+        if not covering:
+            problems.append(f"{pod.name}: no PodDisruptionBudget selects it (a drain or "
+                            "scale-down may evict it mid-run)")
+        elif len(covering) > 1:
+            problems.append(f"{pod.name}: selected by several PodDisruptionBudgets "
+                            f"({', '.join(map(object_name, covering))}); the eviction API "
+                            "refuses to judge such a pod")  # fmt: skip
+    for budget in budgets:
+        if selected.get(object_name(budget)):
+            problem = _budget_problem(budget, selected[object_name(budget)])
+            if problem:
+                problems.append(problem)
+    return problems
+
+
 def stack_problems(objects: list[dict[str, Any]],
                    stacks: list[ServingStack] | None = None) -> list[str]:
     """What each stack plugin declares about its k8s deployment: a Deployment of its name,
@@ -692,6 +779,7 @@ def invariant_problems(
         *image_problems(objects),
         *service_problems(objects),
         *network_policy_problems(objects),
+        *disruption_problems(objects),
         *stack_problems(objects),
         *metadata_problems(objects),
     ]
@@ -872,6 +960,9 @@ def validate_all(k8s_dir: Path = K8S_DIR, lint: bool = True) -> dict[str, list[s
             problems
         )
     sections["generated configs"] = generated_config_problems(k8s_dir)
+    sections["TF Serving image version (k8s/images.py TF_SERVING_VERSION)"] = (
+        tf_serving_version_problems(ROOT, k8s_dir)
+    )
     sections["torch Dockerfiles: one index, CUDA asserted"] = torch_dockerfile_problems()
     if lint:
         sections["checkov (kubernetes, dockerfile)"] = checkov_problems(rendered)

@@ -44,11 +44,18 @@ class Profile:
     capacity_duration_s: float = 6.0
     capacity_precision: float = 0.05
     capacity_max_trials: int = 8
+    # Times a trial the generator spoilt is measured again before it counts as such.
+    capacity_retries: int = 1
     # Open-loop arrivals: Poisson (MLPerf's Server scenario) or constant, and the seed.
     arrivals: str = "poisson"
     seed: int = 0
     # Cold starts per stack and warm-up mode at the end of a sweep (loadtests/coldstart.py).
     coldstart_repeats: int = 5
+    # Framework floor after each device's levels (loadtests/framework_floor.py): wrk at one
+    # connection, this many runs of this many seconds per path (predict, no-op twin),
+    # interleaved; 0 runs: the phase is off and the stacks start without their twins.
+    framework_floor_runs: int = 3
+    framework_floor_s: int = 3
 
 
 PROFILES = {
@@ -73,6 +80,8 @@ PROFILES = {
         open_users=256,
         baseline_batches=(1, 8, 64),
         baseline_iterations=2000,
+        framework_floor_runs=5,
+        framework_floor_s=5,
     ),
     # Seconds: for tests and smoke checks of the pipeline, never for figures.
     "smoke": Profile(
@@ -96,5 +105,7 @@ PROFILES = {
         capacity_precision=0.5,
         capacity_max_trials=2,
         coldstart_repeats=0,
+        framework_floor_runs=1,
+        framework_floor_s=1,
     ),
 }

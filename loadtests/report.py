@@ -4,8 +4,9 @@ python -m loadtests.report results/<run-id>      # what `make report RUN=...` ru
 
 A run folder holds points.jsonl (one line per Locust window) and environment.json, and,
 from runs of loadtests.sweep on: floors.jsonl (the generator against the null server),
-levels.jsonl (stability and wrk per closed-loop level) and capacity.jsonl (the SLO
-capacity bracket per target). Every section fed by a newer file says "not measured in
+levels.jsonl (stability and wrk per closed-loop level), capacity.jsonl (the SLO
+capacity bracket per target) and framework_floor.jsonl (each stack's no-op twin beside its
+predict path, loadtests.framework_floor). Every section fed by a newer file says "not measured in
 this run" where the file is absent, so older runs still render.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.markdown import fmt
-from loadtests import analysis, calibration, claims, coldstart
+from loadtests import analysis, calibration, claims, coldstart, framework_floor
 from loadtests.analysis import series
 from loadtests.devices import UNREPORTED
 from loadtests.plots import plot_baselines, plot_curves, plot_resources
@@ -1099,12 +1100,14 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
     data = load_run(run_dir)
     env, slo = data.env, data.slo
     starts = coldstart.read_records(run_dir)
+    floors = read_jsonl(run_dir / framework_floor.FLOOR_FILE)
     records = aggregate(data.sweep_points, data.levels)
     heads = headline(records, data.baselines, slo, env, data.capacity)
     summary = {"environment": env, "slo_p99_ms": slo, "headline": heads, "points": records,
                "baselines": data.baselines, "floors": data.floors, "capacity": data.capacity,
                "drift": drift_summary(data.points), "raw_points": data.points,
-               "coldstart": coldstart.summarize(starts)}  # fmt: skip
+               "coldstart": coldstart.summarize(starts),
+               "framework_floor": floors}  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     images = plot_curves(records, run_dir, slo, data.floors, data.capacity)
     images += plot_baselines(data.baselines, run_dir) + plot_resources(records, run_dir)
@@ -1129,6 +1132,8 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
         md.append(
             f"| {row['path']} | {row['batch_size']} | {row['p50_us']:.1f} | {row['p99_us']:.1f} |"
         )
+    if floors:
+        md += framework_floor.markdown(floors)
     if starts:
         md += coldstart.markdown(starts)
     md += flags_section(data, records)

@@ -8,8 +8,8 @@ pinned to the other cores (one process per core, Locust's --processes); its CPU 
 server's CPU and memory are sampled for every point. The sweep's phases (generator floor,
 interleaved levels with wrk beside them, SLO capacity search) are loadtests.sweep.
 Results go to results/<run-id>/: raw/ (per-request CSVs), points.jsonl (one line per
-window), levels.jsonl, floors.jsonl, capacity.jsonl, environment.json, baselines.json,
-then summary.json and REPORT.md from loadtests.report.
+window), levels.jsonl, floors.jsonl, capacity.jsonl, framework_floor.jsonl,
+environment.json, baselines.json, then summary.json and REPORT.md from loadtests.report.
 """
 
 from __future__ import annotations

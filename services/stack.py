@@ -15,7 +15,9 @@ What a plugin declares, in one object:
   processes   workers(server) for the worker-kill fault, process_role(proc) for soak,
               signal_plan() for SIGTERM, thread_settings for the run environment
   validation  validates_with_codec, front_answers: how its answers to bad input are judged
-  floor       floor_path: the in-process baseline its served latency is compared with
+  floor       floor_path: the in-process baseline its served latency is compared with;
+              noop_env and noop_path(server): its no-op twin on the same server (the
+              framework's own floor, digitnet/noop.py), or noop_why
   deployment  compose_service, k8s_deployment, k8s_container, private_ports,
               single_replica_why, k8s_args(cores), generated_files()
   devices     devices: where it can compute (the load runner's cpu/cuda rows), and
@@ -80,6 +82,11 @@ class ServingStack:
     front_answers: Mapping[str, str] = {}
     # The in-process baseline (loadtests.baselines path label) behind this stack.
     floor_path: str = "TorchScript"
+    # Environment for start() that turns on its no-op twin (digitnet/noop.py): the same
+    # server answering a fixed reply on noop_path. None when it has none, and why. Off by
+    # default, so every other run (and every image) serves exactly the production set-up.
+    noop_env: Mapping[str, str] | None = None
+    noop_why: str = "no no-op twin is implemented for this stack"
     # The framework it runs the model with, and whether the server is the framework's own
     # dedicated server or our Flask app: the report's framework x server table.
     framework: str = "pytorch"
@@ -179,6 +186,14 @@ class ServingStack:
     def server_timings(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> dict:
         """The server's own timings over a point, from two metric scrapes ({} if none)."""
         return {}
+
+    # --- framework floor ---------------------------------------------------------------
+    def noop_path(self, server: ServerProcess) -> str | None:
+        """The REST path on this running server (same port, headers and token as its REST
+        client) where the no-op twin answers a fixed reply the size of a batch-1
+        prediction, without decoding the body or running the model; None when the stack
+        has no twin (noop_why) or this server was started without noop_env."""
+        return None
 
     # --- processes -------------------------------------------------------------------
     def workers(self, server: ServerProcess) -> list[psutil.Process]:

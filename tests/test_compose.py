@@ -89,3 +89,17 @@ def test_every_stack_that_declares_a_compose_service_has_it(compose):
         # reach the stack there.
         for protocol in stack.protocols:
             assert stack.default_ports[stack.protocol_ports[protocol]] in published, stack.name
+
+
+def test_no_private_port_of_any_stack_is_published(compose):
+    """What the plugins declare private (TorchServe's management, Ray's metrics export,
+    GCS, dashboard, ...) is never published, on any host address."""
+    from services.registry import all_stacks
+
+    private = {port: f"{s.name} {what}" for s in all_stacks()
+               for port, what in s.private_ports.items()}  # fmt: skip
+    for name, service in compose["services"].items():
+        for mapping in service.get("ports", []):
+            _host, host_port, container_port = mapping.split(":")
+            for port in (int(host_port), int(container_port)):
+                assert port not in private, (name, mapping, private.get(port))

@@ -1,6 +1,8 @@
 """`make configs`: writes every committed config file that a stack generates from
 digitnet.spec's defaults (TF Serving's batching parameters and their k8s copy, TorchServe's
-config.properties serving lines); `--check` only says which are out of date.
+config.properties serving lines), and the TF Serving image tag that compose, both k8s
+overlays and the READMEs name (k8s/images.py TF_SERVING_VERSION); `--check` only says
+which are out of date.
 
     python -m tools.configs [--check]
 """
@@ -11,14 +13,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from k8s.images import tf_serving_generated_files
 from services.registry import all_stacks
 
 
 def stale_files() -> dict[Path, str]:
     """Generated files whose committed text differs from what their stack generates."""
     stale = {}
-    for stack in all_stacks():
-        for path, text in stack.generated_files().items():
+    generated = [stack.generated_files() for stack in all_stacks()]
+    for files in [*generated, tf_serving_generated_files()]:
+        for path, text in files.items():
             if not path.exists() or path.read_text() != text:
                 stale[path] = text
     return stale

@@ -8,6 +8,8 @@ Routes:
     GET  /v1/models/<name>           TF Serving-like model status
     GET  /healthz                    liveness: 200 whenever the process answers
     GET  /readyz                     readiness: 503 until the model is loaded and warm
+    POST /v1/models/<name>:noop      only with DIGITNET_NOOP_TWIN=1 (digitnet/noop.py): a
+                                     fixed reply, no decoding, no model, no admission
 Every error answers {"error": ..., "reason": ...} JSON, never an HTML page or a traceback.
 
 Admission control (digitnet.spec.AdmissionPolicy): each worker holds at most a bounded
@@ -39,6 +41,7 @@ from digitnet.codec import (
     decode_request_format,
     encode_predictions,
 )
+from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import AdmissionPolicy
 from services.flask_torch.predictor import ServedModel, TorchScriptModel
 from services.flask_torch.settings import Settings
@@ -357,6 +360,19 @@ def readyz() -> Response:
     return jsonify({"status": "ready"})
 
 
+def _noop_view(reply: bytes) -> Callable[[], Response]:
+    """The no-op twin's view: the framework's share of a predict request and nothing of
+    ours. It reads the body as the predict route does (the bytes cross the socket either
+    way; unread, gunicorn would drain them before the next request), never decodes it, and
+    answers precomputed bytes: no codec, no jsonify, no admission gate, no model."""
+
+    def noop() -> Response:
+        request.get_data(cache=False)
+        return Response(reply, mimetype=JSON_CONTENT_TYPE)
+
+    return noop
+
+
 def _payload_error(error: PayloadError) -> Response:
     return _error(error.status, error.reason, error.message)
 
@@ -423,7 +439,8 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     Returns:
         The WSGI app; /readyz answers 503 until the model is loaded and warm. With
         settings.admission enabled, each app (one per gunicorn worker) has its own
-        AdmissionGate around the predict route.
+        AdmissionGate around the predict route; with settings.noop_route, the no-op twin
+        answers beside it.
     """
     settings = settings or Settings.from_env()
     model = model if model is not None else TorchScriptModel(settings)
@@ -440,6 +457,9 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
         app.extensions[ADMISSION_KEY] = AdmissionGate(settings.admission,
                                                       _handoff_for_this_worker())
     app.register_blueprint(api)
+    if settings.noop_route:
+        app.add_url_rule(NOOP_PATH.format(name=settings.spec.name), "noop",
+                         _noop_view(noop_reply(settings.spec)), methods=["POST"])
     app.register_error_handler(PayloadError, _payload_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

@@ -20,6 +20,7 @@ import requests
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import FLASK_READY_PATH, Predictor, flask_rest
+from digitnet.noop import NOOP_ENV, NOOP_PATH, noop_enabled
 from digitnet.spec import ModelSpec
 from services.flask_torch.settings import (
     BIND_ENV,
@@ -74,6 +75,9 @@ class FlaskStack(ServingStack):
     stop_grace_s = PORT_RELEASE_TIMEOUT_S
     server_kind = "Flask + gunicorn"
     warmup_off_env = {WARMUP_ENV: "0"}
+    # The app registers its no-op route (same gunicorn config, workers and port) only with
+    # this in its environment.
+    noop_env = {NOOP_ENV: "1"}
 
     def model_file(self, paths: ArtifactPaths) -> Path:
         raise NotImplementedError
@@ -143,6 +147,17 @@ class FlaskStack(ServingStack):
         client = flask_rest(url, spec)
         client.label = f"{self.name}/rest"
         return client
+
+    def noop_path(self, server: ServerProcess) -> str | None:
+        # Read back from the master's environment (the workers inherit it): what runs,
+        # not what was meant to run. spec_env always names the model there.
+        try:
+            environ = psutil.Process(server.pid).environ()
+        except psutil.Error:
+            return None
+        if not noop_enabled(environ.get(NOOP_ENV)):
+            return None
+        return NOOP_PATH.format(name=environ["DIGITNET_NAME"])
 
     def stop(self, server: ServerProcess) -> None:
         stop_process_tree(server.pid)

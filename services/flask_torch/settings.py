@@ -15,6 +15,7 @@ from pathlib import Path
 from digitnet.artifacts import ArtifactPaths
 from digitnet.env import env_float, env_str
 from digitnet.env import env_optional_int as env_int
+from digitnet.noop import NOOP_ENV, noop_enabled
 from digitnet.spec import AdmissionPolicy, ModelSpec, ServingLimits
 from services.cores import CoreSplit, split_from_env
 
@@ -114,6 +115,9 @@ class Settings:
     # before answering 503. With several workers, /readyz turns 200 when the worker that
     # answered it is ready, while a sibling may still be loading for a moment.
     load_wait_s: float = 30.0
+    # The no-op twin route (digitnet/noop.py), registered only when NOOP_ENV=1: the plugin
+    # sets it for runs that measure the framework's floor; images and k8s never do.
+    noop_route: bool = False
 
     def __post_init__(self) -> None:
         if self.torch_threads < 1:
@@ -126,8 +130,8 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """Reads FLASK_TORCH_MODEL_PATH, FLASK_TORCH_THREADS, FLASK_TORCH_DEVICE,
-        FLASK_TORCH_WARMUP_ITERATIONS, FLASK_TORCH_LOAD_WAIT_S, and the DIGITNET_* variables
-        of ModelSpec, ServingLimits and AdmissionPolicy."""
+        FLASK_TORCH_WARMUP_ITERATIONS, FLASK_TORCH_LOAD_WAIT_S, DIGITNET_NOOP_TWIN, and the
+        DIGITNET_* variables of ModelSpec, ServingLimits and AdmissionPolicy."""
         base = cls()
         spec = ModelSpec.from_env()
         threads = env_int(TORCH_THREADS_ENV)
@@ -143,4 +147,5 @@ class Settings:
             device=env_str(DEVICE_ENV, base.device),
             warmup_iterations=base.warmup_iterations if warmup is None else warmup,
             load_wait_s=env_float(LOAD_WAIT_ENV, base.load_wait_s),
+            noop_route=noop_enabled(env_str(NOOP_ENV, "")),
         )

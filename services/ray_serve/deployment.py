@@ -16,6 +16,8 @@ Routes (the Flask app's, services/flask_torch/app.py, with the same answers):
     POST /v1/models/<name>:predict   the shared JSON schema (digitnet.codec)
     GET  /v1/models/<name>           TF Serving-like model status
     GET  /healthz, /readyz           liveness and readiness of the replica that answers
+    POST /v1/models/<name>:noop      only with DIGITNET_NOOP_TWIN=1 (digitnet/noop.py): a
+                                     fixed reply through Serve's batcher, no decoding
 Every error answers {"error": ..., "reason": ...} JSON with the Flask app's status.
 """
 
@@ -43,6 +45,7 @@ from digitnet.codec import (
     decode_request_format,
     encode_predictions,
 )
+from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import BatchingPolicy
 from services.flask_torch.predictor import TorchScriptModel
 from services.flask_torch.settings import Settings
@@ -137,11 +140,16 @@ class DigitNet:
         self._model.load()
         if not self._model.ready:
             raise RuntimeError(f"model failed to load: {self._model.load_error}")
+        # The no-op twin: a route of this same deployment, so the same proxy, replica and
+        # batching policy answer it (None: off, as in every image).
+        self._noop_path = NOOP_PATH.format(name=settings.spec.name)
+        self._noop_reply = noop_reply(settings.spec) if settings.noop_route else None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Applies settings.batching_config(policy) to the batch queue."""
-        self.predict_batch.set_max_batch_size(int(user_config["max_batch_size"]))
-        self.predict_batch.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        for queue in (self.predict_batch, self.noop_batch):
+            queue.set_max_batch_size(int(user_config["max_batch_size"]))
+            queue.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
 
     def check_health(self) -> None:
         if not self._model.ready:
@@ -171,6 +179,23 @@ class DigitNet:
         return [(rows, seconds, len(batch))
                 for rows in np.split(logits, np.cumsum(sizes)[:-1])]  # fmt: skip
 
+    @serve.batch(
+        max_batch_size=_DEFAULT_POLICY.requests_per_batch,
+        batch_wait_timeout_s=_DEFAULT_POLICY.delay_ms / 1000.0,
+        max_concurrent_batches=BATCHES_IN_FLIGHT,
+    )
+    async def noop_batch(self, batch: list[None]) -> list[None]:
+        """The no-op twin's pass through Serve's batcher, under the predict route's policy
+        and doing nothing: the wait for a batch is Serve's (its config), so it stays in
+        the framework's floor, as TorchServe's batching does in its twin's."""
+        return [None] * len(batch)
+
+    async def _noop(self, request: Request, reply: bytes) -> Response:
+        # The body crosses the proxy either way; it is read, never decoded.
+        await request.body()
+        await self.noop_batch(None)
+        return Response(reply, media_type=JSON_CONTENT_TYPE)
+
     async def __call__(self, request: Request) -> Response:
         try:
             return await self._answer(request)
@@ -186,6 +211,8 @@ class DigitNet:
 
     async def _answer(self, request: Request) -> Response:
         path, method = request.url.path, request.method
+        if self._noop_reply is not None and path == self._noop_path and method == "POST":
+            return await self._noop(request, self._noop_reply)
         if match := PREDICT_ROUTE.match(path):
             _allow(method, path, "POST")
             return await self._predict(request, match["name"])
@@ -256,6 +283,7 @@ def model_settings(settings: ServeSettings) -> Settings:
         torch_threads=settings.split.threads,
         warmup_iterations=settings.warmup_iterations,
         device=settings.device,
+        noop_route=settings.noop,
     )
 
 

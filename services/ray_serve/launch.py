@@ -39,6 +39,7 @@ import requests
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import FLASK_READY_PATH, TFS_PREDICT_PATH, Predictor, RestClient
+from digitnet.noop import NOOP_ENV, noop_enabled
 from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
 from services.process import (
     LOOPBACK,
@@ -157,6 +158,8 @@ class RayServeStack(ServingStack):
     devices = (CPU, CUDA)
     thread_settings = (REPLICAS_ENV, THREADS_ENV, "OMP_NUM_THREADS")
     warmup_off_env = {WARMUP_ENV: "0"}
+    # A second route of the same deployment, behind the same proxy (deployment.py).
+    noop_env = {NOOP_ENV: "1"}
     workers_not_applicable = "Serve always has replica processes"
     compose_service = "ray-serve"
     image = ("digitnet-ray-serve", "services/ray_serve/Dockerfile")
@@ -185,9 +188,11 @@ class RayServeStack(ServingStack):
         ports: Mapping[str, int],
         cores: Sequence[int] | None,
         temp_dir: Path,
+        noop: bool = False,
     ) -> ServeSettings:
         """What the server will run with: replicas x threads from the cores by the one
-        rule (services.cores), limits and batching from digitnet.spec's variables."""
+        rule (services.cores), limits and batching from digitnet.spec's variables, and the
+        no-op twin when `noop`."""
         return ServeSettings(
             model_path=paths.torchscript.resolve(),
             http_port=ports[HTTP],
@@ -198,6 +203,7 @@ class RayServeStack(ServingStack):
             spec=paths.spec,
             limits=ServingLimits.from_env(),
             policy=BatchingPolicy.from_env(),
+            noop=noop,
         )
 
     def start(
@@ -216,7 +222,8 @@ class RayServeStack(ServingStack):
         if len(str(temp_dir)) > MAX_TEMP_DIR_CHARS:
             raise ValueError(f"Ray temp dir {temp_dir} is too long for Ray's socket paths")
         (run_dir / TEMP_DIR_FILE).write_text(str(temp_dir))
-        settings = self.settings_for(paths, run_dir, ports, cores, temp_dir)
+        noop = noop_enabled({**os.environ, **(env or {})}.get(NOOP_ENV))
+        settings = self.settings_for(paths, run_dir, ports, cores, temp_dir, noop)
         server_env = {
             **settings.to_env(),
             # Every temp file of Ray's under the run's own dir, none in /tmp/ray.
@@ -240,6 +247,10 @@ class RayServeStack(ServingStack):
     def serve_status(self, server: ServerProcess) -> dict[str, Any]:
         """The server's status file (see read_status)."""
         return read_status(server)
+
+    def noop_path(self, server: ServerProcess) -> str | None:
+        # Read back from the status file: the settings the server process runs with.
+        return read_status(server).get("settings", {}).get("noop_path")
 
     def model_ready(self, server: ServerProcess) -> bool:
         """The application RUNNING with all replicas, and a replica answering /readyz."""

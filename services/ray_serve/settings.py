@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from digitnet.env import env_int
+from digitnet.noop import NOOP_ENV, NOOP_PATH, noop_enabled
 from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
 from services.cores import CoreSplit, split_from_env
 
@@ -101,6 +102,9 @@ class ServeSettings:
     http_host: str = HOST
     # Where the replicas run the model: "cpu", or "cuda"/"cuda:N" (one GPU, shared).
     device: str = DEVICE_CPU
+    # The no-op twin route in the same deployment (digitnet/noop.py): local runs that
+    # measure the framework's floor only.
+    noop: bool = False
 
     @property
     def on_gpu(self) -> bool:
@@ -144,6 +148,7 @@ class ServeSettings:
             "DIGITNET_BATCHING": "on" if self.policy.enabled else "off",
             "DIGITNET_BATCH_SIZE": str(self.policy.max_batch_size),
             "DIGITNET_BATCH_DELAY_MS": repr(self.policy.max_delay_ms),
+            NOOP_ENV: "1" if self.noop else "0",
         }
 
     @classmethod
@@ -172,6 +177,7 @@ class ServeSettings:
             warmup_iterations=env_int(WARMUP_ENV, cls.warmup_iterations),
             http_host=os.environ.get(HTTP_HOST_ENV, "").strip() or HOST,
             device=os.environ.get(DEVICE_ENV, "").strip() or DEVICE_CPU,
+            noop=noop_enabled(os.environ.get(NOOP_ENV)),
         )
 
     @classmethod
@@ -252,6 +258,7 @@ def describe(settings: ServeSettings) -> Mapping[str, Any]:
         "num_cpus": settings.num_cpus,
         "http": f"http://{settings.http_host}:{settings.http_port}",
         "device": settings.device,
+        "noop_path": NOOP_PATH.format(name=settings.spec.name) if settings.noop else None,
         "metrics": f"http://{HOST}:{settings.metrics_port}",
         "deployment": {k: v for k, v in deployment_options(settings).items()
                        if k != "logging_config"},  # fmt: skip

@@ -149,6 +149,12 @@ class TfServingStack(ServingStack):
     # TF Serving validates with its own code: its answers to bad input are recorded.
     validates_with_codec = False
     floor_path = "SavedModel signature"
+    noop_why = (
+        "no twin yet: TF Serving decodes the JSON body into tensors itself before any "
+        "model runs, so its twin would be a second, trivial SavedModel in models.config "
+        "(parse + one graph call + encode), and tensorflow_model_server is not available "
+        "on the build machine to run or test one"
+    )
     framework = "tensorflow"
     reports_device = False
     unreported_device_why = (

@@ -27,8 +27,9 @@ from pathlib import Path
 import psutil
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.clients import Predictor, torchserve_rest
+from digitnet.clients import TORCHSERVE_PREDICT_PATH, Predictor, torchserve_rest
 from digitnet.env import env_optional_int
+from digitnet.noop import NOOP_ENV, NOOP_MODEL_SUFFIX, noop_enabled, noop_model_name
 from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
 from services.cores import CoreSplit, split_cores
 from services.process import (
@@ -85,17 +86,28 @@ def mar_path(paths: ArtifactPaths) -> Path:
     return model_store(paths) / f"{paths.spec.name}.mar"
 
 
+def noop_mar_path(paths: ArtifactPaths) -> Path:
+    """The no-op twin's archive (build_mar.build_noop_mar), beside digitnet.mar."""
+    return model_store(paths) / f"{noop_model_name(paths.spec)}.mar"
+
+
 def serving_overrides(
-    spec: ModelSpec, limits: ServingLimits, policy: BatchingPolicy, workers: int
+    spec: ModelSpec, limits: ServingLimits, policy: BatchingPolicy, workers: int,
+    twins: Sequence[str] = (),
 ) -> dict[str, str]:
     """The config.properties lines generated from digitnet.spec: the body limit, and the
     model's registration (workers, dynamic batching, response timeout) as TorchServe's
-    `models` property, which it applies when it loads the archive named by load_models."""
+    `models` property, which it applies when it loads the archive named by load_models.
+
+    Args:
+        twins: more models (the no-op twin) registered with exactly the same workers,
+            batching and timeout, from `<name>.mar` in the same store.
+    """
     registration = {
-        spec.name: {
+        name: {
             str(spec.version): {
                 "defaultVersion": True,
-                "marName": f"{spec.name}.mar",
+                "marName": f"{name}.mar",
                 "minWorkers": workers,
                 "maxWorkers": workers,
                 "batchSize": policy.requests_per_batch,
@@ -103,6 +115,7 @@ def serving_overrides(
                 "responseTimeout": RESPONSE_TIMEOUT_S,
             }
         }
+        for name in (spec.name, *twins)
     }
     return {
         "max_request_size": str(limits.max_body_bytes),
@@ -182,17 +195,24 @@ def derive_config(template: str, overrides: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def served_models(paths: ArtifactPaths, noop: bool) -> list[str]:
+    """The models a local run loads: digitnet, and its no-op twin when asked for."""
+    return [paths.spec.name, *([noop_model_name(paths.spec)] if noop else [])]
+
+
 def local_overrides(
-    paths: ArtifactPaths, ports: Mapping[str, int], plan: CoreSplit
+    paths: ArtifactPaths, ports: Mapping[str, int], plan: CoreSplit, noop: bool = False
 ) -> dict[str, str]:
     """What a local run changes in the production config: loopback addresses on the given
     ports, this machine's model store, the worker count, and the serving knobs as the
-    environment sets them (digitnet.spec)."""
+    environment sets them (digitnet.spec); with `noop`, the no-op twin loaded beside the
+    model under the same registration (the committed config never loads it)."""
     store = model_store(paths).resolve()
-    name = paths.spec.name
+    names = served_models(paths, noop)
     return {
         **serving_overrides(
-            paths.spec, ServingLimits.from_env(), BatchingPolicy.from_env(), plan.workers
+            paths.spec, ServingLimits.from_env(), BatchingPolicy.from_env(), plan.workers,
+            twins=names[1:],
         ),
         "inference_address": f"http://{LOOPBACK}:{ports['inference']}",
         "management_address": f"http://{LOOPBACK}:{ports['management']}",
@@ -202,7 +222,7 @@ def local_overrides(
         "grpc_management_address": LOOPBACK,
         "grpc_management_port": str(ports["grpc_management"]),
         "model_store": str(store),
-        "load_models": f"{name}={name}.mar",
+        "load_models": ",".join(f"{name}={name}.mar" for name in names),
         # Only archives directly inside this store; re.escape keeps the path literal.
         "allowed_urls": f"file://{re.escape(str(store))}/[^/]+[.]mar",
     }
@@ -244,6 +264,8 @@ class TorchServeStack(ServingStack):
             "empty 413, before any worker sees them"
         ),
     }
+    # The no-op twin is a second model in the same TorchServe (noop_handler.py).
+    noop_env = {NOOP_ENV: "1"}
     compose_service = "torchserve"
     image = ("digitnet-torchserve", "services/torchserve/Dockerfile")
     k8s_deployment = "torchserve"
@@ -254,12 +276,13 @@ class TorchServeStack(ServingStack):
         return Path(sys.executable).parent / "torchserve"
 
     def build(self, paths: ArtifactPaths) -> None:
-        from services.torchserve.build_mar import build_mar
+        from services.torchserve.build_mar import build_mar, build_noop_mar
 
         build_mar(paths.torchscript, model_store(paths), paths.spec)
+        build_noop_mar(model_store(paths), paths.spec)
 
     def artifact_files(self, paths: ArtifactPaths) -> list[Path]:
-        return [mar_path(paths)]
+        return [mar_path(paths), noop_mar_path(paths)]
 
     def available(self) -> tuple[bool, str]:
         if shutil.which("java") is None:
@@ -279,9 +302,10 @@ class TorchServeStack(ServingStack):
         cores: Sequence[int] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ServerProcess:
-        mar = mar_path(paths)
-        if not mar.exists():
-            raise FileNotFoundError(f"{mar} is missing: run `make artifacts` first")
+        noop = noop_enabled({**os.environ, **(env or {})}.get(NOOP_ENV))
+        for mar in [mar_path(paths), *([noop_mar_path(paths)] if noop else [])]:
+            if not mar.exists():
+                raise FileNotFoundError(f"{mar} is missing: run `make artifacts` first")
         run_dir = run_dir.resolve()
         tmp_dir = run_dir / "tmp"
         socket_path = tmp_dir / f".ts.sock.{WORKER_PORT_MAX}"
@@ -296,15 +320,15 @@ class TorchServeStack(ServingStack):
         plan = plan_for(cores)
         config_path = run_dir / CONFIG_FILE
         config_path.write_text(
-            derive_config(CONFIG_TEMPLATE.read_text(), local_overrides(paths, ports, plan))
+            derive_config(CONFIG_TEMPLATE.read_text(),
+                          local_overrides(paths, ports, plan, noop))  # fmt: skip
         )
-        name = paths.spec.name
         argv = [
             str(self._torchserve_bin()),
             "--foreground",
             "--ts-config", str(config_path),
             "--model-store", str(model_store(paths).resolve()),
-            "--models", f"{name}={name}.mar",
+            "--models", *(f"{name}={name}.mar" for name in served_models(paths, noop)),
             # No config snapshots: the derived config file is the whole state.
             "--ncs",
         ]  # fmt: skip
@@ -350,21 +374,33 @@ class TorchServeStack(ServingStack):
         return workers_ready(status)
 
     def wait_ready(self, server: ServerProcess, timeout_s: float) -> float:
-        model_name = self._model_name(server)
+        # Every model it loads (the no-op twin too, when on): a twin still starting its
+        # workers would otherwise compete for the cores with the first measurements.
+        names = self._model_names(server)
         try:
             return wait_until(
-                lambda: self.model_ready(server, model_name),
+                lambda: all(self.model_ready(server, name) for name in names),
                 timeout_s,
-                f"{self.name} model {model_name}",
+                f"{self.name} model {', '.join(names)}",
                 interval_s=0.25,
                 alive=server.alive,
             )
         except (TimeoutError, RuntimeError) as err:
             raise type(err)(f"{err}\n--- {server.log_path} ---\n{server.log_tail()}") from None
 
-    def _model_name(self, server: ServerProcess) -> str:
+    def _model_names(self, server: ServerProcess) -> list[str]:
+        """The models its derived config loads, the served one first."""
         props = read_properties((self.run_dir(server) / CONFIG_FILE).read_text())
-        return props["load_models"].split("=", 1)[0]
+        return [entry.split("=", 1)[0] for entry in props["load_models"].split(",")]
+
+    def _model_name(self, server: ServerProcess) -> str:
+        return self._model_names(server)[0]
+
+    def noop_path(self, server: ServerProcess) -> str | None:
+        # Read back from the config the server was started with: the twin is the model
+        # loaded after the served one (load_models), on the same inference port and token.
+        twins = [n for n in self._model_names(server)[1:] if n.endswith(NOOP_MODEL_SUFFIX)]
+        return TORCHSERVE_PREDICT_PATH.format(name=twins[0]) if twins else None
 
     def clients(self, server: ServerProcess, paths: ArtifactPaths) -> list[Predictor]:
         tokens = read_tokens(self.run_dir(server))

@@ -55,7 +55,8 @@ def test_with_a_registry_every_build_is_pushed_under_it():
 def test_cpu_only_builds_skip_the_cuda_variants():
     refs = built_refs(cluster.build_commands("docker", "", "0.1.0", "cu130", ("cpu",), "x"))
     assert refs == {"digitnet-model:0.1.0", "digitnet-torchserve:0.1.0",
-                    "digitnet-flask-torch:0.1.0", "digitnet-locust:0.1.0"}  # fmt: skip
+                    "digitnet-flask-torch:0.1.0", "digitnet-ray-serve:0.1.0",
+                    "digitnet-locust:0.1.0"}  # fmt: skip
 
 
 def test_images_without_an_engine_fail_clearly():
@@ -83,6 +84,7 @@ def test_the_applied_overlay_points_project_images_at_the_registry(rendered, tmp
         f"{REGISTRY}/digitnet-model:2.0.0",
         f"{REGISTRY}/digitnet-torchserve:2.0.0{suffix}",
         f"{REGISTRY}/digitnet-flask-torch:2.0.0{suffix}",
+        f"{REGISTRY}/digitnet-ray-serve:2.0.0{suffix}",
         f"{REGISTRY}/digitnet-locust:2.0.0",
     }
     # Everything else is the overlay as committed, and still passes every check.

@@ -14,12 +14,13 @@ import pytest
 from digitnet.spec import ModelSpec
 from k8s import cluster, validate
 from loadtests.runner import target_for
-from services.registry import load_stack
+from services.cores import CoreSplit, split_cores
+from services.registry import all_stacks, load_stack
 from services.stack import CPU, REST
 from services.tf_serving.server_flags import REPO_CONFIGS, ConfigFiles, ServerTuning, server_flags
 
 ROOT = validate.ROOT
-SERVERS = {"tf-serving", "torchserve", "flask-torch"}
+SERVERS = {"tf-serving", "torchserve", "flask-torch", "ray-serve"}
 
 
 def workloads(objects: list[dict]) -> list[validate.PodTemplate]:
@@ -79,7 +80,7 @@ def test_each_overlay_runs_its_own_builds_of_the_images(rendered):
     cpu, gpu = images("cpu"), images("gpu")
     assert cpu["tf-serving"] == "tensorflow/serving:2.21.0"
     assert gpu["tf-serving"] == "tensorflow/serving:2.21.0-gpu"
-    for name in ("torchserve", "flask-torch"):
+    for name in ("torchserve", "flask-torch", "ray-serve"):
         assert cpu[name] == f"digitnet-{name}:0.1.0"
         assert gpu[name] == f"digitnet-{name}:0.1.0-{cluster.DEFAULT_CUDA_FLAVOR}"
     assert cpu["copy-model"] == gpu["copy-model"] == "digitnet-model:0.1.0"
@@ -157,6 +158,14 @@ def test_thread_splits_fit_the_cpu_limits(rendered):
     assert workers * int(env["DIGITNET_TORCH_THREADS"]) == int(
         torchserve["resources"]["limits"]["cpu"]
     )
+    # Ray Serve's split travels in its env (the image's server.py takes no args): the one
+    # core rule's split for the CPU limit, which Ray then schedules exactly.
+    ray = pods["ray-serve"].containers(init=False)[0]
+    env = {e["name"]: e["value"] for e in ray["env"]}
+    cpus = int(ray["resources"]["limits"]["cpu"])
+    assert CoreSplit(int(env["DIGITNET_RAY_REPLICAS"]), int(env["DIGITNET_RAY_THREADS"])) == (
+        split_cores(cpus)
+    )
 
 
 def test_no_service_exposes_a_management_port(rendered):
@@ -164,7 +173,8 @@ def test_no_service_exposes_a_management_port(rendered):
         services = by_kind(rendered[overlay], "Service")
         assert set(services) == SERVERS
         ports = {n: sorted(p["port"] for p in s["spec"]["ports"]) for n, s in services.items()}
-        assert ports == {"tf-serving": [8500, 8501], "torchserve": [8080], "flask-torch": [8000]}
+        assert ports == {"tf-serving": [8500, 8501], "torchserve": [8080], "flask-torch": [8000],
+                         "ray-serve": [8002]}
         for service in services.values():
             assert service["spec"]["type"] == "ClusterIP"
 
@@ -194,7 +204,8 @@ def test_network_policies_admit_only_the_load_generator_on_inference_ports(rende
     policies = by_kind(rendered["cpu"], "NetworkPolicy")
     deny_all = {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     assert policies["default-deny"]["spec"] == deny_all
-    expected = {"tf-serving": {8500, 8501}, "torchserve": {8080}, "flask-torch": {8000}}
+    expected = {"tf-serving": {8500, 8501}, "torchserve": {8080}, "flask-torch": {8000},
+                "ray-serve": {8002}}
     for name, ports in expected.items():
         (rule,) = policies[f"{name}-inference"]["spec"]["ingress"]
         assert {p["port"] for p in rule["ports"]} == ports
@@ -216,7 +227,8 @@ def test_load_generator_stays_off_the_servers_nodes_and_targets_their_services(r
     services = by_kind(objects, "Service")
     targets = [a.removeprefix("--target=").split("=", 1)[1] for a in locust["args"]
                if a.startswith("--target=")]  # fmt: skip
-    assert len(targets) == 4
+    # One per protocol of every stack deployed in the cluster.
+    assert len(targets) == sum(len(s.protocols) for s in all_stacks() if s.k8s_deployment)
     for url in targets:
         host, port = url.split("://")[-1].split(":")
         assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}, url
@@ -256,4 +268,5 @@ def test_validate_cli_says_how_to_get_kubectl_when_it_is_missing(monkeypatch):
     result = subprocess.run([sys.executable, "-m", "k8s.validate", "--no-lint"],
                             capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
     assert result.returncode == 2
-    assert "apt-get install kubectl" in result.stderr and "kubernetes-client" in result.stderr
+    assert "make k8s-kubectl" in result.stderr and "scripts/install_kubectl.sh" in result.stderr
+    assert "apt-get install kubectl" not in result.stderr  # no such Debian package

@@ -257,7 +257,7 @@ def test_the_gpu_feature_discovery_component_adds_the_label_the_overlay_may_not(
     text, problems = validate.validate_overlay(overlay, True, component)
     assert problems == []
     servers = [p for p in validate.pod_templates(validate.load_objects(text)) if p.is_server]
-    assert len(servers) == 3
+    assert len(servers) == 4
     for pod in servers:
         assert pod.spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, pod.name
     # The component is validated on top of the overlay, so a mistake in it is named too
@@ -273,11 +273,11 @@ TORCH_DOCKERFILES = {p.parent.name: p for p in validate.TORCH_DOCKERFILES}
 
 
 def test_the_torch_dockerfiles_install_one_index_and_assert_cuda():
-    assert set(TORCH_DOCKERFILES) == {"torchserve", "flask_torch"}
+    assert set(TORCH_DOCKERFILES) == {"torchserve", "flask_torch", "ray_serve"}
     assert validate.torch_dockerfile_problems() == []
 
 
-@pytest.mark.parametrize("stack", ["torchserve", "flask_torch"])
+@pytest.mark.parametrize("stack", ["torchserve", "flask_torch", "ray_serve"])
 @pytest.mark.parametrize(("old", "new", "expected"), [
     pytest.param('--index-url "${TORCH_INDEX_URL}"',
                  '--index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple',
@@ -304,7 +304,7 @@ def build_check(dockerfile: Path) -> str:
     return found[1]
 
 
-@pytest.mark.parametrize("stack", ["torchserve", "flask_torch"])
+@pytest.mark.parametrize("stack", ["torchserve", "flask_torch", "ray_serve"])
 @pytest.mark.parametrize(("flavor", "cuda", "ok"), [
     ("cpu", None, True), ("cu130", "13.0", True), ("cu126", "12.6", True),
     ("cu130", "12.6", False), ("cu126", None, False), ("cpu", "13.0", False),

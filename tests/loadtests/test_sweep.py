@@ -42,6 +42,12 @@ def test_a_smoke_sweep_calibrates_cross_checks_and_searches(artifacts, tmp_path)
     assert len(level["wrk_runs"]) == PROFILES["smoke"].wrk_repeats == 2
     assert level["wrk"] in level["wrk_runs"]
 
+    # The framework floor ran on the same server, which was started with its twin on.
+    assert env["servers"]["flask_torch/cpu"]["noop_path"] == "/v1/models/digitnet:noop"
+    (floor,) = lines(tmp_path / "framework_floor.jsonl")
+    assert floor["stack"] == "flask_torch" and floor["skipped"] is None
+    assert floor["predict"]["runs"] == floor["noop"]["runs"] == 1
+
     (search,) = lines(tmp_path / "capacity.jsonl")
     assert search["n_trials"] >= 1 and search["trials"][0]["rate"] > 0
     points = lines(tmp_path / "points.jsonl")
@@ -79,3 +85,31 @@ def test_a_capacity_trial_the_generator_cannot_explain_is_judged_on_its_figures(
     behind = judge(100.0, trial_result({**bound, "generator_fell_behind": True,
                                         "lateness_p99_ms": 9.0}, slo), slo)  # fmt: skip
     assert behind.invalid and not behind.passed and "fell behind" in behind.reason
+
+
+def test_a_trial_the_generator_spoilt_is_measured_again(monkeypatch, tmp_path) -> None:
+    import dataclasses
+
+    from loadtests import sweep as sweep_module
+    from loadtests.runner import Progress, Target
+
+    measured = []
+
+    def fake_window(run, target, load, profile, repeat, phase):
+        measured.append(load.rate)
+        # Only the very first measurement: Locust stalled; the server meets 50 ms to 400.
+        stalled = len(measured) == 1
+        return {"p99_ms": 3.0 if load.rate <= 400 else 90.0, "requests": 1000, "failures": 0,
+                "generator_fell_behind": stalled, "lateness_p99_ms": 9.0 if stalled else 0.2}
+
+    monkeypatch.setattr(sweep_module, "window", fake_window)
+    profile = dataclasses.replace(PROFILES["smoke"], capacity_max_trials=4, capacity_retries=1)
+    run = sweep_module.Run(profile, None, tmp_path, [0], [1], Progress(0, 1.0))
+    target = Target("flask_torch", "rest", "http://127.0.0.1:9", {}, None)
+    record = sweep_module.search_capacity(run, target, closed_peak_rps=800.0)
+    # The spoilt first trial was measured again at the same rate, and the search went on
+    # from the server's own figures: a bracket, not a lower bound.
+    assert measured[0] == measured[1]
+    assert record["passing"] is not None and record["passing"]["passed"]
+    assert len(record["trials"]) == len(measured) - 1
+    assert not any(t["invalid"] for t in record["trials"])

@@ -79,6 +79,7 @@ def test_the_server_reads_back_what_the_plugin_wrote(tmp_path, monkeypatch) -> N
         warmup_iterations=1,
         http_host="0.0.0.0",
         device="cuda:1",
+        noop=True,
     )
     for name, value in written.to_env().items():
         monkeypatch.setenv(name, value)
@@ -168,3 +169,9 @@ def test_a_config_files_args_build_the_same_deployment(tmp_path, monkeypatch) ->
     assert deployment_options(built) == deployment_options(same)
     with pytest.raises(KeyError, match="model_path"):
         ServeSettings.from_args({"replicas": "1"})
+
+
+def test_the_noop_twin_is_off_unless_asked_and_its_route_is_recorded(tmp_path) -> None:
+    assert describe(settings(tmp_path))["noop_path"] is None
+    assert settings(tmp_path).to_env()["DIGITNET_NOOP_TWIN"] == "0"
+    assert describe(settings(tmp_path, noop=True))["noop_path"] == "/v1/models/digitnet:noop"

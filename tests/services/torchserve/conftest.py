@@ -25,8 +25,9 @@ import torch
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.codec import JSON_CONTENT_TYPE
+from digitnet.noop import noop_model_name
 from digitnet.spec import ModelSpec
-from services.torchserve.launch import mar_path
+from services.torchserve.launch import mar_path, noop_mar_path
 
 BATCH_SIZE = 8
 
@@ -118,30 +119,27 @@ def decode_predict_response(raw: bytes) -> tuple[int, list[WorkerReply]]:
     return code, replies
 
 
-@pytest.fixture(scope="session")
-def worker_service(
-    artifacts: ArtifactPaths, spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
-    """The archive's handler loaded by TorchServe's own model loader, as a worker does."""
+def load_service(mar: Path, name: str, model_dir: Path) -> tuple[Any, str]:
+    """The archive's handler loaded by TorchServe's own model loader, as a worker does;
+    returns the service and the handler's module name (to forget after the tests)."""
     import ts
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
     from ts.model_loader import TsModelLoader
 
-    model_dir = tmp_path_factory.mktemp("mar")
-    with zipfile.ZipFile(mar_path(artifacts)) as archive:
+    with zipfile.ZipFile(mar) as archive:
         archive.extractall(model_dir)
     manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
     metrics = MetricsCacheYamlImpl(
         config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml")
     )
     metrics.initialize_cache()
-    metrics.model_name = spec.name
+    metrics.model_name = name
     # initialize() sets torch's thread count for the whole process; give it back after.
     threads = torch.get_num_threads()
     sys.path.insert(0, str(model_dir))
     try:
         service = TsModelLoader().load(
-            spec.name,
+            name,
             str(model_dir),
             handler=manifest["model"]["handler"],
             gpu_id=None,
@@ -152,8 +150,29 @@ def worker_service(
         sys.path.remove(str(model_dir))
         torch.set_num_threads(threads)
     service.set_cl_socket(None)
+    return service, Path(manifest["model"]["handler"]).stem
+
+
+@pytest.fixture(scope="session")
+def worker_service(
+    artifacts: ArtifactPaths, spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The model's archive (handler.py) in TorchServe's worker code."""
+    service, module = load_service(mar_path(artifacts), spec.name,
+                                   tmp_path_factory.mktemp("mar"))  # fmt: skip
     yield service
-    sys.modules.pop(Path(manifest["model"]["handler"]).stem, None)
+    sys.modules.pop(module, None)
+
+
+@pytest.fixture(scope="session")
+def noop_worker_service(
+    artifacts: ArtifactPaths, spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The no-op twin's archive (noop_handler.py) in TorchServe's worker code."""
+    service, module = load_service(noop_mar_path(artifacts), noop_model_name(spec),
+                                   tmp_path_factory.mktemp("noop-mar"))  # fmt: skip
+    yield service
+    sys.modules.pop(module, None)
 
 
 @pytest.fixture
@@ -162,24 +181,37 @@ def decode_input_request() -> str:
     return "false"
 
 
-@pytest.fixture
-def worker(
-    worker_service: Any, decode_input_request: str, monkeypatch: pytest.MonkeyPatch
-) -> Callable[[Sequence[FrontendRequest]], list[WorkerReply]]:
+def batch_runner(service: Any) -> Callable[[Sequence[FrontendRequest]], list[WorkerReply]]:
     """Sends one dynamic batch through the real worker code; returns one reply per request
     and checks the batch as a whole succeeded (per-request errors are in the replies)."""
     from ts.protocol.otf_message_handler import retrieve_msg
 
-    # The frontend passes decode_input_request to workers as this variable, which the
-    # worker reads for every request.
-    monkeypatch.setenv("TS_DECODE_INPUT_REQUEST", decode_input_request)
-
     def run(requests: Sequence[FrontendRequest]) -> list[WorkerReply]:
         command, batch = retrieve_msg(FrameStream(encode_inference_frame(requests)))
         assert command == b"I"
-        code, replies = decode_predict_response(worker_service.predict(batch))
+        code, replies = decode_predict_response(service.predict(batch))
         assert code == 200, replies
         assert len(replies) == len(requests)
         return replies
 
     return run
+
+
+@pytest.fixture
+def worker(
+    worker_service: Any, decode_input_request: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[Sequence[FrontendRequest]], list[WorkerReply]]:
+    """The model's worker (batch_runner)."""
+    # The frontend passes decode_input_request to workers as this variable, which the
+    # worker reads for every request.
+    monkeypatch.setenv("TS_DECODE_INPUT_REQUEST", decode_input_request)
+    return batch_runner(worker_service)
+
+
+@pytest.fixture
+def noop_worker(
+    noop_worker_service: Any, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[Sequence[FrontendRequest]], list[WorkerReply]]:
+    """The no-op twin's worker (batch_runner), with config.properties' decoding setting."""
+    monkeypatch.setenv("TS_DECODE_INPUT_REQUEST", "false")
+    return batch_runner(noop_worker_service)

@@ -12,6 +12,7 @@ import pytest
 from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec
 from services.cores import CoreSplit
+from services.process import ServerProcess
 from services.torchserve.launch import (
     CONFIG_TEMPLATE,
     STACK,
@@ -133,3 +134,36 @@ def test_the_plugin_names_the_handlers_own_variables():
 
     assert launch.THREADS_ENV == handler.THREADS_ENV
     assert launch.STACK.warmup_off_env == {handler.WARMUP_ENV: "0"}
+
+
+def test_the_noop_twin_is_loaded_beside_the_model_under_the_same_registration(
+    tmp_path: Path,
+) -> None:
+    paths = ArtifactPaths(tmp_path, ModelSpec())
+    plain = local_overrides(paths, PORTS, CoreSplit(2, 1))
+    twin = local_overrides(paths, PORTS, CoreSplit(2, 1), noop=True)
+
+    assert plain["load_models"] == "digitnet=digitnet.mar"
+    assert twin["load_models"] == "digitnet=digitnet.mar,digitnet_noop=digitnet_noop.mar"
+    assert set(json.loads(plain["models"])) == {"digitnet"}
+    models = json.loads(twin["models"])
+    # Same workers, batching and timeout: only the archive differs.
+    assert models["digitnet_noop"]["1"] == {**models["digitnet"]["1"],
+                                            "marName": "digitnet_noop.mar"}  # fmt: skip
+    pattern = re.compile(twin["allowed_urls"], re.IGNORECASE)
+    assert pattern.fullmatch(f"file://{model_store(paths).resolve()}/digitnet_noop.mar")
+    # The committed production config never loads it.
+    assert read_properties(CONFIG_TEMPLATE.read_text())["load_models"] == "digitnet=digitnet.mar"
+
+
+@pytest.mark.parametrize(("noop", "path"), [(False, None), (True, "/predictions/digitnet_noop")])
+def test_the_twin_path_is_read_back_from_the_config_the_server_runs(
+    tmp_path: Path, noop: bool, path: str | None
+) -> None:
+    paths = ArtifactPaths(tmp_path / "artifacts", ModelSpec())
+    config = derive_config(CONFIG_TEMPLATE.read_text(),
+                           local_overrides(paths, PORTS, CoreSplit(1, 1), noop))  # fmt: skip
+    (tmp_path / "config.properties").write_text(config)
+    server = ServerProcess("torchserve", pid=0, log_path=tmp_path / "torchserve.log")
+    assert STACK.noop_path(server) == path
+    assert STACK._model_name(server) == "digitnet"

@@ -1,0 +1,114 @@
+"""The framework floor: the split of a served p50 (pure), its report section, and the phase
+against a real flask_torch server with its no-op twin (structure only, never a timing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.lifecycle import running_stack
+from loadtests import framework_floor
+from loadtests.framework_floor import FloorPlan, model_ms, split_latency, summarize_runs
+from loadtests.wrk import wrk_available
+from services.process import usable_cores
+from services.registry import load_stack
+
+BASELINES = [{"path": "TorchScript", "batch_size": 1, "p50_us": 30.0},
+             {"path": "TorchScript", "batch_size": 8, "p50_us": 90.0}]  # fmt: skip
+
+
+def wrk_run(p50_ms: float, p99_ms: float, errors: int = 0) -> dict:
+    return {"p50_ms": p50_ms, "p99_ms": p99_ms, "goodput_rps": 1000.0 / p50_ms,
+            "status_errors": errors, "socket_errors": 0}  # fmt: skip
+
+
+def test_the_served_p50_splits_into_floor_our_code_and_model() -> None:
+    split = split_latency(0.500, 0.250, 0.030)
+    assert split["framework_floor_ms"] == 0.250 and split["model_ms"] == 0.030
+    assert split["our_code_ms"] == pytest.approx(0.220)
+    assert split["our_code_raw_ms"] == pytest.approx(0.220)
+    assert split["our_code_negative"] is False
+
+
+def test_a_negative_remainder_is_clamped_and_flagged() -> None:
+    split = split_latency(0.260, 0.250, 0.030)
+    assert split["our_code_ms"] == 0.0
+    assert split["our_code_raw_ms"] == pytest.approx(-0.020)
+    assert split["our_code_negative"] is True
+
+
+def test_without_a_model_figure_there_is_no_split_of_our_code() -> None:
+    split = split_latency(0.5, 0.25, None)
+    assert split["our_code_ms"] is None and split["our_code_negative"] is False
+    assert split["framework_floor_ms"] == 0.25
+
+
+def test_runs_give_medians_and_their_spread() -> None:
+    summary = summarize_runs([wrk_run(0.4, 1.0), wrk_run(0.5, 2.0, errors=2),
+                              wrk_run(0.6, 3.0)])  # fmt: skip
+    assert summary["p50_ms"] == 0.5 and summary["p99_ms"] == 2.0
+    assert (summary["p50_ms_min"], summary["p50_ms_max"]) == (0.4, 0.6)
+    assert summary["spread"] == pytest.approx(0.4)
+    assert summary["errors"] == 2 and summary["runs"] == 3
+
+
+def test_the_model_figure_is_the_batch_1_baseline_on_the_cpu_only() -> None:
+    assert model_ms(BASELINES, "TorchScript", "cpu") == (0.030, "")
+    value, why = model_ms(BASELINES, "TorchScript", "cuda")
+    assert value is None and "CPU" in why
+    value, why = model_ms(BASELINES, "SavedModel signature", "cpu")
+    assert value is None and "SavedModel signature" in why
+
+
+def test_the_report_section_has_one_row_per_stack_and_says_what_was_skipped() -> None:
+    measured = framework_floor.record(
+        "flask_torch", "cpu", ("/v1/models/digitnet:predict", "/v1/models/digitnet:noop"),
+        [wrk_run(0.5, 0.9)], [wrk_run(0.25, 0.4)], (0.03, ""), "TorchScript",
+        FloorPlan(runs=1, duration_s=3))  # fmt: skip
+    negative = {**measured, "stack": "torchserve", "our_code_ms": 0.0,
+                "our_code_raw_ms": -0.1, "our_code_negative": True}  # fmt: skip
+    gone = framework_floor.skipped("tf_serving", "cpu", "no twin here")
+    md = "\n".join(framework_floor.markdown([measured, negative, gone]))
+    assert "## Framework floor and our own overhead" in md
+    assert ("| flask_torch | cpu | 0.500 (0.900) | 0.250 (0.400) | 0.250 | 0.220 | 0.030 "
+            "| 1 × 3 s | 0%/0% | 0 |") in md
+    assert "| torchserve | cpu |" in md and "raw -0.100" in md
+    assert "- tf_serving/cpu: **not measured**: no twin here" in md
+
+
+def test_every_stack_declares_a_twin_or_why_not() -> None:
+    with_twin = {name for name in ("flask_torch", "flask_tf", "torchserve", "ray_serve",
+                                   "tf_serving") if load_stack(name).noop_env is not None}
+    assert with_twin == {"flask_torch", "flask_tf", "torchserve", "ray_serve"}
+    assert "decodes" in load_stack("tf_serving").noop_why
+
+
+@pytest.mark.integration
+def test_the_phase_measures_a_real_flask_server_and_its_twin(artifacts, tmp_path) -> None:
+    ok, why = wrk_available()
+    if not ok:
+        pytest.skip(why)
+    stack = load_stack("flask_torch")
+    plan = FloorPlan(runs=2, duration_s=1, cores=None)
+    with running_stack(stack, artifacts, tmp_path / "server", cores=usable_cores()[:1],
+                       env=dict(stack.noop_env)) as running:  # fmt: skip
+        record = framework_floor.measure_stack(running, "cpu", BASELINES, plan, tmp_path)
+
+    assert record["skipped"] is None
+    assert record["noop_path"] == "/v1/models/digitnet:noop"
+    assert record["predict_path"] == "/v1/models/digitnet:predict"
+    assert len(record["predict_runs"]) == len(record["noop_runs"]) == 2
+    for side in ("predict", "noop"):
+        assert record[side]["runs"] == 2 and record[side]["errors"] == 0
+        assert record[side]["p50_ms"] > 0 and record[side]["rps"] > 0
+    assert record["framework_floor_ms"] == record["noop"]["p50_ms"]
+    assert record["model_ms"] == 0.030 and record["our_code_raw_ms"] is not None
+
+
+@pytest.mark.integration
+def test_a_server_started_without_its_twin_is_skipped_with_the_reason(artifacts,
+                                                                     tmp_path) -> None:
+    with running_stack("flask_torch", artifacts, tmp_path, cores=usable_cores()[:1]) as running:
+        assert running.stack.noop_path(running.server) is None
+        record = framework_floor.measure_stack(running, "cpu", BASELINES,
+                                               FloorPlan(1, 1), tmp_path)  # fmt: skip
+    assert "without its no-op twin" in record["skipped"]
