@@ -7,30 +7,30 @@ is the stack plugin's business (`server_timings`).
 
 from __future__ import annotations
 
-import re
-
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
-SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)")
 
 def scrape(url: str, timeout_s: float = 5.0) -> dict[str, float]:
     """Sums every sample of each metric name (labels folded); {} if unreachable."""
     try:
-        text = requests.get(url, timeout=timeout_s).text
+        response = requests.get(url, timeout=timeout_s)
     except requests.RequestException:
         return {}
-    return parse(text)
+    # An error page (a stack still starting, an auth failure) carries no metrics.
+    return parse(response.text) if response.status_code == 200 else {}
 
 
 def parse(text: str) -> dict[str, float]:
-    """Sums every sample of each metric name in Prometheus text (labels folded)."""
+    """Sums every sample of each metric name in Prometheus text (labels folded), read
+    with prometheus_client's own parser (histogram _bucket/_sum/_count samples keep
+    their names).
+
+    Raises:
+        ValueError: text that is not the Prometheus exposition format.
+    """
     totals: dict[str, float] = {}
-    for line in text.splitlines():
-        match = SAMPLE.match(line)
-        if match:
-            name, _labels, value = match.groups()
-            try:
-                totals[name] = totals.get(name, 0.0) + float(value)
-            except ValueError:
-                continue
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return totals

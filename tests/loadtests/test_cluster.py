@@ -96,26 +96,37 @@ def key_file_of(running) -> str:
     return (running.server.log_path.parent / "key_file.json").read_text()
 
 
+def sweep_in_cluster(servers, artifacts, tmp_path, run_id: str, device: str,
+                     *extra_targets: str) -> tuple[int, str]:
+    """cluster.main against the local flask_torch and torchserve as if they were pods,
+    TorchServe's real inference key in the Secret's file; (exit code, the key)."""
+    (flask,) = runner.targets_of(servers["flask_torch"])
+    (torchserve,) = runner.targets_of(servers["torchserve"])
+    key, _stale = k8s_cluster.inference_key(
+        key_file_of(servers["torchserve"]), datetime.now(UTC), timedelta(0))  # fmt: skip
+    token_file = tmp_path / "inference-key"
+    token_file.write_text(key + "\n")
+    targets = [f"flask_torch/rest={flask.host}", f"torchserve/rest={torchserve.host}",
+               *extra_targets]  # fmt: skip
+    code = cluster.main([
+        "--out", str(tmp_path / "results"), "--run-id", run_id, "--profile", "smoke",
+        "--device", device, *[arg for t in targets for arg in ("--target", t)],
+        "--secret-file", f"torchserve={token_file}", "--artifacts", str(artifacts.root),
+        "--ready-timeout-s", "2", "--hold-s", "0",
+    ])  # fmt: skip
+    return code, key
+
+
 @pytest.mark.integration
 def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path):
     (flask,) = runner.targets_of(servers["flask_torch"])
     (torchserve,) = runner.targets_of(servers["torchserve"])
+    # Nothing listens at :9: the target is skipped with its reason, the rest still run.
+    code, key = sweep_in_cluster(servers, artifacts, tmp_path, "k8s-smoke", "cpu",
+                                 "tf_serving/rest=http://127.0.0.1:9")  # fmt: skip
     # The Secret's content is the inference key read from TorchServe's real key file.
-    key, _stale = k8s_cluster.inference_key(
-        key_file_of(servers["torchserve"]), datetime.now(UTC), timedelta(0))  # fmt: skip
     assert json.loads(torchserve.env["LOADTEST_HEADERS"]) == {"Authorization": f"Bearer {key}"}
-    token_file = tmp_path / "inference-key"
-    token_file.write_text(key + "\n")
     out = tmp_path / "results"
-    code = cluster.main([
-        "--out", str(out), "--run-id", "k8s-smoke", "--profile", "smoke", "--device", "cpu",
-        "--target", f"flask_torch/rest={flask.host}",
-        "--target", f"torchserve/rest={torchserve.host}",
-        # Nothing listens here: the target is skipped with its reason, the rest still run.
-        "--target", "tf_serving/rest=http://127.0.0.1:9",
-        "--secret-file", f"torchserve={token_file}", "--artifacts", str(artifacts.root),
-        "--ready-timeout-s", "2", "--hold-s", "0",
-    ])  # fmt: skip
     assert code == 0
     assert (out / f"k8s-smoke{cluster.COMPLETE_SUFFIX}").exists()
     run_dir = out / "k8s-smoke"
@@ -144,22 +155,10 @@ def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path
 
 @pytest.mark.integration
 def test_gpu_points_on_servers_computing_on_the_cpu_are_refused(servers, artifacts, tmp_path):
-    (flask,) = runner.targets_of(servers["flask_torch"])
-    (torchserve,) = runner.targets_of(servers["torchserve"])
-    key, _stale = k8s_cluster.inference_key(
-        key_file_of(servers["torchserve"]), datetime.now(UTC), timedelta(0))  # fmt: skip
-    token_file = tmp_path / "inference-key"
-    token_file.write_text(key + "\n")
-    out = tmp_path / "results"
     # Both pods answer, as a GPU pod whose server fell back to its CPU does.
-    code = cluster.main([
-        "--out", str(out), "--run-id", "k8s-cuda", "--profile", "smoke", "--device", "cuda",
-        "--target", f"flask_torch/rest={flask.host}",
-        "--target", f"torchserve/rest={torchserve.host}",
-        "--secret-file", f"torchserve={token_file}", "--artifacts", str(artifacts.root),
-        "--ready-timeout-s", "2", "--hold-s", "0",
-    ])  # fmt: skip
+    code, _key = sweep_in_cluster(servers, artifacts, tmp_path, "k8s-cuda", "cuda")
     assert code == 0
+    out = tmp_path / "results"
     run_dir = out / "k8s-cuda"
     assert (run_dir / "points.jsonl").read_text() == ""
     skipped = json.loads((run_dir / "environment.json").read_text())["skipped"]

@@ -50,3 +50,11 @@ def test_no_requests_or_no_metrics_give_no_figures():
     assert breakdown("torchserve", same, same) == {}
     assert breakdown("flask_torch", same, same) == {}
     assert breakdown("tf_serving", {}, {}) == {}
+
+
+def test_samples_are_read_by_prometheus_clients_parser_labels_folded():
+    text = TORCHSERVE.format(n=3, total=9, queue=1) + TORCHSERVE.format(n=4, total=1, queue=1)
+    totals = parse(text)
+    assert totals["ts_inference_requests_total"] == 7
+    with pytest.raises(ValueError):
+        parse('{"code": 401, "message": "Token Authorization failed"}')
