@@ -7,7 +7,7 @@ saved raw data and tested without a server.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,12 +145,16 @@ def observed_batches(batch_requests: np.ndarray) -> dict:
     if len(said) == 0:
         return {}
     sizes, requests = np.unique(said.astype(np.int64), return_counts=True)
-    passes = {int(k): max(1, round(n / k)) for k, n in zip(sizes, requests, strict=True)}
-    total = sum(passes.values())
-    return {
-        "batch_hist": {str(k): n for k, n in passes.items()},
-        "batch_mean": sum(k * n for k, n in passes.items()) / total,
-    }
+    return batch_summary({str(k): max(1, round(n / k))
+                          for k, n in zip(sizes, requests, strict=True)})  # fmt: skip
+
+
+def batch_summary(hist: Mapping[str, int]) -> dict:
+    """batch_hist (pass size -> passes, by size) and batch_mean (requests per pass)."""
+    hist = dict(sorted(hist.items(), key=lambda item: int(item[0])))
+    total = sum(hist.values())
+    return {"batch_hist": hist,
+            "batch_mean": sum(int(k) * n for k, n in hist.items()) / total}  # fmt: skip
 
 
 def generator_fell_behind(point: dict, slo_p99_ms: float) -> bool:
@@ -191,12 +195,7 @@ def merge_batches(points: Sequence[dict]) -> dict:
     for point in points:
         for size, passes in (point.get("batch_hist") or {}).items():
             hist[size] = hist.get(size, 0) + passes
-    if not hist:
-        return {}
-    hist = dict(sorted(hist.items(), key=lambda item: int(item[0])))
-    total = sum(hist.values())
-    return {"batch_hist": hist,
-            "batch_mean": sum(int(k) * n for k, n in hist.items()) / total}  # fmt: skip
+    return batch_summary(hist) if hist else {}
 
 
 def knee(levels: Sequence[float], rps: Sequence[float]) -> int | None:

@@ -15,6 +15,7 @@ environment.json, baselines.json, then summary.json and REPORT.md from loadtests
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -156,14 +157,20 @@ class Load:
         return f"{self.mode.value}-b{self.batch_size}-{level}"
 
 
+@functools.cache
+def one_image_body(paths: ArtifactPaths) -> bytes:
+    """A batch-1 request body of a real test digit, encoded once per run (the device is
+    read back before every window)."""
+    return PayloadSet(paths.spec, 1, paths.reference_predictions, limit=1).batches[0].body
+
+
 def check_served_device(target: Target, paths: ArtifactPaths) -> str:
     """What the target's server computes on, read back from one real reply; raises
     devices.DeviceMismatch when that is not the device the point is asked for."""
     stack = load_stack(target.stack)
     served = None
     if target.protocol == REST and stack.reports_device:
-        body = PayloadSet(paths.spec, 1, paths.reference_predictions, limit=1).batches[0].body
-        served = devices.read_back(target.url, body, target.headers)
+        served = devices.read_back(target.url, one_image_body(paths), target.headers)
     # gRPC replies carry no header of ours; the stack's REST reply speaks for the server.
     return devices.check(target.key, target.device, served,
                          stack.reports_device and target.protocol == REST)
