@@ -14,8 +14,6 @@ digitnet because every image copies that package whole: they run the same code, 
 
 from __future__ import annotations
 
-import json
-
 from digitnet.spec import ModelSpec
 
 NOOP_ENV = "DIGITNET_NOOP_TWIN"
@@ -37,12 +35,11 @@ def noop_model_name(spec: ModelSpec) -> str:
 
 def noop_reply(spec: ModelSpec) -> bytes:
     """The twin's fixed answer: a batch-1 prediction of the model's shape, compact JSON as
-    every stack sends it. The logits are steps of 1/3.1, so each prints with as many digits as a
-    real float32 logit does and the reply is the size of a real one."""
+    every stack sends it (the shared codec's). The logits are steps of 1/3.1, so each prints
+    with as many digits as a real float32 logit does and the reply is the size of a real one."""
     import numpy as np
 
-    from digitnet.codec import encode_predictions
+    from digitnet.codec import encode_predictions_json
 
     logits = (np.arange(spec.num_classes, dtype=np.float32) - 4.5) / np.float32(3.1)
-    document = encode_predictions(logits[np.newaxis, :])
-    return json.dumps(document, separators=(",", ":")).encode()
+    return encode_predictions_json(logits[np.newaxis, :])

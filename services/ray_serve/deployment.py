@@ -23,7 +23,6 @@ Every error answers {"error": ..., "reason": ...} JSON with the Flask app's stat
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
@@ -43,7 +42,8 @@ from digitnet.codec import (
     JSON_CONTENT_TYPE,
     PayloadError,
     decode_request_format,
-    encode_predictions,
+    dumps,
+    encode_predictions_json,
 )
 from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import BatchingPolicy
@@ -109,8 +109,13 @@ STATUS_ROUTE = _route(TFS_STATUS_PATH)
 
 def json_response(document: Any, status: int = 200,
                   headers: dict[str, str] | None = None) -> Response:  # fmt: skip
-    return Response(json.dumps(document, separators=(",", ":")), status_code=status,
-                    headers=headers, media_type=JSON_CONTENT_TYPE)  # fmt: skip
+    return bytes_response(dumps(document), status, headers)
+
+
+def bytes_response(body: bytes, status: int = 200,
+                   headers: dict[str, str] | None = None) -> Response:  # fmt: skip
+    return Response(body, status_code=status, headers=headers,
+                    media_type=JSON_CONTENT_TYPE)  # fmt: skip
 
 
 def error_response(status: int, reason: str, message: str,
@@ -243,7 +248,7 @@ class DigitNet:
         # The reply takes the request's format, row or columnar, as TF Serving's does.
         images, fmt = decode_request_format(body, self._settings.spec, self._settings.limits)
         logits, seconds, shared = await self.predict_batch(images)
-        return json_response(encode_predictions(logits, fmt),
+        return bytes_response(encode_predictions_json(logits, fmt),
                              headers={INFERENCE_TIME_HEADER: f"{seconds * 1000:.3f}",
                                       DEVICE_HEADER: str(self._model.device),
                                       BATCH_HEADER: str(shared)})  # fmt: skip
