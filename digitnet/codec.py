@@ -16,14 +16,14 @@ document as Python lists), and `dumps` for any other JSON they answer; clients c
 `encode_request` and `decode_predictions`. `decode_request` is the same validation for
 callers that need only the images.
 
-Why orjson: at batch 1 on the default model the standard library's parse and encode were
-most of our own share of a served request (loadtests/framework_floor.py: about 60 of our
-250 us parsing, 30 encoding). orjson parses the body 7x faster and writes numpy float32
-logits directly, each in its shortest round-trip form ("0.743", not
-"0.7430000305175781"): the same float32 values after a client parses them, in half the
-bytes. Every body orjson refuses is parsed again by the standard library, which gives the
-error it always gave (or accepts what orjson's stricter reading refused, e.g. an escaped
-lone surrogate in a string), so no answer to any input changes.
+Why orjson: at batch 1 on the default model (a 1330-byte body) the standard library took
+20.4 us to parse and Flask's jsonify 18.5 us to encode, in-process on this 2-core box;
+orjson parses it in 2.8 us and writes numpy float32 logits directly, each in its shortest
+round-trip form ("0.743", not "0.7430000305175781"): the same float32 values after a
+client parses them, in half the bytes. Every body orjson refuses is parsed again by the
+standard library, which gives the error it always gave (or accepts what orjson's stricter
+reading refused, e.g. an escaped lone surrogate in a string), so no answer to any input
+changes.
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def _parse_json(raw: bytes | bytearray | str, limits: ServingLimits) -> Any:
     depth = _nesting_depth(raw)
     if depth > limits.max_json_depth:
         raise PayloadError(
-            400, "too_deep",
+            400,
+            "too_deep",
             f"JSON nesting is too deep: {depth} levels, at most {limits.max_json_depth}",
         )
     try:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from digitnet import codec
 from digitnet.codec import (
     PayloadError,
     RequestFormat,
@@ -16,7 +18,10 @@ from digitnet.codec import (
     decode_request,
     decode_request_format,
     encode_predictions,
+    encode_predictions_json,
     encode_request,
+    parse_server_timing,
+    server_timing,
 )
 from digitnet.spec import ModelSpec, ServingLimits
 
@@ -216,3 +221,59 @@ def test_arbitrary_bytes_never_escape_as_another_exception(raw):
         decode_request(raw, SPEC, LIMITS)
     except PayloadError as err:
         assert 400 <= err.status < 500
+
+
+def _outcome(raw: bytes):
+    try:
+        return decode_request_format(raw, SPEC, LIMITS)[0].tolist()
+    except PayloadError as err:
+        return (err.status, err.reason, err.message)
+
+
+def _standard_library_outcome(raw: bytes):
+    def refuse(_raw):
+        raise codec.orjson.JSONDecodeError("forced", "", 0)
+
+    with mock.patch.object(codec.orjson, "loads", refuse):
+        return _outcome(raw)
+
+
+_texts = st.one_of(
+    json_values.map(lambda v: json.dumps({"instances": v} if not isinstance(v, dict) else v)),
+    st.sampled_from(['{"instances": [NaN]}', '{"instances": [1e400]}', '{"instances": "\\ud800"}',
+                     '{"instances": [' + "9" * 400 + "]}", '\ufeff{"instances": []}',
+                     '{"instances": [[[0.5]]]} x', '{"instances": [1,]}']),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_texts, st.binary(max_size=3))
+def test_the_fast_parser_answers_every_body_as_the_standard_library_does(text, tail):
+    # Every outcome, images or the exact refusal, is the standard library's alone.
+    for raw in (text.encode(), text.encode() + tail):
+        assert _outcome(raw) == _standard_library_outcome(raw)
+
+
+def test_what_only_the_standard_library_reads_is_still_accepted():
+    # orjson refuses an escaped lone surrogate; the fallback parses it, then the schema
+    # names the problem exactly as before.
+    err = refusal(b'{"instances": [[["\\ud800"]]]}')
+    assert (err.status, err.reason) == (400, "wrong_shape")
+
+
+@pytest.mark.parametrize("fmt", list(RequestFormat))
+def test_reply_bytes_carry_the_same_float32_logits_in_either_format(fmt):
+    logits = np.random.default_rng(3).standard_normal((3, 10)).astype(np.float32)
+    raw = encode_predictions_json(logits, fmt)
+    decoded, classes = decode_predictions(json.loads(raw), 3, 10)
+    assert np.array_equal(decoded, logits) and np.array_equal(classes, logits.argmax(axis=1))
+    # Shortest round-trip float32 text: fewer bytes than the float64 repr of tolist().
+    assert len(raw) < len(json.dumps(encode_predictions(logits, fmt), separators=(",", ":")))
+
+
+def test_server_timing_round_trips_and_skips_what_it_cannot_read():
+    header = server_timing({"decode": 0.000041, "model": 0.0003})
+    assert header == "decode;dur=0.041, model;dur=0.300"
+    assert parse_server_timing(header) == {"decode": 0.041, "model": 0.3}
+    assert parse_server_timing('cache;desc="hit", db;dur=x, app;dur=2.5;desc=a') == {"app": 2.5}
+    assert parse_server_timing(None) == {}

@@ -17,8 +17,11 @@ from digitnet.codec import (
     BATCH_HEADER,
     DEVICE_HEADER,
     INFERENCE_TIME_HEADER,
+    STAGE_HEADER,
+    STAGES,
     decode_predictions,
     encode_request,
+    parse_server_timing,
 )
 from digitnet.data import DigitsSplit
 from digitnet.torchscript import load_torchscript
@@ -104,6 +107,19 @@ def test_inference_time_header_is_a_non_negative_number(
     response = post_json_text(client, json.dumps({"instances": image_rows(split, 4)}))
     assert response.status_code == 200
     assert float(response.headers[INFERENCE_TIME_HEADER]) >= 0.0
+
+
+def test_replies_name_every_stage_and_the_model_stage_is_the_forward_pass(
+    client: FlaskClient, split: DigitsSplit
+) -> None:
+    response = post_json_text(client, json.dumps({"instances": image_rows(split, 4)}))
+    assert response.status_code == 200
+    stages = parse_server_timing(response.headers[STAGE_HEADER])
+    assert list(stages) == list(STAGES)
+    assert all(ms >= 0.0 for ms in stages.values())
+    # The same perf_counter interval as the forward pass's own header.
+    assert stages["model"] == pytest.approx(float(response.headers[INFERENCE_TIME_HEADER]),
+                                            abs=0.001)  # fmt: skip
 
 
 def test_replies_name_the_device_the_model_runs_on(client: FlaskClient, split: DigitsSplit) -> None:
