@@ -53,8 +53,8 @@ DEVICE_HEADER = "X-Served-Device"
 # the load runner turns it into each point's histogram of observed batch sizes.
 BATCH_HEADER = "X-Batch-Requests"
 # Where our servers spent one request, stage by stage, in the W3C Server-Timing form
-# ("decode;dur=0.041, model;dur=0.030", milliseconds): the report's attribution of the
-# served latency reads it (loadtests/stages.py). The stage names are STAGES'.
+# ("decode;dur=0.041, model;dur=0.030", milliseconds), the server's own side of an
+# attribution of the served latency. The Flask app sends it; the stage names are STAGES'.
 STAGE_HEADER = "Server-Timing"
 # decode: parse and validate the body; queue: wait for the worker's turn (admission) or a
 # dynamic batch; model: the forward pass alone; convert: to and from the model's tensors;
