@@ -22,7 +22,7 @@ import psutil
 from digitnet.artifacts import ArtifactPaths
 from harness.lifecycle import RunningStack, resolve, start_stack
 from harness.payload import check_prediction
-from reliability.client import OK, REFUSED, TricklingPost, endpoint_of, http_kind
+from reliability.client import OK, REFUSED, TIMEOUT, TricklingPost, endpoint_of, http_kind
 from reliability.load import ClosedLoop, latency_ms, outcome_counts
 from reliability.settings import FaultSettings
 from services.process import alive
@@ -58,6 +58,9 @@ def kill_worker(running: RunningStack, settings: FaultSettings) -> dict:
 
     Recovery time: from the kill until both the worker set is whole again and the stack
     is ready, and no request failed after that (the later of the two is reported).
+    `lost` counts the requests never answered (their client timed out): a stack that can
+    lose some says why in `lost_on_worker_death`, and only ones sent before the worker set
+    was whole again may be lost (`lost_sent_after_recovery` must stay 0).
     """
     stack = running.stack
 
@@ -87,6 +90,8 @@ def kill_worker(running: RunningStack, settings: FaultSettings) -> dict:
     last_failure = max((s.end_s for s in failed), default=None)
     recovered_at = max(whole_at, last_failure or whole_at)
     tail = [s for s in samples if s.start_s >= recovered_at]
+    # Never answered: the client gave up after its own timeout (see lost_on_worker_death).
+    lost = [s for s in failed if s.kind == TIMEOUT]
     good_after = check_prediction(running.rest, payloads)
     return {
         "stack": running.name,
@@ -99,6 +104,9 @@ def kill_worker(running: RunningStack, settings: FaultSettings) -> dict:
         "outcomes": outcome_counts(samples),
         "failed": len(failed),
         "failed_before_kill": sum(1 for s in failed if s.end_s < killed_at),
+        "lost": len(lost),
+        "lost_sent_after_recovery": sum(1 for s in lost if s.start_s >= whole_at),
+        "lost_why": stack.lost_on_worker_death if lost else "",
         "worker_replaced": replaced is not None,
         "worker_replaced_s": replaced,
         "ready_again": ready,

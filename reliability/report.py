@@ -102,6 +102,9 @@ def faults_markdown(data: dict) -> list[str]:
             )
         md += ["", "Recovery: from the kill until the worker set was whole, the stack ready "
                "and the last failed request had ended, whichever came last.", ""]
+        md += [f"- {k['stack']}: {k['lost']} request(s) never answered (the client timed out): "
+               f"{k['lost_why']}" for k in kills if k.get("lost")]
+        md += [""] if any(k.get("lost") for k in kills) else []
     terms = data.get("sigterm", [])
     if terms:
         md += [

@@ -12,7 +12,8 @@ What a plugin declares, in one object:
               server, remote_client(...) for one elsewhere (a pod); load targets are
               derived from the clients (path, headers and token as data)
   telemetry   metrics_url(server) and server_timings(before, after) from its own metrics
-  processes   workers(server) for the worker-kill fault, process_role(proc) for soak,
+  processes   workers(server) for the worker-kill fault (and lost_on_worker_death, the
+              requests it may never answer then), process_role(proc) for soak,
               signal_plan() for SIGTERM, thread_settings for the run environment
   validation  validates_with_codec, front_answers: how its answers to bad input are judged
   floor       floor_path: the in-process baseline its served latency is compared with;
@@ -201,6 +202,9 @@ class ServingStack:
         return []
 
     workers_not_applicable: str = "one process with no separate workers to kill"
+    # Why a request in flight when a worker dies may never be answered (its client waits
+    # until its own timeout), or "" when the stack answers every one of them.
+    lost_on_worker_death: str = ""
 
     def process_role(self, proc: psutil.Process) -> str | None:
         """A short name for one of its processes (soak groups memory by it), or None to

@@ -12,6 +12,8 @@ from tools.report import build as write_report
 KILL = {"stack": "flask_torch", "applicable": True, "clients": 4, "requests": 100,
         "failed": 2, "outcomes": {"ok": 98, "reset": 2}, "worker_replaced_s": 0.05,
         "recovery_s": 0.06, "failed_after_recovery": 0, "recovered": True}  # fmt: skip
+LOST = {**KILL, "stack": "torchserve", "outcomes": {"ok": 96, "timeout": 4}, "failed": 4,
+        "lost": 4, "lost_why": "the batch aggregator held them"}
 TERM = {"stack": "torchserve", "signal": "SIGTERM to the process group", "exit_s": 2.5,
         "grace_s": 30.0, "grace_source": "compose", "in_flight": {"http_500": 4},
         "slow_in_flight": {"sent": 2, "ok": 0}, "after_signal": {"refused": 9},
@@ -32,7 +34,7 @@ def test_report_md_includes_every_reliability_table(tmp_path) -> None:
     folder.mkdir()
     matrix = to_json(skipped_cells("tf_serving", ["rest"], "no binary"), {"tf_serving": "no"})
     (folder / report.MATRIX_FILE).write_text(json.dumps(matrix))
-    (folder / report.FAULTS_FILE).write_text(json.dumps({"kill_worker": [KILL],
+    (folder / report.FAULTS_FILE).write_text(json.dumps({"kill_worker": [KILL, LOST],
                                                          "sigterm": [TERM]}))
     (folder / report.SOAK_FILE).write_text(json.dumps({"runs": [SOAK], "skipped": {}}))
 
@@ -40,6 +42,9 @@ def test_report_md_includes_every_reliability_table(tmp_path) -> None:
 
     assert "# Reliability" in text and "## Bad input on every stack" in text
     assert "| flask_torch | 4 | 100 | 2 | ok 98, reset 2 | 0.05 | 0.06 | 0 | yes |" in text
+    assert "- torchserve: 4 request(s) never answered (the client timed out): the batch " \
+        "aggregator held them" in text
+    assert "- flask_torch:" not in text
     assert "| torchserve | SIGTERM to the process group | 2.50 (30, compose) | http_500 4 |" in text
     assert "JVM live heap after full GC 6.00 (1)" in text
     assert "**grows: JVM live heap after full GC**" in text
