@@ -7,7 +7,13 @@ import pytest
 
 from harness.lifecycle import running_stack
 from loadtests import framework_floor
-from loadtests.framework_floor import FloorPlan, model_ms, split_latency, summarize_runs
+from loadtests.framework_floor import (
+    FloorPlan,
+    model_ms,
+    served_split,
+    split_latency,
+    summarize_runs,
+)
 from loadtests.wrk import wrk_available
 from services.process import usable_cores
 from services.registry import load_stack
@@ -42,6 +48,28 @@ def test_without_a_model_figure_there_is_no_split_of_our_code() -> None:
     assert split["framework_floor_ms"] == 0.25
 
 
+SERVED = {"model_ms": 0.160, "stages_ms": {"decode": 0.060, "model": 0.160}, "probes": 300}
+
+
+def test_the_split_with_the_model_as_served_moves_its_context_penalty_out_of_our_code() -> None:
+    split = served_split(0.600, 0.200, 0.035, SERVED)
+    assert split["model_served_ms"] == 0.160
+    assert split["our_code_served_ms"] == pytest.approx(0.240)
+    assert split["context_penalty_ms"] == pytest.approx(0.125)
+    assert split["served_stages_ms"] == SERVED["stages_ms"] and split["served_probes"] == 300
+    # The two splits account for the same p50.
+    classic = split_latency(0.600, 0.200, 0.035)
+    assert classic["our_code_raw_ms"] == pytest.approx(
+        split["our_code_served_ms"] + split["context_penalty_ms"])
+
+
+def test_without_served_timings_the_served_split_is_empty() -> None:
+    split = served_split(0.6, 0.2, 0.035, {})
+    assert split["model_served_ms"] is None and split["our_code_served_ms"] is None
+    assert split["context_penalty_ms"] is None and split["served_stages_ms"] == {}
+    assert served_split(0.6, 0.2, None, SERVED)["context_penalty_ms"] is None
+
+
 def test_runs_give_medians_and_their_spread() -> None:
     summary = summarize_runs([wrk_run(0.4, 1.0), wrk_run(0.5, 2.0, errors=2),
                               wrk_run(0.6, 3.0)])  # fmt: skip
@@ -63,14 +91,16 @@ def test_the_report_section_has_one_row_per_stack_and_says_what_was_skipped() ->
     measured = framework_floor.record(
         "flask_torch", "cpu", ("/v1/models/digitnet:predict", "/v1/models/digitnet:noop"),
         [wrk_run(0.5, 0.9)], [wrk_run(0.25, 0.4)], (0.03, ""), "TorchScript",
-        FloorPlan(runs=1, duration_s=3))  # fmt: skip
+        FloorPlan(runs=1, duration_s=3), SERVED)  # fmt: skip
     negative = {**measured, "stack": "torchserve", "our_code_ms": 0.0,
                 "our_code_raw_ms": -0.1, "our_code_negative": True}  # fmt: skip
     gone = framework_floor.skipped("tf_serving", "cpu", "no twin here")
     md = "\n".join(framework_floor.markdown([measured, negative, gone]))
     assert "## Framework floor and our own overhead" in md
     assert ("| flask_torch | cpu | 0.500 (0.900) | 0.250 (0.400) | 0.250 | 0.220 | 0.030 "
-            "| 1 × 3 s | 0%/0% | 0 |") in md
+            "| 0.090 | 0.160 | 1 × 3 s | 0%/0% | 0 |") in md
+    assert ("- flask_torch/cpu: the server's own stages (median ms over 300 requests): "
+            "decode 0.060, model 0.160; 0.220 of the predict p50's 0.500 (44%) named") in md
     assert "| torchserve | cpu |" in md and "raw -0.100" in md
     assert "- tf_serving/cpu: **not measured**: no twin here" in md
 
@@ -102,6 +132,11 @@ def test_the_phase_measures_a_real_flask_server_and_its_twin(artifacts, tmp_path
         assert record[side]["p50_ms"] > 0 and record[side]["rps"] > 0
     assert record["framework_floor_ms"] == record["noop"]["p50_ms"]
     assert record["model_ms"] == 0.030 and record["our_code_raw_ms"] is not None
+    # The Flask app times its forward pass and names its stages in every reply.
+    assert record["served_probes"] == framework_floor.SERVED_PROBES
+    assert record["model_served_ms"] > 0
+    assert set(record["served_stages_ms"]) == {"decode", "queue", "convert", "model", "encode"}
+    assert record["served_stages_ms"]["model"] == record["model_served_ms"]
 
 
 @pytest.mark.integration
