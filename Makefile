@@ -17,6 +17,10 @@ RUN         ?=
 SOAK_DURATION ?= 600
 SOAK_RATE   ?= 100
 COLDSTART_REPEATS ?= 5
+# make gpu-bench (README.md, "A GPU reference run"): CPU cores per GPU server (empty: every
+# server core), and the torch stacks it runs on CUDA.
+GPU_SERVER_CPUS ?=
+GPU_STACKS  ?= flask_torch,torchserve,ray_serve
 # Kubernetes (k8s/README.md): images, overlay, registry, tools.
 REGISTRY    ?=
 TAG         ?= 0.1.0
@@ -38,6 +42,7 @@ export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 .PHONY: help venv tools artifacts configs deploy-local stop status parity bench coldstart loadtest \
 	report baselines test test-fast lint clean
 .PHONY: robustness faults soak overload audit
+.PHONY: gpu-check gpu-bench
 
 .PHONY: k8s-validate images k8s-apply k8s-loadtest k8s-delete k8s-lint-venv k8s-engine \
 	k8s-kubectl k8s-check-images k8s-collect
@@ -81,6 +86,14 @@ STACKS_ARG = $(if $(filter all,$(STACKS)),,--stacks $(STACKS))
 
 bench: artifacts tools ## Whole comparison: sweep every stack/protocol (PROFILE=quick|full), write results/<run>/REPORT.md
 	$(PY) -m loadtests.runner sweep --profile $(PROFILE) $(STACKS_ARG) --artifacts $(ARTIFACTS)
+
+# The check runs first, so a machine without a CUDA GPU is refused before anything is built.
+gpu-check: venv ## Can this machine run gpu-bench? CUDA torch that sees a GPU, and NVML (starts nothing)
+	$(PY) -m loadtests.gpu_bench --check --stacks $(GPU_STACKS)
+
+gpu-bench: gpu-check artifacts tools ## Torch stacks on CUDA (~8 min, profile gpu), GPU telemetry, card-labelled report [GPU_SERVER_CPUS=]
+	$(PY) -m loadtests.gpu_bench --stacks $(GPU_STACKS) --artifacts $(ARTIFACTS) \
+		$(if $(GPU_SERVER_CPUS),--server-cpus $(GPU_SERVER_CPUS))
 
 coldstart: artifacts ## Each stack started from nothing COLDSTART_REPEATS times (default 5), with and without warm-up [RUN=results/<run-id>]
 	$(PY) -m loadtests.coldstart $(STACKS_ARG) --repeats $(COLDSTART_REPEATS) --artifacts $(ARTIFACTS) \

@@ -83,6 +83,37 @@ PROFILES = {
         framework_floor_runs=5,
         framework_floor_s=5,
     ),
+    # `make gpu-bench` (loadtests/gpu_bench.py): the three torch stacks on one GPU in about
+    # 8 minutes, starts included (gpu_bench.planned_seconds; tests/loadtests/
+    # test_gpu_bench.py holds it to that). Short windows are enough because a GPU point's
+    # requests come fast; batch 16 is where a GPU earns its keep. One calibration rate,
+    # one wrk run per level, three capacity trials, no cold starts and no framework floor
+    # (the CPU profiles measure those) keep the rest inside the budget.
+    "gpu": Profile(
+        name="gpu",
+        warmup_s=1.5,
+        duration_s=4.0,
+        repeats=2,
+        closed_users={1: (1, 32), 16: (4,)},
+        open_users=32,
+        baseline_batches=(1, 16),
+        baseline_iterations=300,
+        min_windows=2,
+        max_windows=2,
+        # 500 requests still put 5 in the slowest 1 %.
+        min_requests=500,
+        calibration_warmup_s=0.5,
+        calibration_duration_s=2.0,
+        calibration_rates=(1000.0,),
+        wrk_duration_s=3,
+        wrk_repeats=1,
+        capacity_duration_s=3.0,
+        capacity_precision=0.25,
+        capacity_max_trials=3,
+        capacity_retries=0,
+        coldstart_repeats=0,
+        framework_floor_runs=0,
+    ),
     # Seconds: for tests and smoke checks of the pipeline, never for figures.
     "smoke": Profile(
         name="smoke",

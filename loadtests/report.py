@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.markdown import fmt
-from loadtests import analysis, calibration, claims, coldstart, framework_floor
+from loadtests import analysis, calibration, claims, coldstart, framework_floor, gpu_report
 from loadtests.analysis import series
 from loadtests.devices import UNREPORTED
 from loadtests.plots import plot_baselines, plot_curves, plot_resources
@@ -1107,12 +1107,13 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
                "baselines": data.baselines, "floors": data.floors, "capacity": data.capacity,
                "drift": drift_summary(data.points), "raw_points": data.points,
                "coldstart": coldstart.summarize(starts),
-               "framework_floor": floors}  # fmt: skip
+               "framework_floor": floors,
+               "gpu_levels": gpu_report.level_rows(data.sweep_points, env)}  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     images = plot_curves(records, run_dir, slo, data.floors, data.capacity)
     images += plot_baselines(data.baselines, run_dir) + plot_resources(records, run_dir)
 
-    md = intro_section(run_dir, env)
+    md = intro_section(run_dir, env) + gpu_report.header(env)
     md += environment_section(data)
     md += headline_section(heads, slo)
     md += capacity_section(data)
@@ -1124,6 +1125,7 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
     for image in images:
         md += ["", f"![{image}]({image})"]
     md += levels_section(data, records)
+    md += gpu_report.section(data.sweep_points, env)
     md += server_view(records)
     md += batches_section(records)
     md += ["## In-process baselines (one thread, server cores)", ""]

@@ -5,7 +5,8 @@
 
 Servers are started here on free loopback ports, pinned to the server cores. Locust runs
 pinned to the other cores (one process per core, Locust's --processes); its CPU and the
-server's CPU and memory are sampled for every point. The sweep's phases (generator floor,
+server's CPU and memory are sampled for every point, and on CUDA points the GPUs' own
+counters too (loadtests.gpu_telemetry). The sweep's phases (generator floor,
 interleaved levels with wrk beside them, SLO capacity search) are loadtests.sweep.
 Results go to results/<run-id>/: raw/ (per-request CSVs), points.jsonl (one line per
 window), levels.jsonl, floors.jsonl, capacity.jsonl, framework_floor.jsonl,
@@ -34,7 +35,8 @@ from harness.artifacts import ensure_artifacts
 from harness.lifecycle import RunningStack, skipped_reason, start_stack
 from harness.paths import timestamped_dir
 from harness.payload import PayloadSet
-from loadtests import analysis, devices, environment
+from loadtests import analysis, devices, environment, gpu_telemetry
+from loadtests.gpu_telemetry import GpuSampler
 from loadtests.profiles import PROFILES, Profile
 from loadtests.records import record_files
 from loadtests.sampler import TreeSampler
@@ -54,6 +56,23 @@ def split_cores(cores: list[int]) -> tuple[list[int], list[int]]:
         return cores, cores
     generator = max(1, len(cores) // 4)
     return cores[:-generator], cores[-generator:]
+
+
+def limit_cores(server_cores: list[int], cpus: int | None) -> list[int]:
+    """The first `cpus` of the server cores (a GPU server's CPU budget), all if None.
+
+    The cores left out stay idle rather than going to the generator, so runs with
+    different budgets differ only in the server's CPUs.
+
+    Raises:
+        ValueError: `cpus` is below 1 or more than the server side has.
+    """
+    if cpus is None:
+        return server_cores
+    if not 1 <= cpus <= len(server_cores):
+        raise ValueError(f"{cpus} CPUs per server asked, but the server side has "
+                         f"{len(server_cores)} cores ({server_cores})")
+    return server_cores[:cpus]
 
 
 DEVICES = (CPU, CUDA)
@@ -246,6 +265,7 @@ def run_point(
             if target.server_pid is not None:
                 server_sampler = sampling.enter_context(TreeSampler(target.server_pid))
             gen = sampling.enter_context(TreeSampler(locust.pid))
+            gpu = sampling.enter_context(GpuSampler()) if samples_gpu(target) else None
             idle = [sampling.enter_context(TreeSampler(pid)) for pid in neighbours or []]
             code = locust.wait(timeout=run_s + 60)
     after = scrape(target.metrics_url) if target.metrics_url else {}
@@ -279,8 +299,26 @@ def run_point(
         "arrivals": profile.arrivals if load.mode is Mode.OPEN else None,
         "seed": profile.seed + repeat if load.mode is Mode.OPEN else None,
     }
+    point.update(gpu_fields(target, gpu))
     point.update(load_stack(target.stack).server_timings(before, after))
     return point
+
+
+def samples_gpu(target: Target) -> bool:
+    """NVML here sees the server's GPU only when the server was started here."""
+    return target.device == CUDA and target.server_pid is not None
+
+
+def gpu_fields(target: Target, sampler: GpuSampler | None) -> dict:
+    """{"gpu": summary} for a CUDA point, saying why where it is empty; {} for a CPU
+    point, which carries no GPU block."""
+    if target.device != CUDA:
+        return {}
+    if sampler is None:
+        return {"gpu": gpu_telemetry.unsampled(
+            "the server runs on another machine (a pod): this machine's NVML cannot see "
+            "its GPU")}  # fmt: skip
+    return {"gpu": sampler.summary()}
 
 
 class Progress:

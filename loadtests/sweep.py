@@ -68,6 +68,7 @@ from loadtests.runner import (
     cuda_available,
     default_devices,
     generator_processes,
+    limit_cores,
     model_block,
     plan_runs,
     run_point,
@@ -507,15 +508,19 @@ def describe(run: Run, devices: list[str], stacks: list[str]) -> dict:
 
 def sweep(profile: Profile, stacks: list[str], paths: ArtifactPaths, run_dir: Path,
           devices: list[str] | None = None, baselines: Callable[..., None] | None = None,
-          ) -> None:
-    """The whole comparison into `run_dir` (see the module docstring)."""
+          server_cpus: int | None = None) -> None:
+    """The whole comparison into `run_dir` (see the module docstring); `server_cpus`
+    narrows every server to that many of the server cores (recorded in the run)."""
     devices = devices or default_devices(cuda_available())
     server_cores, generator_cores = split_cores(usable_cores())
+    server_cores = limit_cores(server_cores, server_cpus)
     run = Run(profile, paths, run_dir, server_cores, generator_cores,
               Progress(0, profile.warmup_s + profile.duration_s + 3))  # fmt: skip
     run.raw_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "points.jsonl").touch()
     env_block = describe(run, devices, stacks)
+    if server_cpus is not None:
+        env_block["server_cpus"] = server_cpus
     started = time.monotonic()
     (baselines or run_baselines)(run)
     print(f"bench: servers on cores {server_cores}, Locust and wrk on cores "

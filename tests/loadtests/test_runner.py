@@ -45,3 +45,29 @@ def test_gpu_rows_are_added_only_where_cuda_exists():
 def test_load_names_say_mode_batch_and_level():
     assert runner.Load(Mode.CLOSED, 8, 16).slug == "closed-b8-u16"
     assert runner.Load(Mode.OPEN, 1, 32, rate=450.4).slug == "open-b1-r450"
+
+
+def test_a_gpu_server_cpu_budget_takes_the_first_server_cores():
+    assert runner.limit_cores([0, 1, 2, 3], None) == [0, 1, 2, 3]
+    assert runner.limit_cores([0, 1, 2, 3], 2) == [0, 1]
+    for too_many in (0, 5):
+        with pytest.raises(ValueError, match="CPUs per server"):
+            runner.limit_cores([0, 1, 2, 3], too_many)
+
+
+def test_only_cuda_points_carry_a_gpu_block_and_it_says_why_when_empty():
+    from loadtests.gpu_telemetry import GpuSampler
+    from tests.doubles.fake_nvml import FakeNvml
+
+    local = runner.Target("flask_torch", "rest", "http://x", {}, server_pid=1, device="cuda")
+    remote = runner.Target("flask_torch", "rest", "http://x", {}, server_pid=None,
+                           device="cuda")  # fmt: skip
+    cpu = runner.Target("flask_torch", "rest", "http://x", {}, server_pid=1, device="cpu")
+    assert runner.samples_gpu(local) and not runner.samples_gpu(remote)
+    assert not runner.samples_gpu(cpu) and runner.gpu_fields(cpu, None) == {}
+    assert "another machine" in runner.gpu_fields(remote, None)["gpu"]["reason"]
+    nvml = FakeNvml()
+    with GpuSampler(interval_s=0.001, nvml=nvml, visible="0") as sampler:
+        assert nvml.enough.wait(30)
+    block = runner.gpu_fields(local, sampler)["gpu"]
+    assert block["reason"] is None and block["gpus"][0]["samples"] >= 3
