@@ -2,19 +2,21 @@
 tests) predicts through these, so URLs, headers and the payload are written once.
 
 All clients take float32 images [N, side, side] and return (logits [N, C], classes [N]).
+A REST client speaks one body codec (digitnet.wire): the JSON schema by default, the
+binary tensor body with `codec=BINARY_WIRE` (with_codec turns one client into the other).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import requests
 
-from digitnet.codec import JSON_CONTENT_TYPE, decode_predictions, encode_request
 from digitnet.spec import CLASSES_KEY, INPUT_KEY, LOGITS_KEY, SIGNATURE_NAME, ModelSpec
+from digitnet.wire import JSON_WIRE, WireCodec
 
 # URL formats of each server's REST API. The Flask app mirrors TF Serving's routes.
 TFS_PREDICT_PATH = "/v1/models/{name}:predict"
@@ -46,7 +48,7 @@ def bearer(token: str | None) -> dict[str, str]:
 
 @dataclass
 class RestClient:
-    """POSTs the shared JSON schema to one predict URL."""
+    """POSTs one predict body codec (`codec`, JSON by default) to one predict URL."""
 
     protocol = "rest"
     label: str
@@ -56,6 +58,7 @@ class RestClient:
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = DEFAULT_TIMEOUT_S
     session: requests.Session = field(default_factory=requests.Session)
+    codec: WireCodec = JSON_WIRE
 
     @property
     def url(self) -> str:
@@ -64,8 +67,8 @@ class RestClient:
     def post_raw(self, images: np.ndarray) -> requests.Response:
         return self.session.post(
             self.url,
-            data=json.dumps(encode_request(images)),
-            headers={"Content-Type": JSON_CONTENT_TYPE, **self.headers},
+            data=self.codec.encode_request(images),
+            headers={"Content-Type": self.codec.content_type, **self.headers},
             timeout=self.timeout_s,
         )
 
@@ -73,7 +76,20 @@ class RestClient:
         response = self.post_raw(images)
         if response.status_code != 200:
             raise RuntimeError(f"{self.label}: HTTP {response.status_code}: {response.text[:300]}")
-        return decode_predictions(response.json(), len(images), self.spec.num_classes)
+        return self.codec.decode_reply(response.content, len(images), self.spec.num_classes)
+
+
+def with_codec(client: RestClient, codec: WireCodec) -> RestClient:
+    """The same endpoint and headers spoken in `codec`, on a session of its own; its label
+    names the codec unless it is JSON ("flask/rest" -> "flask/rest+binary").
+
+    Args:
+        client: a REST client of any stack (its plugin's clients()).
+        codec: the body codec the new client sends and expects back.
+    """
+    base = client.label.split("+", 1)[0]
+    label = base if codec is JSON_WIRE else f"{base}+{codec.name}"
+    return dataclasses.replace(client, label=label, codec=codec, session=requests.Session())
 
 
 def tf_serving_rest(base_url: str, spec: ModelSpec) -> RestClient:
@@ -94,6 +110,24 @@ def flask_rest(base_url: str, spec: ModelSpec) -> RestClient:
     return RestClient("flask/rest", base_url, FLASK_PREDICT_PATH.format(name=spec.name), spec)
 
 
+def grpc_predict_request(spec: ModelSpec, images: np.ndarray):
+    """TF Serving's PredictRequest for float32 images [N, side, side] (the tensor's values
+    in tensor_content); needs tensorflow and tensorflow-serving-api.
+
+    Args:
+        spec: names the model; the signature and input key are digitnet.spec's.
+        images: the batch to send.
+    """
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = spec.name
+    request.model_spec.signature_name = SIGNATURE_NAME
+    request.inputs[INPUT_KEY].CopyFrom(tf.make_tensor_proto(np.asarray(images, dtype=np.float32)))
+    return request
+
+
 class TfServingGrpcClient:
     """PredictionService.Predict with tensorflow-serving-api's generated stubs."""
 
@@ -112,16 +146,7 @@ class TfServingGrpcClient:
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
 
     def build_request(self, images: np.ndarray):
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
-
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = self.spec.name
-        request.model_spec.signature_name = SIGNATURE_NAME
-        request.inputs[INPUT_KEY].CopyFrom(
-            tf.make_tensor_proto(np.asarray(images, dtype=np.float32))
-        )
-        return request
+        return grpc_predict_request(self.spec, images)
 
     def send(self, request):
         """One Predict call; split from encoding so load tests time only the call."""

@@ -65,6 +65,16 @@ class ModelSpec:
     def head_features(self) -> int:
         return self.channels[1] * self.pooled_side * self.pooled_side
 
+    def env(self) -> dict[str, str]:
+        """The DIGITNET_* variables that make a server process's from_env() equal this spec
+        (every server is started with them: a variant is served by its own size)."""
+        return {
+            "DIGITNET_NAME": self.name,
+            "DIGITNET_SIDE": str(self.side),
+            "DIGITNET_CHANNELS": ",".join(str(c) for c in self.channels),
+            "DIGITNET_VERSION": str(self.version),
+        }
+
     @classmethod
     def from_env(cls) -> ModelSpec:
         """Reads DIGITNET_NAME, DIGITNET_SIDE, DIGITNET_CHANNELS ("16,32"), DIGITNET_VERSION."""

@@ -1,7 +1,9 @@
 """The shared matrix of hostile and broken requests, as data.
 
 Every REST case goes unchanged to every stack's predict URL (the stacks share one payload
-schema, digitnet.codec), every gRPC case to every gRPC endpoint. A case says what a stack
+schema, digitnet.codec), every gRPC case to every gRPC endpoint; a case of the binary body
+(digitnet.binary_codec) goes to every stack whose plugin lists that codec (`codecs`), and
+shows as skipped, with the reason, for the others. A case says what a stack
 that validates with the codec must answer: the status, the codec's `reason` and a fragment
 of the message that names the problem. TF Serving validates with its own code, so its
 answers are recorded as they are, not judged against these expectations.
@@ -13,12 +15,17 @@ too, so a case added here is tried in-process on the worker and over HTTP on eve
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from digitnet.binary_codec import BINARY_CONTENT_TYPE, FP32, HEADER, MAGIC
 from digitnet.codec import JSON_CONTENT_TYPE
 from digitnet.spec import ModelSpec, ServingLimits
+from digitnet.wire import BINARY, JSON
 
 # The limits the stacks run with (the same variables reach every server).
 SPEC = ModelSpec.from_env()
@@ -50,6 +57,14 @@ def good_body(count: int = 2) -> bytes:
     return body({"instances": [image(0.25)] * count})
 
 
+def tensor_body(shape: tuple[int, ...], dtype: str = FP32, fill: float = 0.5) -> bytes:
+    """A binary request body written field by field (digitnet.binary_codec's layout), so
+    that a case can break one field; "FP64" writes float64 data."""
+    values = np.full(shape, fill, dtype="<f8" if dtype == "FP64" else "<f4")
+    dims = struct.pack(f"<{len(shape)}I", *shape)
+    return HEADER.pack(MAGIC, dtype.encode("ascii"), len(shape)) + dims + values.tobytes()
+
+
 @dataclass(frozen=True)
 class BadRequest:
     """A request body and the status, codec reason and message fragment it must produce."""
@@ -60,6 +75,8 @@ class BadRequest:
     reason: str
     needle: str
     content_type: str | None = JSON_CONTENT_TYPE
+    # The body codec it is written in (digitnet.wire); only stacks that speak it get it.
+    codec: str = JSON
     # False when a server's front (TorchServe's Netty frontend) refuses it before the
     # request reaches the code that validates with the codec.
     reaches_handler: bool = True
@@ -128,6 +145,35 @@ BAD_REQUESTS = [
     BadRequest("no_content_type", body({"instances": [image()]}), 415,
                "unsupported_media_type", "Content-Type must be application/json", content_type=None,
                about="no Content-Type header"),
+]  # fmt: skip
+
+
+def _binary(name: str, raw: bytes, status: int, reason: str, needle: str,
+            about: str) -> BadRequest:  # fmt: skip
+    return BadRequest(name, raw, status, reason, needle, BINARY_CONTENT_TYPE, codec=BINARY,
+                      about=f"binary: {about}")  # fmt: skip
+
+
+ONE = (1, SIDE, SIDE)
+# Errors stay JSON for binary requests too, so each is judged like a JSON case.
+BAD_REQUESTS += [
+    _binary("binary_truncated_header", tensor_body(ONE)[:10], 400, "truncated", "cut short",
+            "the first 10 header bytes"),
+    _binary("binary_wrong_magic", good_body(1), 400, "wrong_magic", "DNT1",
+            "a JSON body labelled binary"),
+    _binary("binary_wrong_dtype", tensor_body(ONE, "FP64"), 400, "wrong_dtype", "'FP64'",
+            "float64 data tagged FP64"),
+    _binary("binary_wrong_shape", tensor_body((1, SIDE - 1, SIDE)), 400, "wrong_shape",
+            f"[N, {SIDE}, {SIDE}]", f"[1, {SIDE - 1}, {SIDE}]"),
+    _binary("binary_wrong_length", tensor_body(ONE)[:-4], 400, "wrong_length",
+            f"needs {SIDE * SIDE * 4} data bytes", "one float short of its shape"),
+    _binary("binary_nan", tensor_body(ONE, fill=float("nan")), 400, "non_finite", "NaN",
+            "NaN pixels"),
+    _binary("binary_out_of_range", tensor_body(ONE, fill=1e9), 400, "out_of_range",
+            "pixel values", "1e9 pixels"),
+    _binary("binary_batch_over_max", tensor_body((LIMITS.max_batch + 1, SIDE, SIDE)), 413,
+            "batch_too_large", f"{LIMITS.max_batch + 1} instances",
+            f"{LIMITS.max_batch + 1} images (max {LIMITS.max_batch})"),
 ]  # fmt: skip
 
 # Which stacks' answers are judged against these expectations (validates_with_codec), and

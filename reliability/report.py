@@ -63,6 +63,11 @@ def matrix_markdown(data: dict) -> list[str]:
                 continue
             if cell["verdict"] == "skipped":
                 row.append("skipped")
+                # A stack skipped whole says why once, below; a case it cannot take (a
+                # body codec it does not speak) says why here.
+                stack = target.split("/", 1)[0]
+                if cell["note"] and stack not in data.get("skipped", {}):
+                    notes.append(f"- {target}: {cell['note']}")
                 continue
             mark = _MARKS.get(cell["verdict"], cell["verdict"])
             front = "†" if cell["verdict"] == "pass" and not cell["json_error"] else ""

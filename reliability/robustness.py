@@ -83,6 +83,16 @@ def judge_rest(stack: ServingStack | str, case: BadRequest, status: int | None,
     return PASS, ""
 
 
+def codec_skip(stack: ServingStack | str, case: BadRequest) -> str | None:
+    """Why `case` is not sent to the stack (it does not speak the case's body codec), or
+    None when it is."""
+    stack = resolve(stack)
+    if case.codec in stack.codecs:
+        return None
+    return (f"{stack.name} does not speak the {case.codec} body codec "
+            f"(it accepts {', '.join(stack.codecs)})")  # fmt: skip
+
+
 def probe_rest(running: RunningStack, case: BadRequest, settings: MatrixSettings) -> Cell:
     conn = Connection(endpoint_of(running), settings.request_timeout_s, fresh=True)
     reply = conn.post(case.body, case.content_type)
@@ -141,7 +151,11 @@ def run_matrix(running: RunningStack, settings: MatrixSettings) -> list[Cell]:
     """Every case for every protocol `running` offers."""
     cells = []
     if running.rest is not None:
-        cells += [probe_rest(running, case, settings) for case in BAD_REQUESTS]
+        for case in BAD_REQUESTS:
+            why = codec_skip(running.stack, case)
+            cells.append(probe_rest(running, case, settings) if why is None else
+                         Cell(target=f"{running.name}/rest", case=case.name, verdict=SKIPPED,
+                              status=SKIPPED, note=why))  # fmt: skip
     if running.grpc is not None:
         cells += [probe_grpc(running, case, settings) for case in GRPC_CASES]
     return cells
@@ -161,8 +175,8 @@ def to_json(cells: list[Cell], skipped: dict[str, str]) -> dict:
     failed = [c for c in cells if c.verdict == FAIL]
     return {
         "cases": {
-            "rest": [{"name": c.name, "about": c.about, "status": c.status, "reason": c.reason}
-                     for c in BAD_REQUESTS],
+            "rest": [{"name": c.name, "about": c.about, "status": c.status, "reason": c.reason,
+                      "codec": c.codec} for c in BAD_REQUESTS],
             "grpc": [{"name": c.name, "about": c.about, "expected_code": c.expected_code}
                      for c in GRPC_CASES],
         },

@@ -15,7 +15,8 @@ What a plugin declares, in one object:
   processes   workers(server) for the worker-kill fault (and lost_on_worker_death, the
               requests it may never answer then), process_role(proc) for soak,
               signal_plan() for SIGTERM, thread_settings for the run environment
-  validation  validates_with_codec, front_answers: how its answers to bad input are judged
+  validation  validates_with_codec, front_answers: how its answers to bad input are judged;
+              codecs: the predict body codecs it speaks (digitnet.wire)
   floor       floor_path: the in-process baseline its served latency is compared with;
               noop_env and noop_path(server): its no-op twin on the same server (the
               framework's own floor, digitnet/noop.py), or noop_why
@@ -37,6 +38,7 @@ import psutil
 from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import Predictor
 from digitnet.spec import ModelSpec
+from digitnet.wire import JSON
 from services.process import ServerProcess, stop_process_tree
 
 REST = "rest"
@@ -81,6 +83,9 @@ class ServingStack:
     # Robustness-matrix case name -> why the stack's front end (before our code runs)
     # answers it without the codec's JSON error; the status must still match.
     front_answers: Mapping[str, str] = {}
+    # The predict body codecs it accepts and answers in (digitnet.wire names: "json",
+    # "binary"); the robustness matrix skips, with the reason, cases of any other codec.
+    codecs: tuple[str, ...] = (JSON,)
     # The in-process baseline (loadtests.baselines path label) behind this stack.
     floor_path: str = "TorchScript"
     # Environment for start() that turns on its no-op twin (digitnet/noop.py): the same

@@ -4,7 +4,9 @@ Run it under gunicorn (each worker calls create_app() after the fork):
     gunicorn -c services/flask_torch/gunicorn.conf.py "services.flask_torch.app:create_app()"
 
 Routes:
-    POST /v1/models/<name>:predict   the shared JSON schema (digitnet.codec)
+    POST /v1/models/<name>:predict   the shared JSON schema (digitnet.codec), or the binary
+                                     tensor body (digitnet.binary_codec), chosen by the
+                                     Content-Type and answered in the same codec
     GET  /v1/models/<name>           TF Serving-like model status
     GET  /healthz                    liveness: 200 whenever the process answers
     GET  /readyz                     readiness: 503 until the model is loaded and warm
@@ -39,13 +41,12 @@ from digitnet.codec import (
     JSON_CONTENT_TYPE,
     STAGE_HEADER,
     PayloadError,
-    decode_request_format,
     dumps,
-    encode_predictions_json,
     server_timing,
 )
 from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import AdmissionPolicy
+from digitnet.wire import ACCEPTED_CONTENT_TYPES, WIRE_CODECS
 from services.flask_torch.predictor import ServedModel, TorchScriptModel
 from services.flask_torch.settings import Settings
 
@@ -286,11 +287,12 @@ def predict(name: str) -> Response:
     settings, model = _state()
     if name != settings.spec.name:
         return _unknown_model(name, settings)
-    if request.mimetype != JSON_CONTENT_TYPE:
+    if request.mimetype not in WIRE_CODECS:
         return _error(
             415,
             "unsupported_media_type",
-            f"Content-Type must be {JSON_CONTENT_TYPE}, got {request.content_type or 'none'!r}",
+            f"Content-Type must be {ACCEPTED_CONTENT_TYPES}, "
+            f"got {request.content_type or 'none'!r}",
         )
     # Raw bytes, not request.get_json(): the codec owns validation and its error messages,
     # and Flask's JSON errors would answer with an HTML page. cache=False: read once.
@@ -318,8 +320,10 @@ def _predict(body: bytes, settings: Settings, model: ServedModel,
     `queued_s` is how long it waited for the worker's turn; the reply names every stage
     (STAGE_HEADER)."""
     started = time.perf_counter()
-    # The reply takes the request's format, row or columnar, as TF Serving's does.
-    images, fmt = decode_request_format(body, settings.spec, settings.limits)
+    # The request's codec (predict() refused any other media type) answers it too, and a
+    # JSON reply takes the request's format, row or columnar, as TF Serving's does.
+    codec = WIRE_CODECS[request.mimetype]
+    images, fmt = codec.decode_request(body, settings.spec, settings.limits)
     decoded = time.perf_counter()
     # A request that reaches a sibling worker still loading waits briefly instead of failing.
     if not model.wait_ready(settings.load_wait_s):
@@ -327,7 +331,7 @@ def _predict(body: bytes, settings: Settings, model: ServedModel,
     waited = time.perf_counter()
     logits, compute_s = model.predict_timed(images)
     predicted = time.perf_counter()
-    reply = encode_predictions_json(logits, fmt)
+    reply = codec.encode_reply(logits, fmt)
     encoded = time.perf_counter()
     stages = {
         "decode": decoded - started,
@@ -338,7 +342,7 @@ def _predict(body: bytes, settings: Settings, model: ServedModel,
     }
     response = Response(
         reply,
-        mimetype=JSON_CONTENT_TYPE,
+        mimetype=codec.content_type,
         headers={
             INFERENCE_TIME_HEADER: f"{compute_s * 1000:.3f}",
             DEVICE_HEADER: model.device,

@@ -22,6 +22,7 @@ from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import FLASK_READY_PATH, Predictor, flask_rest
 from digitnet.noop import NOOP_ENV, NOOP_PATH, noop_enabled
 from digitnet.spec import ModelSpec
+from digitnet.wire import BINARY, JSON
 from services.flask_torch.settings import (
     BIND_ENV,
     DEVICE_ENV,
@@ -30,7 +31,6 @@ from services.flask_torch.settings import (
     WARMUP_ENV,
     WORKERS_ENV,
     parallelism_from_env,
-    spec_env,
 )
 from services.process import (
     LOOPBACK,
@@ -77,6 +77,8 @@ class FlaskStack(ServingStack):
     warmup_off_env = {WARMUP_ENV: "0"}
     # The app registers its no-op route (same gunicorn config, workers and port) only with
     # this in its environment.
+    # The app dispatches on Content-Type (services/flask_torch/app.py), whatever the model.
+    codecs = (JSON, BINARY)
     noop_env = {NOOP_ENV: "1"}
 
     def model_file(self, paths: ArtifactPaths) -> Path:
@@ -103,7 +105,7 @@ class FlaskStack(ServingStack):
         # FLASK_TORCH_WORKERS / FLASK_TORCH_THREADS still override, checked against the cores.
         split = parallelism_from_env(len(cores) if cores else len(usable_cores()))
         server_env = {
-            **spec_env(paths.spec),
+            **paths.spec.env(),
             MODEL_PATH_ENV: str(model.resolve()),
             BIND_ENV: f"{LOOPBACK}:{port}",
             WORKERS_ENV: str(split.workers),
@@ -150,7 +152,7 @@ class FlaskStack(ServingStack):
 
     def noop_path(self, server: ServerProcess) -> str | None:
         # Read back from the master's environment (the workers inherit it): what runs,
-        # not what was meant to run. spec_env always names the model there.
+        # not what was meant to run. ModelSpec.env() always names the model there.
         try:
             environ = psutil.Process(server.pid).environ()
         except psutil.Error:

@@ -50,16 +50,6 @@ def parallelism_from_env(cores: int) -> CoreSplit:
     return split_from_env(cores, WORKERS_ENV, TORCH_THREADS_ENV)
 
 
-def spec_env(spec: ModelSpec) -> dict[str, str]:
-    """The DIGITNET_* variables that make a server process's ModelSpec equal `spec`."""
-    return {
-        "DIGITNET_NAME": spec.name,
-        "DIGITNET_SIDE": str(spec.side),
-        "DIGITNET_CHANNELS": ",".join(str(c) for c in spec.channels),
-        "DIGITNET_VERSION": str(spec.version),
-    }
-
-
 def select_device(requested: str, cuda_available: bool) -> str:
     """The torch device to load the model on.
 

@@ -13,7 +13,9 @@ Serve config file such as KubeRay's serveConfigV2 with `app_builder`):
   __call__      per HTTP request, on the replica's event loop.
 
 Routes (the Flask app's, services/flask_torch/app.py, with the same answers):
-    POST /v1/models/<name>:predict   the shared JSON schema (digitnet.codec)
+    POST /v1/models/<name>:predict   the shared JSON schema (digitnet.codec) or the binary
+                                     tensor body (digitnet.binary_codec), by Content-Type,
+                                     answered in the same codec
     GET  /v1/models/<name>           TF Serving-like model status
     GET  /healthz, /readyz           liveness and readiness of the replica that answers
     POST /v1/models/<name>:noop      only with DIGITNET_NOOP_TWIN=1 (digitnet/noop.py): a
@@ -41,12 +43,11 @@ from digitnet.codec import (
     INFERENCE_TIME_HEADER,
     JSON_CONTENT_TYPE,
     PayloadError,
-    decode_request_format,
     dumps,
-    encode_predictions_json,
 )
 from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import BatchingPolicy
+from digitnet.wire import ACCEPTED_CONTENT_TYPES, WIRE_CODECS, media_type
 from services.flask_torch.predictor import TorchScriptModel
 from services.flask_torch.settings import Settings
 from services.ray_serve.settings import BATCHES_IN_FLIGHT, ServeSettings, deployment_options
@@ -112,10 +113,10 @@ def json_response(document: Any, status: int = 200,
     return bytes_response(dumps(document), status, headers)
 
 
-def bytes_response(body: bytes, status: int = 200,
-                   headers: dict[str, str] | None = None) -> Response:  # fmt: skip
+def bytes_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None,
+                   content_type: str = JSON_CONTENT_TYPE) -> Response:  # fmt: skip
     return Response(body, status_code=status, headers=headers,
-                    media_type=JSON_CONTENT_TYPE)  # fmt: skip
+                    media_type=content_type)  # fmt: skip
 
 
 def error_response(status: int, reason: str, message: str,
@@ -127,11 +128,6 @@ def _allow(method: str, path: str, allowed: str) -> None:
     if method != allowed:
         raise HttpError(405, "method_not_allowed",
                         f"{method} is not allowed on {path}; use {allowed}", {"Allow": allowed})
-
-
-def media_type(content_type: str | None) -> str:
-    """The bare media type of a Content-Type header, as Flask's request.mimetype."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 @serve.deployment
@@ -240,18 +236,21 @@ class DigitNet:
     async def _predict(self, request: Request, name: str) -> Response:
         self._check_model(name)
         content_type = request.headers.get("content-type")
-        if media_type(content_type) != JSON_CONTENT_TYPE:
+        codec = WIRE_CODECS.get(media_type(content_type))
+        if codec is None:
             raise HttpError(415, "unsupported_media_type",
-                            f"Content-Type must be {JSON_CONTENT_TYPE}, "
+                            f"Content-Type must be {ACCEPTED_CONTENT_TYPES}, "
                             f"got {content_type or 'none'!r}")
         body = await self._read_body(request)
-        # The reply takes the request's format, row or columnar, as TF Serving's does.
-        images, fmt = decode_request_format(body, self._settings.spec, self._settings.limits)
+        # The request's codec answers it; a JSON reply takes the request's format, row or
+        # columnar, as TF Serving's does.
+        images, fmt = codec.decode_request(body, self._settings.spec, self._settings.limits)
         logits, seconds, shared = await self.predict_batch(images)
-        return bytes_response(encode_predictions_json(logits, fmt),
-                             headers={INFERENCE_TIME_HEADER: f"{seconds * 1000:.3f}",
-                                      DEVICE_HEADER: str(self._model.device),
-                                      BATCH_HEADER: str(shared)})  # fmt: skip
+        return bytes_response(codec.encode_reply(logits, fmt),
+                              headers={INFERENCE_TIME_HEADER: f"{seconds * 1000:.3f}",
+                                       DEVICE_HEADER: str(self._model.device),
+                                       BATCH_HEADER: str(shared)},
+                              content_type=codec.content_type)  # fmt: skip
 
     async def _read_body(self, request: Request) -> bytes:
         """The body, refused with 413 past ServingLimits.max_body_bytes. What is over the

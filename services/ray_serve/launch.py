@@ -41,6 +41,7 @@ from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import FLASK_READY_PATH, TFS_PREDICT_PATH, Predictor, RestClient
 from digitnet.noop import NOOP_ENV, noop_enabled
 from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
+from digitnet.wire import BINARY, JSON
 from services.process import (
     LOOPBACK,
     ServerProcess,
@@ -160,6 +161,8 @@ class RayServeStack(ServingStack):
     warmup_off_env = {WARMUP_ENV: "0"}
     # A second route of the same deployment, behind the same proxy (deployment.py).
     noop_env = {NOOP_ENV: "1"}
+    # deployment.py dispatches on Content-Type, as the Flask app does.
+    codecs = (JSON, BINARY)
     workers_not_applicable = "Serve always has replica processes"
     compose_service = "ray-serve"
     image = ("digitnet-ray-serve", "services/ray_serve/Dockerfile")

@@ -138,10 +138,7 @@ class ServeSettings:
             # block shows it and torch's OpenMP pool never starts wider.
             "OMP_NUM_THREADS": str(self.split.threads),
             WARMUP_ENV: str(self.warmup_iterations),
-            "DIGITNET_NAME": self.spec.name,
-            "DIGITNET_SIDE": str(self.spec.side),
-            "DIGITNET_CHANNELS": ",".join(str(c) for c in self.spec.channels),
-            "DIGITNET_VERSION": str(self.spec.version),
+            **self.spec.env(),
             "DIGITNET_MAX_BATCH": str(self.limits.max_batch),
             "DIGITNET_MAX_BODY_BYTES": str(self.limits.max_body_bytes),
             "DIGITNET_MAX_JSON_DEPTH": str(self.limits.max_json_depth),

@@ -1,4 +1,5 @@
-"""TorchServe handler: the shared JSON schema in, logits and class out.
+"""TorchServe handler: the shared JSON schema or the binary tensor body in, logits and
+class out, each request answered in its own codec (digitnet.wire, by its Content-Type).
 
 Lifecycle: `initialize` once per worker, then `handle` per dynamic batch. Each request
 in the batch is validated on its own, so one bad request gets its own 4xx and the rest
@@ -8,7 +9,10 @@ What TorchServe 0.12 hands the handler (ts/service.py, ts/protocol/otf_message_h
 one dict per request, the raw body under "body" (the frontend's name for a non-form body).
 The body arrives as bytes when config.properties sets decode_input_request=false (ours
 does); with the default `true` the worker json-decodes application/json bodies itself and
-forwards the bytes only when that fails. Both forms go through digitnet.codec.
+forwards the bytes only when that fails. Both forms go through digitnet.codec. Binary
+bodies (digitnet.binary_codec's media type) always arrive as bytes: the worker decodes
+only application/json and text/* bodies. The request's headers are in the context's
+request header map (context.get_all_request_header(idx), ts/context.py).
 """
 
 from __future__ import annotations
@@ -25,14 +29,12 @@ from digitnet.codec import (
     DEVICE_HEADER,
     JSON_CONTENT_TYPE,
     PayloadError,
-    RequestFormat,
-    decode_request_format,
     dumps,
-    encode_predictions_json,
 )
 from digitnet.env import env_int
 from digitnet.spec import ModelSpec, ServingLimits
 from digitnet.torchscript import load_torchscript
+from digitnet.wire import ACCEPTED_CONTENT_TYPES, WIRE_CODECS, WireCodec, media_type
 
 # Torch intra-op threads per worker; services/torchserve/launch.py derives it from the cores.
 THREADS_ENV = "DIGITNET_TORCH_THREADS"
@@ -68,20 +70,21 @@ def request_content_type(headers: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_json_content_type(content_type: str | None) -> None:
-    """Refuses anything but application/json (parameters like charset are allowed).
+def select_codec(content_type: str | None) -> WireCodec:
+    """The codec the request's Content-Type names (parameters like charset are allowed).
 
     Raises:
-        PayloadError: 415 naming the content type received.
+        PayloadError: 415 naming the content type received and the accepted ones.
     """
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != JSON_CONTENT_TYPE:
+    codec = WIRE_CODECS.get(media_type(content_type))
+    if codec is None:
         got = f'"{content_type}"' if content_type else "no Content-Type header"
         raise PayloadError(
             415,
             "unsupported_media_type",
-            f"Content-Type must be {JSON_CONTENT_TYPE}, got {got}",
+            f"Content-Type must be {ACCEPTED_CONTENT_TYPES}, got {got}",
         )
+    return codec
 
 
 def request_payload(request: Mapping[str, Any]) -> bytes | bytearray | Mapping[str, Any]:
@@ -131,28 +134,28 @@ class DigitNetHandler:
 
     def decode(
         self, request: Mapping[str, Any], headers: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, RequestFormat]:
-        """One request's images as float32 [N, side, side], and the format (row or
-        columnar) its reply must take.
+    ) -> tuple[torch.Tensor, WireCodec, Any]:
+        """One request's images as float32 [N, side, side], the codec its reply must be
+        written in, and the reply's format within it (JSON: row or columnar).
 
         Raises:
             PayloadError: naming the first problem found.
         """
-        check_json_content_type(request_content_type(headers))
-        images, fmt = decode_request_format(request_payload(request), self.spec, self.limits)
-        return torch.from_numpy(images), fmt
+        codec = select_codec(request_content_type(headers))
+        images, fmt = codec.decode_request(request_payload(request), self.spec, self.limits)
+        return torch.from_numpy(images), codec, fmt
 
     def handle(self, data: list[dict], context: Any) -> list[bytes]:
         """Called per dynamic batch: one entry in `data` per client request.
 
         Returns:
-            One compact JSON document per request, in order: predictions, or an error
-            whose HTTP status is set on that request alone.
+            One reply per request, in order: predictions in the request's codec, or a
+            JSON error whose HTTP status is set on that request alone.
         """
         # Bytes, which TorchServe sends as they are; a returned dict it would pretty-print
         # (indent=2), a third more bytes per response.
         responses: list[bytes] = [b""] * len(data)
-        valid: list[tuple[int, torch.Tensor, RequestFormat]] = []
+        valid: list[tuple[int, torch.Tensor, WireCodec, Any]] = []
         for idx, request in enumerate(data):
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             try:
@@ -163,17 +166,18 @@ class DigitNetHandler:
                 context.set_response_status(err.status, HTTPStatus(err.status).phrase, idx)
                 responses[idx] = dumps(err.to_json())
         if valid:
-            batch = torch.cat([images for _, images, _ in valid]).to(self.device)
+            batch = torch.cat([images for _, images, _, _ in valid]).to(self.device)
             with torch.inference_mode():
                 logits = self.model(batch).cpu().numpy()
             start = 0
-            for idx, images, fmt in valid:
+            for idx, images, codec, fmt in valid:
                 rows = len(images)
                 # Without a phrase TorchServe sends a bare "HTTP/1.1 200 " status line.
                 context.set_response_status(HTTPStatus.OK.value, HTTPStatus.OK.phrase, idx)
+                context.set_response_content_type(idx, codec.content_type)
                 context.set_response_header(idx, DEVICE_HEADER, self.device)
                 context.set_response_header(idx, BATCH_HEADER, str(len(valid)))
-                responses[idx] = encode_predictions_json(logits[start : start + rows], fmt)
+                responses[idx] = codec.encode_reply(logits[start : start + rows], fmt)
                 start += rows
         return responses
 

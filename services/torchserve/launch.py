@@ -31,6 +31,7 @@ from digitnet.clients import TORCHSERVE_PREDICT_PATH, Predictor, torchserve_rest
 from digitnet.env import env_optional_int
 from digitnet.noop import NOOP_ENV, NOOP_MODEL_SUFFIX, noop_enabled, noop_model_name
 from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
+from digitnet.wire import BINARY, JSON
 from services.cores import CoreSplit, split_cores
 from services.process import (
     LOOPBACK,
@@ -264,6 +265,8 @@ class TorchServeStack(ServingStack):
             "empty 413, before any worker sees them"
         ),
     }
+    # handler.py picks each request's codec from its Content-Type, within a batch too.
+    codecs = (JSON, BINARY)
     lost_on_worker_death = (
         "TorchServe 0.12 loses the requests its batch aggregator collects for a worker that "
         "has just died, until the worker's thread notices (it waits up to maxBatchDelay for "

@@ -19,9 +19,13 @@ from reliability.robustness import (
     FAIL,
     PASS,
     RECORDED,
+    SKIPPED,
+    Cell,
+    codec_skip,
     judge_rest,
     probe_grpc,
     probe_rest,
+    run_matrix,
     skipped_cells,
     to_json,
 )
@@ -39,6 +43,9 @@ DOUBLE_HAS_NO_BATCHING = {"batch_over_max_tensor"}
 def test_bad_request_gets_its_named_4xx_and_the_stack_keeps_answering(
     running: RunningStack, case: BadRequest
 ) -> None:
+    why = codec_skip(running.stack, case)
+    if why is not None:
+        pytest.skip(why)
     cell = probe_rest(running, case, SETTINGS)
 
     assert cell.verdict == PASS, cell
@@ -128,6 +135,51 @@ def test_table_has_every_case_and_says_why_a_stack_was_skipped() -> None:
         assert f"| {case.name} |" in markdown
     assert "| case | what | expected | tf_serving/rest | tf_serving/grpc |" in markdown
     assert "**tf_serving skipped**: no binary here" in markdown
+
+
+BINARY_CASES = [c for c in BAD_REQUESTS if c.codec == "binary"]
+
+
+def test_binary_cases_cover_every_refusal_of_the_binary_codec() -> None:
+    assert {c.reason for c in BINARY_CASES} >= {
+        "truncated", "wrong_magic", "wrong_dtype", "wrong_shape", "wrong_length",
+        "non_finite", "out_of_range", "batch_too_large"}  # fmt: skip
+    assert all(c.content_type == "application/vnd.digitnet.tensor" for c in BINARY_CASES)
+
+
+@dataclass
+class RunningDouble:
+    """Just enough of a RunningStack for run_matrix to decide what it sends."""
+
+    stack: object
+    name: str = "tf_serving"
+    rest: object = None
+    grpc: object = None
+
+
+def test_stacks_without_the_binary_codec_get_its_cases_as_skipped_with_the_reason(
+    monkeypatch,
+) -> None:
+    from services.registry import load_stack
+
+    tf_serving = load_stack("tf_serving")
+    sent = []
+
+    def probe(running, case: BadRequest, settings) -> Cell:
+        sent.append(case.name)
+        return Cell(target="tf_serving/rest", case=case.name, verdict=RECORDED, status="400")
+
+    monkeypatch.setattr("reliability.robustness.probe_rest", probe)
+    cells = run_matrix(RunningDouble(tf_serving, rest=object()), SETTINGS)  # type: ignore[arg-type]
+
+    skipped = {c.case: c for c in cells if c.verdict == SKIPPED}
+    assert set(skipped) == {c.name for c in BINARY_CASES}
+    assert set(sent) == {c.name for c in BAD_REQUESTS} - set(skipped)
+    assert all("does not speak the binary body codec" in c.note for c in skipped.values())
+    markdown = "\n".join(matrix_markdown(to_json(cells, {})))
+    assert "tf_serving/rest: tf_serving does not speak the binary body codec" in markdown
+    for name in ("torchserve", "flask_torch", "flask_tf", "ray_serve"):
+        assert all(codec_skip(name, case) is None for case in BINARY_CASES), name
 
 
 def test_case_names_are_unique() -> None:

@@ -62,3 +62,26 @@ def test_the_plugin_serves_the_savedmodel_beside_flask_torch(artifacts: Artifact
     assert STACK.model_file(artifacts) == artifacts.savedmodel
     assert STACK.floor_path == "SavedModel signature" and STACK.framework == "tensorflow"
     assert STACK.default_ports["http"] != 8000  # flask_torch's: deploy-local runs both
+
+
+def test_the_flask_app_serves_it_with_the_binary_codec_too(artifacts: ArtifactPaths,
+                                                           split) -> None:  # fmt: skip
+    """The shared app dispatches on Content-Type, so the SavedModel stack speaks binary
+    without code of its own."""
+    from digitnet.binary_codec import (
+        BINARY_CONTENT_TYPE,
+        decode_binary_predictions,
+        encode_binary_request,
+    )
+
+    model = SavedModelModel(settings_for(artifacts))
+    model.load()
+    client = create_app(settings_for(artifacts), model).test_client()
+    images = split.test_images[:3]
+    reply = client.post("/v1/models/digitnet:predict", data=encode_binary_request(images),
+                        headers={"Content-Type": BINARY_CONTENT_TYPE})  # fmt: skip
+    assert reply.status_code == 200 and reply.mimetype == BINARY_CONTENT_TYPE
+    logits, _ = decode_binary_predictions(reply.get_data(), 3, artifacts.spec.num_classes)
+    expected = load_signature(artifacts.savedmodel)(images=images)["logits"].numpy()
+    assert np.abs(logits - expected).max() <= 1e-6
+    assert STACK.codecs == ("json", "binary")

@@ -12,6 +12,11 @@ import torch
 from flask import Flask
 from flask.testing import FlaskClient
 
+from digitnet.binary_codec import (
+    BINARY_CONTENT_TYPE,
+    decode_binary_predictions,
+    encode_binary_request,
+)
 from digitnet.clients import FLASK_LIVE_PATH, FLASK_PREDICT_PATH, FLASK_READY_PATH, TFS_STATUS_PATH
 from digitnet.codec import (
     BATCH_HEADER,
@@ -25,6 +30,8 @@ from digitnet.codec import (
 )
 from digitnet.data import DigitsSplit
 from digitnet.torchscript import load_torchscript
+from reliability.matrix import BAD_REQUESTS as MATRIX_CASES
+from reliability.matrix import BadRequest as MatrixCase
 from services.flask_torch.app import create_app
 from services.flask_torch.predictor import TorchScriptModel
 from services.flask_torch.settings import Settings
@@ -430,3 +437,53 @@ def test_unexpected_error_is_500_json_without_internals(
 def test_app_is_not_in_debug_mode_and_limits_bodies(app: Flask, settings: Settings) -> None:
     assert app.debug is False
     assert app.config["MAX_CONTENT_LENGTH"] == settings.limits.max_body_bytes
+
+
+# --- the binary tensor body (digitnet.binary_codec) ---------------------------------------
+
+BINARY_HEADERS = {"Content-Type": BINARY_CONTENT_TYPE}
+# The robustness matrix's binary cases (reliability/matrix.py), tried in-process here.
+MATRIX_BINARY_CASES = [case for case in MATRIX_CASES if case.codec == "binary"]
+
+
+@pytest.mark.parametrize("count", [1, 64])
+def test_binary_request_gets_a_binary_reply_with_the_json_logits(
+    client: FlaskClient, split: DigitsSplit, settings: Settings, count: int
+) -> None:
+    images = split.test_images[:count]
+    as_json = post_json_text(client, json.dumps(encode_request(images)))
+    as_binary = client.post(PREDICT, data=encode_binary_request(images), headers=BINARY_HEADERS)
+
+    assert as_binary.status_code == 200, as_binary.get_data()[:300]
+    assert as_binary.mimetype == BINARY_CONTENT_TYPE
+    logits, classes = decode_binary_predictions(as_binary.get_data(), count,
+                                                settings.spec.num_classes)  # fmt: skip
+    expected, _ = decode_predictions(as_json.get_json(), count, settings.spec.num_classes)
+    np.testing.assert_allclose(logits, expected, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(classes, expected.argmax(axis=1))
+    # Every header the JSON reply carries.
+    for header in (INFERENCE_TIME_HEADER, DEVICE_HEADER, BATCH_HEADER, STAGE_HEADER):
+        assert header in as_binary.headers and header in as_json.headers, header
+    assert as_binary.headers[DEVICE_HEADER] == "cpu" and as_binary.headers[BATCH_HEADER] == "1"
+    assert list(parse_server_timing(as_binary.headers[STAGE_HEADER])) == list(STAGES)
+
+
+@pytest.mark.parametrize("case", MATRIX_BINARY_CASES, ids=lambda case: case.name)
+def test_bad_binary_body_gets_a_json_4xx_then_next_request_succeeds(
+    client: FlaskClient, split: DigitsSplit, settings: Settings, case: MatrixCase
+) -> None:
+    response = client.post(PREDICT, data=case.body, headers={"Content-Type": case.content_type})
+
+    assert response.status_code == case.status, response.get_data(as_text=True)[:300]
+    assert response.mimetype == "application/json"
+    assert response.get_json()["reason"] == case.reason
+    assert case.needle in response.get_json()["error"]
+    assert_predicts_correctly(client, split, settings)
+
+
+def test_unsupported_media_type_names_both_accepted_types(client: FlaskClient) -> None:
+    response = client.post(PREDICT, data=b"x", headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 415
+    message = response.get_json()["error"]
+    assert "application/json" in message and BINARY_CONTENT_TYPE in message
+    assert "'application/octet-stream'" in message

@@ -21,6 +21,7 @@ from digitnet.data import DigitsSplit
 from digitnet.torchscript import load_torchscript
 from services.flask_torch.launch import STACK
 from services.process import ServerProcess, free_port, port_is_free
+from tests.services.binary_check import check_binary_against_json
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +161,8 @@ def test_stop_leaves_no_process_and_frees_the_port(
     STACK.stop(server)
     assert [p.pid for p in processes if still_running(p)] == []
     assert port_is_free(port)
+
+
+def test_the_binary_client_gets_the_json_clients_logits(client: RestClient,
+                                                        split: DigitsSplit) -> None:  # fmt: skip
+    check_binary_against_json(client, split.test_images)

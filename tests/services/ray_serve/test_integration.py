@@ -32,6 +32,7 @@ from services.ray_serve.launch import (
     run_processes,
 )
 from services.ray_serve.settings import DEPLOYMENT_NAME
+from tests.services.binary_check import check_binary_against_json
 
 pytestmark = pytest.mark.integration
 
@@ -254,3 +255,8 @@ def test_every_process_of_the_run_has_a_role(running: RunningStack) -> None:
     assert {"server (ray driver)", "gcs", "raylet", "serve controller", "serve proxy",
             "serve replica"} <= roles, roles  # fmt: skip
     assert run_dir_of(running.server).joinpath("serve_status.json").exists()
+
+
+def test_the_binary_client_gets_the_json_clients_logits(running: RunningStack,
+                                                        split: DigitsSplit) -> None:  # fmt: skip
+    check_binary_against_json(running.rest, split.test_images)

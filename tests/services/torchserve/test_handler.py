@@ -10,6 +10,11 @@ import pytest
 import torch
 
 from digitnet.artifacts import ArtifactPaths
+from digitnet.binary_codec import (
+    BINARY_CONTENT_TYPE,
+    decode_binary_predictions,
+    encode_binary_request,
+)
 from digitnet.codec import (
     BATCH_HEADER,
     DEVICE_HEADER,
@@ -23,8 +28,8 @@ from digitnet.torchscript import load_torchscript
 from reliability.matrix import BAD_REQUESTS, BadRequest, good_body
 from services.torchserve.handler import (
     THREADS_ENV,
-    check_json_content_type,
     request_content_type,
+    select_codec,
     torch_threads,
 )
 from tests.services.torchserve.conftest import FrontendRequest
@@ -164,12 +169,25 @@ def test_request_content_type_ignores_parameter_entries() -> None:
     assert request_content_type({"body": {"content-type": "application/json"}}) is None
 
 
-@pytest.mark.parametrize("value", [None, "", "text/json", "application/jsonp"])
-def test_only_application_json_passes(value) -> None:
+@pytest.mark.parametrize(
+    "value", [None, "", "text/json", "application/jsonp", "application/octet-stream"]
+)
+def test_only_the_two_codecs_media_types_pass(value) -> None:
     with pytest.raises(PayloadError) as caught:
-        check_json_content_type(value)
+        select_codec(value)
     assert caught.value.status == 415
     assert caught.value.reason == "unsupported_media_type"
+    assert JSON_CONTENT_TYPE in caught.value.message
+    assert BINARY_CONTENT_TYPE in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "codec"),
+    [("application/json; charset=utf-8", "json"), (BINARY_CONTENT_TYPE, "binary"),
+     ("Application/VND.Digitnet.Tensor", "binary")],
+)  # fmt: skip
+def test_the_content_type_selects_the_codec(value, codec) -> None:
+    assert select_codec(value).name == codec
 
 
 @pytest.mark.parametrize(("raw", "threads"), [(None, 1), ("", 1), ("3", 3)])
@@ -226,3 +244,32 @@ def test_each_request_in_a_batch_is_answered_in_its_own_format(
         assert outputs["classes"] == expected.argmax(axis=1).tolist()
     error = replies[3].json()
     assert error["reason"] == "wrong_schema" and "only one of" in error["error"]
+
+
+@BOTH_DECODE_MODES
+def test_a_mixed_batch_answers_each_request_in_its_own_codec(
+    worker, split: DigitsSplit, scripted
+) -> None:
+    """One JSON, one binary and one bad binary request in one dynamic batch: 200 JSON,
+    200 binary with the same logits as TorchScript, and a 400 JSON error."""
+    first, second = split.test_images[:2], split.test_images[2:5]
+    bad = encode_binary_request(second)[:-4]
+    replies = worker([
+        FrontendRequest(json.dumps(encode_request(first)).encode()),
+        FrontendRequest(encode_binary_request(second), BINARY_CONTENT_TYPE),
+        FrontendRequest(bad, BINARY_CONTENT_TYPE),
+    ])  # fmt: skip
+
+    assert [reply.status for reply in replies] == [200, 200, 400]
+    assert [reply.content_type for reply in replies] == [
+        JSON_CONTENT_TYPE, BINARY_CONTENT_TYPE, JSON_CONTENT_TYPE]  # fmt: skip
+    np.testing.assert_allclose(as_arrays(replies[0].json())[0], reference(scripted, first),
+                               atol=ATOL, rtol=0)  # fmt: skip
+    logits, classes = decode_binary_predictions(replies[1].body, len(second), 10)
+    expected = reference(scripted, second)
+    np.testing.assert_allclose(logits, expected, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(classes, expected.argmax(axis=1))
+    assert replies[2].json()["reason"] == "wrong_length"
+    # Both good requests shared the forward pass, and both replies say so.
+    assert replies[0].headers[BATCH_HEADER] == replies[1].headers[BATCH_HEADER] == "2"
+    assert replies[1].headers[DEVICE_HEADER] == "cpu"

@@ -32,6 +32,7 @@ from services.torchserve.launch import (
     read_tokens,
     session_processes,
 )
+from tests.services.binary_check import check_binary_against_json
 
 pytestmark = pytest.mark.integration
 
@@ -224,3 +225,10 @@ def test_workers_threads_and_pinning_follow_the_cores(torchserve: RunningTorchSe
         assert psutil.Process(int(worker["pid"])).environ()[THREADS_ENV] == str(plan.threads)
     for proc in session_processes(torchserve.server.pid):
         assert sorted(proc.cpu_affinity()) == cores
+
+
+def test_the_binary_client_gets_the_json_clients_logits(
+    torchserve: RunningTorchServe, artifacts: ArtifactPaths, split: DigitsSplit
+) -> None:
+    (client,) = STACK.clients(torchserve.server, artifacts)
+    check_binary_against_json(client, split.test_images)
