@@ -40,7 +40,7 @@ export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv tools artifacts configs deploy-local stop status parity bench coldstart loadtest \
-	report baselines test test-fast lint clean
+	report baselines codecs test test-fast lint clean
 .PHONY: robustness faults soak overload audit
 .PHONY: gpu-check gpu-bench
 
@@ -109,6 +109,9 @@ report: venv ## Rebuild summary.json, REPORT.md and plots from saved data: RUN=r
 
 baselines: artifacts ## In-process inference timings only (the floor)
 	$(PY) -m loadtests.baselines --artifacts $(ARTIFACTS)
+
+codecs: artifacts ## Bytes and server decode/encode us per body codec (JSON rows/columnar, binary, gRPC), batch 1 and 64
+	$(PY) -m loadtests.codecs --artifacts $(ARTIFACTS)
 
 # Reliability (reliability/README.md). With RUN=results/<run-id> the JSON is also copied
 # into that load-test run, and `make report RUN=...` includes it.
