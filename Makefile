@@ -17,6 +17,9 @@ RUN         ?=
 SOAK_DURATION ?= 600
 SOAK_RATE   ?= 100
 COLDSTART_REPEATS ?= 5
+# The model-size sweep's artifacts, one folder per variant (loadtests/sizes.py).
+SIZES_ROOT  ?= artifacts-sizes
+SIZES_OUT   ?=
 # make gpu-bench (README.md, "A GPU reference run"): CPU cores per GPU server (empty: every
 # server core), and the torch stacks it runs on CUDA.
 GPU_SERVER_CPUS ?=
@@ -40,7 +43,7 @@ export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv tools artifacts configs deploy-local stop status parity bench coldstart loadtest \
-	report baselines codecs test test-fast lint clean
+	report baselines codecs sizes test test-fast lint clean
 .PHONY: robustness faults soak overload audit
 .PHONY: gpu-check gpu-bench
 
@@ -94,6 +97,9 @@ gpu-check: venv ## Can this machine run gpu-bench? CUDA torch that sees a GPU, a
 gpu-bench: gpu-check artifacts tools ## Torch stacks on CUDA (~8 min, profile gpu), GPU telemetry, card-labelled report [GPU_SERVER_CPUS=]
 	$(PY) -m loadtests.gpu_bench --stacks $(GPU_STACKS) --artifacts $(ARTIFACTS) \
 		$(if $(GPU_SERVER_CPUS),--server-cpus $(GPU_SERVER_CPUS))
+
+sizes: venv tools ## Model-size sweep (4 sizes, 35 us to ~5 ms in-process): served p50, capacity, overhead share per stack; ~15 min [SIZES_OUT=]
+	$(PY) -m loadtests.sizes --root $(SIZES_ROOT) $(if $(SIZES_OUT),--out $(SIZES_OUT)) $(STACKS_ARG)
 
 coldstart: artifacts ## Each stack started from nothing COLDSTART_REPEATS times (default 5), with and without warm-up [RUN=results/<run-id>]
 	$(PY) -m loadtests.coldstart $(STACKS_ARG) --repeats $(COLDSTART_REPEATS) --artifacts $(ARTIFACTS) \

@@ -10,10 +10,14 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec
 from services.registry import all_stacks
+
+if TYPE_CHECKING:
+    from digitnet.train import TrainConfig
 
 MIN_TEST_ACCURACY = 0.97
 
@@ -30,8 +34,14 @@ def complete(paths: ArtifactPaths) -> bool:
     return not missing_files(paths)
 
 
-def build_all(root: Path, spec: ModelSpec) -> dict:
+def build_all(root: Path, spec: ModelSpec, config: TrainConfig | None = None,
+              min_accuracy: float = MIN_TEST_ACCURACY) -> dict:  # fmt: skip
     """Trains on digits, ports the weights, and writes every artifact.
+
+    Args:
+        config: training settings (TrainConfig's defaults if None).
+        min_accuracy: refuse to write artifacts below this test accuracy (the model-size
+            sweep trains heavy variants briefly and only times them).
 
     Returns:
         The metrics written to metrics.json (test accuracy per framework, timings).
@@ -48,13 +58,13 @@ def build_all(root: Path, spec: ModelSpec) -> dict:
 
     paths = ArtifactPaths(root, spec)
     split = load_split(spec)
-    config = TrainConfig()
+    config = config or TrainConfig()
     started = time.perf_counter()
     model = train_torch(spec, split, config)
     train_s = time.perf_counter() - started
     torch_acc = accuracy(model, split.test_images, split.test_labels)
-    if torch_acc < MIN_TEST_ACCURACY:
-        raise RuntimeError(f"test accuracy {torch_acc:.4f} is below {MIN_TEST_ACCURACY}")
+    if torch_acc < min_accuracy:
+        raise RuntimeError(f"test accuracy {torch_acc:.4f} is below {min_accuracy}")
 
     paths.state_dict.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), paths.state_dict)

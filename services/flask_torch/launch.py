@@ -77,9 +77,9 @@ class FlaskStack(ServingStack):
     warmup_off_env = {WARMUP_ENV: "0"}
     # The app registers its no-op route (same gunicorn config, workers and port) only with
     # this in its environment.
+    noop_env = {NOOP_ENV: "1"}
     # The app dispatches on Content-Type (services/flask_torch/app.py), whatever the model.
     codecs = (JSON, BINARY)
-    noop_env = {NOOP_ENV: "1"}
 
     def model_file(self, paths: ArtifactPaths) -> Path:
         raise NotImplementedError

@@ -353,6 +353,9 @@ class TorchServeStack(ServingStack):
             "TEMP": str(tmp_dir),
             THREADS_ENV: str(plan.threads),
             "OMP_NUM_THREADS": str(plan.threads),
+            # The handler reads the model's size from these (ModelSpec.from_env): without
+            # them a heavier variant's workers warm up with the default's shape and die.
+            **paths.spec.env(),
             **(env or {}),
         }
         server = start_process(

@@ -1,0 +1,317 @@
+"""Model-size sweep: when does the server stop mattering? (`make sizes`, issue 11 part 4)
+
+The default model costs ~35 us in-process, so every served figure of it is HTTP and JSON.
+Here the same net is built at heavier sizes through the spec's own knobs (side, channels;
+no code changes) and every available stack serves each size:
+
+1. Per variant: artifacts (trained, exported, each stack's own build) under
+   `<root>/<variant>`, fewer epochs for the heavy ones (timing needs weights, not accuracy;
+   the accuracy reached is recorded), and the in-process batch-1 p50 of TorchScript and the
+   SavedModel signature on the server cores (loadtests.baselines, one thread).
+2. Per stack: started on the server cores; parity of its replies against torch eager on
+   the whole test split (max |diff| must stay within PARITY_ATOL); then wrk on the
+   generator cores at 1, 4 and 16 connections (`runs` x `duration_s` each).
+3. Per point: served p50 at one connection, the overhead share (served p50 - in-process
+   p50) / served p50 against the stack's own floor path, and the closed-loop capacity
+   under the objective: the most req/s of a level whose p99 meets it (wrk's figure, a
+   closed loop, not `make bench`'s open-loop SLO search: a lower bound of it).
+
+Written to sizes.jsonl, model_sizes.png and SIZES.md in the output folder.
+
+    python -m loadtests.sizes --root artifacts-sizes --out results/sizes-<time> [--stacks ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from digitnet.artifacts import ArtifactPaths
+from digitnet.codec import JSON_CONTENT_TYPE
+from digitnet.spec import ModelSpec, ServingLimits
+from harness.artifacts import build_all, complete
+from harness.lifecycle import skipped_reason, start_stack
+from loadtests import wrk
+from loadtests.runner import one_image_body, split_cores, targets_of
+from services.process import usable_cores
+from services.registry import load_stack, stack_names
+from services.stack import CPU, REST
+
+SIZES_FILE = "sizes.jsonl"
+PLOT_FILE = "model_sizes.png"
+MARKDOWN_FILE = "SIZES.md"
+PARITY_ATOL = 1e-5
+CONNECTIONS = (1, 4, 16)
+SLO_P99_MS = 50.0
+BASELINE_ITERATIONS = 200
+IN_PROCESS_PATHS = ("TorchScript", "SavedModel signature")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model size: the spec knobs and how long to train it."""
+
+    name: str
+    side: int
+    channels: tuple[int, int]
+    epochs: int
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(side=self.side, channels=self.channels)
+
+
+# Chosen so that the in-process batch-1 cost spans ~35 us to several ms on one core of the
+# 2-core build machine (measured: see SIZES.md of a run). Epochs shrink with the cost: the
+# large variant at 60 epochs would train for ~10 minutes and its timings would not change.
+VARIANTS = (
+    Variant("default", 8, (16, 32), 60),
+    Variant("medium", 16, (32, 64), 15),
+    Variant("large", 32, (64, 128), 4),
+    Variant("xlarge", 32, (128, 256), 2),
+)
+
+
+def overhead_share(served_p50_ms: float | None, in_process_ms: float | None) -> float | None:
+    """(served - in-process) / served: the part of a served request that is not the model;
+    None without both figures."""
+    if served_p50_ms is None or in_process_ms is None or served_p50_ms <= 0:
+        return None
+    return (served_p50_ms - in_process_ms) / served_p50_ms
+
+
+def capacity_under_objective(levels: Sequence[Mapping], slo_p99_ms: float) -> dict | None:
+    """The level with the most goodput whose p99 meets the objective, or None if none does.
+
+    Args:
+        levels: {"connections", "p99_ms", "rps", "errors"} per wrk level.
+    """
+    meeting = [lv for lv in levels if lv["p99_ms"] <= slo_p99_ms and not lv["errors"]]
+    return max(meeting, key=lambda lv: lv["rps"], default=None)
+
+
+def build_variant(variant: Variant, root: Path) -> tuple[ArtifactPaths, dict]:
+    """The variant's artifacts (built unless complete) and its metrics.json."""
+    from digitnet.train import TrainConfig
+
+    paths = ArtifactPaths(root / variant.name, variant.spec)
+    if not complete(paths):
+        # Reached accuracy is recorded, not required: a 4-epoch net only has to be timed.
+        build_all(paths.root, variant.spec, TrainConfig(epochs=variant.epochs),
+                  min_accuracy=0.0)  # fmt: skip
+    return paths, json.loads(paths.metrics.read_text())
+
+
+def in_process_p50_ms(paths: ArtifactPaths, cores: Sequence[int]) -> dict[str, float]:
+    """Batch-1 p50 (ms) of each IN_PROCESS_PATHS entry, pinned like `make baselines`."""
+    from loadtests.baselines import tf_runners, time_calls, torch_runners
+
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cores))
+    try:
+        sample = np.zeros((1, paths.spec.side, paths.spec.side), dtype=np.float32)
+        runners = {**torch_runners(paths), **tf_runners(paths)}
+        return {name: time_calls(runners[name](sample), BASELINE_ITERATIONS)["p50_us"] / 1000.0
+                for name in IN_PROCESS_PATHS}  # fmt: skip
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+def served_parity(client, paths: ArtifactPaths, reference: np.ndarray) -> float:
+    """Max |logit difference| of the client's answers on the test split against torch
+    eager's in-process logits."""
+    from digitnet.data import load_split
+
+    images = load_split(paths.spec).test_images
+    batch = ServingLimits.from_env().max_batch
+    logits = np.concatenate([client.predict(images[i : i + batch])[0]
+                             for i in range(0, len(images), batch)])  # fmt: skip
+    return float(np.abs(logits - reference).max())
+
+
+def eager_logits(paths: ArtifactPaths) -> np.ndarray:
+    import torch
+
+    from digitnet.data import load_split
+    from digitnet.torch_net import DigitConvNet
+
+    model = DigitConvNet(paths.spec)
+    model.load_state_dict(torch.load(paths.state_dict, weights_only=True))
+    model.eval()
+    with torch.inference_mode():
+        return model(torch.from_numpy(load_split(paths.spec).test_images)).numpy()
+
+
+def wrk_levels(url: str, body: bytes, headers: Mapping[str, str], runs: int, duration_s: int,
+               cores: Sequence[int], script_dir: Path) -> list[dict]:  # fmt: skip
+    """Median p50/p99/req/s over `runs` wrk runs at each of CONNECTIONS."""
+    levels = []
+    for connections in CONNECTIONS:
+        wrk.run_wrk(url, body, headers, connections, 1, cores=cores, script_dir=script_dir)
+        got = [wrk.run_wrk(url, body, headers, connections, duration_s, cores=cores,
+                           script_dir=script_dir).to_json() for _ in range(runs)]  # fmt: skip
+        levels.append({
+            "connections": connections,
+            "p50_ms": statistics.median(r["p50_ms"] for r in got),
+            "p99_ms": statistics.median(r["p99_ms"] for r in got),
+            "rps": statistics.median(r["goodput_rps"] for r in got),
+            "errors": sum(r["status_errors"] + r["socket_errors"] for r in got),
+            "p50_ms_runs": [r["p50_ms"] for r in got],
+        })  # fmt: skip
+    return levels
+
+
+def measure_stack(name: str, variant: Variant, paths: ArtifactPaths, in_process: dict,
+                  reference: np.ndarray, cores: tuple[list[int], list[int]], runs: int,
+                  duration_s: int, run_dir: Path) -> dict:  # fmt: skip
+    """One stack at one model size: parity, wrk levels, and the derived figures."""
+    stack = load_stack(name)
+    head = {"variant": variant.name, "stack": name, "spec": asdict(variant.spec)}
+    reason = skipped_reason(stack)
+    if reason is not None:
+        return {**head, "skipped": reason}
+    server_cores, generator_cores = cores
+    with ExitStack() as exits:
+        running = start_stack(stack, paths, run_dir / f"{variant.name}-{name}", exits,
+                              cores=server_cores, env=stack.device_env(CPU))  # fmt: skip
+        target = next(t for t in targets_of(running, CPU) if t.protocol == REST)
+        client = next(c for c in running.clients if getattr(c, "url", None) == target.url)
+        parity = served_parity(client, paths, reference)
+        headers = {"Content-Type": JSON_CONTENT_TYPE, **target.headers}
+        levels = wrk_levels(target.url, one_image_body(paths), headers, runs, duration_s,
+                            generator_cores, run_dir)  # fmt: skip
+    floor = in_process.get(stack.floor_path)
+    served = levels[0]["p50_ms"]
+    capacity = capacity_under_objective(levels, SLO_P99_MS)
+    return {
+        **head, "skipped": None, "floor_path": stack.floor_path, "in_process_ms": floor,
+        "served_p50_ms": served, "overhead_share": overhead_share(served, floor),
+        "capacity_rps": None if capacity is None else capacity["rps"],
+        "capacity_connections": None if capacity is None else capacity["connections"],
+        "parity_max_abs_diff": parity, "parity_ok": parity <= PARITY_ATOL, "levels": levels,
+    }  # fmt: skip
+
+
+# --- outputs --------------------------------------------------------------------------------
+
+
+def markdown(records: Sequence[Mapping], variants: Sequence[Mapping]) -> list[str]:
+    """SIZES.md: one table of variants, one row per (variant, stack)."""
+    md = ["# Model-size sweep: when does the server stop mattering?", "",
+          "| variant | side | channels | epochs | test accuracy | TorchScript b1 p50 ms "
+          "| SavedModel signature b1 p50 ms |", "|" + " --- |" * 7]  # fmt: skip
+    for v in variants:
+        ms = v["in_process_ms"]
+        md.append(f"| {v['name']} | {v['side']} | {v['channels'][0]}/{v['channels'][1]} "
+                  f"| {v['epochs']} | {v['accuracy']:.4f} | {ms['TorchScript']:.3f} "
+                  f"| {ms['SavedModel signature']:.3f} |")  # fmt: skip
+    md += ["", "wrk at one connection for the served p50; overhead share = (served p50 − "
+           "in-process p50 of the stack's floor path) / served p50; capacity: the most req/s "
+           f"of the 1/4/16-connection closed-loop levels whose p99 ≤ {SLO_P99_MS:g} ms (a "
+           "lower bound of the open-loop SLO capacity); parity: max |logit diff| of the "
+           "stack's replies on the test split against torch eager.", "",
+           "| variant | stack | in-process ms | served p50 ms | overhead share | capacity req/s "
+           "(connections) | parity max diff |", "|" + " --- |" * 7]  # fmt: skip
+    for r in records:
+        if r.get("skipped"):
+            md.append(f"| {r['variant']} | {r['stack']} | – | – | – | – | not run: "
+                      f"{r['skipped']} |")  # fmt: skip
+            continue
+        share = "–" if r["overhead_share"] is None else f"{r['overhead_share']:.0%}"
+        cap = ("none meets the objective" if r["capacity_rps"] is None
+               else f"{r['capacity_rps']:.0f} ({r['capacity_connections']})")  # fmt: skip
+        parity = f"{r['parity_max_abs_diff']:.1e}" + ("" if r["parity_ok"] else " **FAILS**")
+        md.append(f"| {r['variant']} | {r['stack']} | {r['in_process_ms']:.3f} "
+                  f"| {r['served_p50_ms']:.3f} | {share} | {cap} | {parity} |")  # fmt: skip
+    return md
+
+
+def plot(records: Sequence[Mapping], out: Path) -> Path:
+    """Overhead share against in-process cost, one line per stack."""
+    from loadtests.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(7, 4.5))
+    for name in sorted({r["stack"] for r in records if not r.get("skipped")}):
+        points = sorted((r["in_process_ms"], r["overhead_share"]) for r in records
+                        if r["stack"] == name and not r.get("skipped")
+                        and r["overhead_share"] is not None)  # fmt: skip
+        if points:
+            axis.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o",
+                      label=name)  # fmt: skip
+    axis.set_xscale("log")
+    axis.set_xlabel("in-process batch-1 p50 of the stack's floor path (ms, log)")
+    axis.set_ylabel("overhead share of the served p50 (%)")
+    axis.set_title("When does the server stop mattering? (wrk, 1 connection)")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def run(root: Path, out: Path, stacks: Sequence[str], runs: int, duration_s: int,
+        variants: Sequence[Variant] = VARIANTS) -> list[dict]:  # fmt: skip
+    """The whole sweep; writes its files into `out` and returns the records."""
+    out.mkdir(parents=True, exist_ok=True)
+    cores = split_cores(usable_cores())
+    print(f"sizes: servers on cores {cores[0]}, wrk on cores {cores[1]}", flush=True)
+    records: list[dict] = []
+    described: list[dict] = []
+    started = time.monotonic()
+    for variant in variants:
+        paths, metrics = build_variant(variant, root)
+        in_process = in_process_p50_ms(paths, cores[0])
+        reference = eager_logits(paths)
+        described.append({**asdict(variant), "accuracy": metrics["test_accuracy_torch"],
+                          "in_process_ms": in_process})  # fmt: skip
+        print(f"sizes: {variant.name}: TorchScript b1 {in_process['TorchScript']:.3f} ms, "
+              f"accuracy {metrics['test_accuracy_torch']:.4f} "
+              f"[{time.monotonic() - started:.0f} s]", flush=True)
+        for name in stacks:
+            record = measure_stack(name, variant, paths, in_process, reference, cores, runs,
+                                   duration_s, out / "servers")  # fmt: skip
+            records.append(record)
+            with (out / SIZES_FILE).open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"sizes: {variant.name}/{name}: "
+                  + (f"skipped ({record['skipped']})" if record["skipped"] else
+                     f"served p50 {record['served_p50_ms']:.3f} ms, overhead "
+                     f"{record['overhead_share']:.0%}, parity "
+                     f"{record['parity_max_abs_diff']:.1e}")
+                  + f" [{time.monotonic() - started:.0f} s]", flush=True)  # fmt: skip
+    (out / "variants.json").write_text(json.dumps(described, indent=2) + "\n")
+    (out / MARKDOWN_FILE).write_text("\n".join(markdown(records, described)) + "\n")
+    plot(records, out / PLOT_FILE)
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("artifacts-sizes"))
+    parser.add_argument("--out", type=Path,
+                        default=Path("results") / time.strftime("sizes-%Y%m%d-%H%M%S"))
+    parser.add_argument("--stacks", default="all", help="comma-separated, or all")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    args = parser.parse_args()
+    ok, why = wrk.wrk_available()
+    if not ok:
+        raise SystemExit(f"sizes: {why}")
+    stacks = stack_names() if args.stacks == "all" else args.stacks.split(",")
+    run(args.root, args.out, stacks, args.runs, args.duration)
+    print(f"sizes: wrote {args.out / MARKDOWN_FILE}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
