@@ -19,7 +19,9 @@ SOAK_RATE   ?= 100
 COLDSTART_REPEATS ?= 5
 # The model-size sweep's artifacts, one folder per variant (loadtests/sizes.py).
 SIZES_ROOT  ?= artifacts-sizes
-SIZES_OUT   ?=
+# `make bench PROFILE=<split>` runs one part of the fair fight alone (its own target below);
+# with RUN=results/<run-id> each split writes into that run and `make report` includes it.
+SPLIT_PROFILES := fair batching sizes codecs
 # make gpu-bench (README.md, "A GPU reference run"): CPU cores per GPU server (empty: every
 # server core), and the torch stacks it runs on CUDA.
 GPU_SERVER_CPUS ?=
@@ -43,7 +45,7 @@ export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv tools artifacts configs deploy-local stop status parity bench coldstart loadtest \
-	report baselines codecs sizes test test-fast lint clean
+	report baselines codecs sizes batching fair test test-fast lint clean
 .PHONY: robustness faults soak overload audit
 .PHONY: gpu-check gpu-bench
 
@@ -87,8 +89,12 @@ parity: artifacts ## Compare logits of every in-process and served path on the t
 
 STACKS_ARG = $(if $(filter all,$(STACKS)),,--stacks $(STACKS))
 
-bench: artifacts tools ## Whole comparison: sweep every stack/protocol (PROFILE=quick|full), write results/<run>/REPORT.md
+bench: artifacts tools ## Whole comparison: sweep every stack/protocol (PROFILE=quick|full), write results/<run>/REPORT.md; PROFILE=fair|batching|sizes|codecs runs that split alone
+ifneq ($(filter $(PROFILE),$(SPLIT_PROFILES)),)
+	$(MAKE) --no-print-directory $(PROFILE)
+else
 	$(PY) -m loadtests.runner sweep --profile $(PROFILE) $(STACKS_ARG) --artifacts $(ARTIFACTS)
+endif
 
 # The check runs first, so a machine without a CUDA GPU is refused before anything is built.
 gpu-check: venv ## Can this machine run gpu-bench? CUDA torch that sees a GPU, and NVML (starts nothing)
@@ -98,8 +104,14 @@ gpu-bench: gpu-check artifacts tools ## Torch stacks on CUDA (~8 min, profile gp
 	$(PY) -m loadtests.gpu_bench --stacks $(GPU_STACKS) --artifacts $(ARTIFACTS) \
 		$(if $(GPU_SERVER_CPUS),--server-cpus $(GPU_SERVER_CPUS))
 
-sizes: venv tools ## Model-size sweep (4 sizes, 35 us to ~5 ms in-process): served p50, capacity, overhead share per stack; ~15 min [SIZES_OUT=]
-	$(PY) -m loadtests.sizes --root $(SIZES_ROOT) $(if $(SIZES_OUT),--out $(SIZES_OUT)) $(STACKS_ARG)
+sizes: venv tools ## Model-size sweep (4 sizes, 35 us to ~5 ms in-process): served p50, capacity, overhead share per stack; ~12 min [RUN=]
+	$(PY) -m loadtests.sizes --root $(SIZES_ROOT) $(if $(RUN),--out $(RUN)) $(STACKS_ARG)
+
+batching: artifacts tools ## [RUN=] Batching-policy sweep (off, 4x1 .. 16x10 ms) of every stack that batches: p50 at 1 connection vs capacity, Pareto front, picks; ~8 min
+	$(PY) -m loadtests.batching --artifacts $(ARTIFACTS) $(if $(RUN),--out $(RUN)) $(STACKS_ARG)
+
+fair: artifacts tools ## [RUN=] The fair fight: each stack out of the box vs ours (configs read back from the servers), capacity gain; ~5 min
+	$(PY) -m loadtests.fair --artifacts $(ARTIFACTS) $(if $(RUN),--out $(RUN)) $(STACKS_ARG)
 
 coldstart: artifacts ## Each stack started from nothing COLDSTART_REPEATS times (default 5), with and without warm-up [RUN=results/<run-id>]
 	$(PY) -m loadtests.coldstart $(STACKS_ARG) --repeats $(COLDSTART_REPEATS) --artifacts $(ARTIFACTS) \
@@ -116,8 +128,8 @@ report: venv ## Rebuild summary.json, REPORT.md and plots from saved data: RUN=r
 baselines: artifacts ## In-process inference timings only (the floor)
 	$(PY) -m loadtests.baselines --artifacts $(ARTIFACTS)
 
-codecs: artifacts ## Bytes and server decode/encode us per body codec (JSON rows/columnar, binary, gRPC), batch 1 and 64
-	$(PY) -m loadtests.codecs --artifacts $(ARTIFACTS)
+codecs: artifacts ## [RUN=] Bytes and server decode/encode us per body codec (JSON rows/columnar, binary, gRPC), batch 1 and 64
+	$(PY) -m loadtests.codecs --artifacts $(ARTIFACTS) $(if $(RUN),--out $(RUN)/codecs.json)
 
 # Reliability (reliability/README.md). With RUN=results/<run-id> the JSON is also copied
 # into that load-test run, and `make report RUN=...` includes it.

@@ -224,6 +224,19 @@ class BatchingPolicy:
     def delay_ms(self) -> float:
         return self.max_delay_ms if self.enabled else 0.0
 
+    def env(self) -> dict[str, str]:
+        """The DIGITNET_* variables that make from_env() equal this policy."""
+        return {
+            "DIGITNET_BATCHING": "on" if self.enabled else "off",
+            "DIGITNET_BATCH_SIZE": str(self.max_batch_size),
+            "DIGITNET_BATCH_DELAY_MS": repr(self.max_delay_ms),
+        }
+
+    @property
+    def label(self) -> str:
+        return (f"{self.max_batch_size} x {self.max_delay_ms:g} ms" if self.enabled
+                else "off")  # fmt: skip
+
     @classmethod
     def from_env(cls) -> BatchingPolicy:
         """Reads DIGITNET_BATCHING (on/off), DIGITNET_BATCH_SIZE, DIGITNET_BATCH_DELAY_MS."""

@@ -41,6 +41,7 @@ from digitnet.codec import (
 from digitnet.data import load_split
 from digitnet.spec import CLASSES_KEY, INPUT_KEY, LOGITS_KEY, ModelSpec, ServingLimits
 from loadtests.baselines import time_calls
+from loadtests.environment import with_provenance
 
 DEFAULT_OUT = Path("results") / "codecs.json"
 
@@ -169,6 +170,25 @@ def table(results: dict) -> list[str]:
     return lines
 
 
+MARKDOWN_FILE = "CODECS.md"
+
+
+def markdown(results: dict) -> list[str]:
+    """CODECS.md: the table, for a run's report (tools.report takes it as a section)."""
+    md = ["# Codecs: bytes and the server's cost per request", "",
+          "In-process, no server: median µs per request over "
+          f"{results['settings']['iterations']} calls of decoding and validating the request "
+          "body, and of encoding the reply (TF Serving's gRPC figures are Python protobuf, "
+          "which TF Serving does in C++: an indication only).", "",
+          "| batch | codec | request bytes | reply bytes | decode µs | encode µs |",
+          "|" + " --- |" * 6]  # fmt: skip
+    md += [f"| {r['batch_size']} | {r['codec']} | {r['request_bytes']} | {r['reply_bytes']} "
+           f"| {r['decode_request_us']:.1f} | {r['encode_reply_us']:.1f} |"
+           for r in results["rows"]]  # fmt: skip
+    md += [f"- {name}: not measured: {why}" for name, why in results["skipped"].items()]
+    return md
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
@@ -181,8 +201,10 @@ def main() -> None:
     results = measure(paths, batches, args.iterations)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    (args.out.parent / MARKDOWN_FILE).write_text(
+        "\n".join(with_provenance(markdown(results))) + "\n")
     print("\n".join(table(results)))
-    print(f"written to {args.out}")
+    print(f"written to {args.out} and {args.out.parent / MARKDOWN_FILE}")
 
 
 if __name__ == "__main__":

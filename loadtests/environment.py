@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 
 PACKAGES = (
     "torch",
@@ -80,6 +81,17 @@ def git_commit() -> str:
     )
     commit = probe.stdout.strip() or "unknown"
     return commit + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def provenance() -> str:
+    """One line for a split's Markdown (fair, batching, sizes, codecs): what made it, where."""
+    return (f"Made at {git_commit()} on {cpu_model()}, {len(os.sched_getaffinity(0))} usable "
+            f"cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+
+
+def with_provenance(markdown: list[str]) -> list[str]:
+    """A split's Markdown with provenance() under its title line."""
+    return [*markdown[:1], "", provenance(), *markdown[1:]]
 
 
 def describe(extra: dict) -> dict:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -36,22 +35,22 @@ from pathlib import Path
 import numpy as np
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.codec import JSON_CONTENT_TYPE
 from digitnet.spec import ModelSpec, ServingLimits
 from harness.artifacts import build_all, complete
 from harness.lifecycle import skipped_reason, start_stack
 from loadtests import wrk
-from loadtests.runner import one_image_body, split_cores, targets_of
+from loadtests.closed_wrk import SLO_P99_MS, capacity_under_objective, rest_request, wrk_levels
+from loadtests.environment import with_provenance
+from loadtests.runner import split_cores
 from services.process import usable_cores
-from services.registry import load_stack, stack_names
-from services.stack import CPU, REST
+from services.registry import load_stack, parse_stacks, stack_names
+from services.stack import CPU
 
 SIZES_FILE = "sizes.jsonl"
 PLOT_FILE = "model_sizes.png"
 MARKDOWN_FILE = "SIZES.md"
 PARITY_ATOL = 1e-5
 CONNECTIONS = (1, 4, 16)
-SLO_P99_MS = 50.0
 BASELINE_ITERATIONS = 200
 IN_PROCESS_PATHS = ("TorchScript", "SavedModel signature")
 
@@ -87,16 +86,6 @@ def overhead_share(served_p50_ms: float | None, in_process_ms: float | None) -> 
     if served_p50_ms is None or in_process_ms is None or served_p50_ms <= 0:
         return None
     return (served_p50_ms - in_process_ms) / served_p50_ms
-
-
-def capacity_under_objective(levels: Sequence[Mapping], slo_p99_ms: float) -> dict | None:
-    """The level with the most goodput whose p99 meets the objective, or None if none does.
-
-    Args:
-        levels: {"connections", "p99_ms", "rps", "errors"} per wrk level.
-    """
-    meeting = [lv for lv in levels if lv["p99_ms"] <= slo_p99_ms and not lv["errors"]]
-    return max(meeting, key=lambda lv: lv["rps"], default=None)
 
 
 def build_variant(variant: Variant, root: Path) -> tuple[ArtifactPaths, dict]:
@@ -151,25 +140,6 @@ def eager_logits(paths: ArtifactPaths) -> np.ndarray:
         return model(torch.from_numpy(load_split(paths.spec).test_images)).numpy()
 
 
-def wrk_levels(url: str, body: bytes, headers: Mapping[str, str], runs: int, duration_s: int,
-               cores: Sequence[int], script_dir: Path) -> list[dict]:  # fmt: skip
-    """Median p50/p99/req/s over `runs` wrk runs at each of CONNECTIONS."""
-    levels = []
-    for connections in CONNECTIONS:
-        wrk.run_wrk(url, body, headers, connections, 1, cores=cores, script_dir=script_dir)
-        got = [wrk.run_wrk(url, body, headers, connections, duration_s, cores=cores,
-                           script_dir=script_dir).to_json() for _ in range(runs)]  # fmt: skip
-        levels.append({
-            "connections": connections,
-            "p50_ms": statistics.median(r["p50_ms"] for r in got),
-            "p99_ms": statistics.median(r["p99_ms"] for r in got),
-            "rps": statistics.median(r["goodput_rps"] for r in got),
-            "errors": sum(r["status_errors"] + r["socket_errors"] for r in got),
-            "p50_ms_runs": [r["p50_ms"] for r in got],
-        })  # fmt: skip
-    return levels
-
-
 def measure_stack(name: str, variant: Variant, paths: ArtifactPaths, in_process: dict,
                   reference: np.ndarray, cores: tuple[list[int], list[int]], runs: int,
                   duration_s: int, run_dir: Path) -> dict:  # fmt: skip
@@ -183,12 +153,11 @@ def measure_stack(name: str, variant: Variant, paths: ArtifactPaths, in_process:
     with ExitStack() as exits:
         running = start_stack(stack, paths, run_dir / f"{variant.name}-{name}", exits,
                               cores=server_cores, env=stack.device_env(CPU))  # fmt: skip
-        target = next(t for t in targets_of(running, CPU) if t.protocol == REST)
-        client = next(c for c in running.clients if getattr(c, "url", None) == target.url)
+        read_back = stack.serving_config(running.server)
+        url = rest_request(running)[0]
+        client = next(c for c in running.clients if getattr(c, "url", None) == url)
         parity = served_parity(client, paths, reference)
-        headers = {"Content-Type": JSON_CONTENT_TYPE, **target.headers}
-        levels = wrk_levels(target.url, one_image_body(paths), headers, runs, duration_s,
-                            generator_cores, run_dir)  # fmt: skip
+        levels = wrk_levels(running, CONNECTIONS, runs, duration_s, generator_cores, run_dir)
     floor = in_process.get(stack.floor_path)
     served = levels[0]["p50_ms"]
     capacity = capacity_under_objective(levels, SLO_P99_MS)
@@ -197,7 +166,8 @@ def measure_stack(name: str, variant: Variant, paths: ArtifactPaths, in_process:
         "served_p50_ms": served, "overhead_share": overhead_share(served, floor),
         "capacity_rps": None if capacity is None else capacity["rps"],
         "capacity_connections": None if capacity is None else capacity["connections"],
-        "parity_max_abs_diff": parity, "parity_ok": parity <= PARITY_ATOL, "levels": levels,
+        "parity_max_abs_diff": parity, "parity_ok": parity <= PARITY_ATOL,
+        "config_read_back": read_back, "levels": levels,
     }  # fmt: skip
 
 
@@ -219,6 +189,7 @@ def markdown(records: Sequence[Mapping], variants: Sequence[Mapping]) -> list[st
            f"of the 1/4/16-connection closed-loop levels whose p99 ≤ {SLO_P99_MS:g} ms (a "
            "lower bound of the open-loop SLO capacity); parity: max |logit diff| of the "
            "stack's replies on the test split against torch eager.", "",
+           f"![overhead share against model cost]({PLOT_FILE})", "",
            "| variant | stack | in-process ms | served p50 ms | overhead share | capacity req/s "
            "(connections) | parity max diff |", "|" + " --- |" * 7]  # fmt: skip
     for r in records:
@@ -264,6 +235,7 @@ def run(root: Path, out: Path, stacks: Sequence[str], runs: int, duration_s: int
         variants: Sequence[Variant] = VARIANTS) -> list[dict]:  # fmt: skip
     """The whole sweep; writes its files into `out` and returns the records."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / SIZES_FILE).write_text("")  # a rerun into the same run replaces its records
     cores = split_cores(usable_cores())
     print(f"sizes: servers on cores {cores[0]}, wrk on cores {cores[1]}", flush=True)
     records: list[dict] = []
@@ -291,7 +263,8 @@ def run(root: Path, out: Path, stacks: Sequence[str], runs: int, duration_s: int
                      f"{record['parity_max_abs_diff']:.1e}")
                   + f" [{time.monotonic() - started:.0f} s]", flush=True)  # fmt: skip
     (out / "variants.json").write_text(json.dumps(described, indent=2) + "\n")
-    (out / MARKDOWN_FILE).write_text("\n".join(markdown(records, described)) + "\n")
+    (out / MARKDOWN_FILE).write_text("\n".join(with_provenance(markdown(records, described)))
+                                     + "\n")  # fmt: skip
     plot(records, out / PLOT_FILE)
     return records
 
@@ -308,7 +281,7 @@ def main() -> None:
     ok, why = wrk.wrk_available()
     if not ok:
         raise SystemExit(f"sizes: {why}")
-    stacks = stack_names() if args.stacks == "all" else args.stacks.split(",")
+    stacks = stack_names() if args.stacks == "all" else parse_stacks(args.stacks)
     run(args.root, args.out, stacks, args.runs, args.duration)
     print(f"sizes: wrote {args.out / MARKDOWN_FILE}", flush=True)
 

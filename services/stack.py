@@ -11,7 +11,8 @@ What a plugin declares, in one object:
   protocols   locust_users (protocol -> Locust user class), clients(...) for a running
               server, remote_client(...) for one elsewhere (a pod); load targets are
               derived from the clients (path, headers and token as data)
-  telemetry   metrics_url(server) and server_timings(before, after) from its own metrics
+  telemetry   metrics_url(server) and server_timings(before, after) from its own metrics,
+              serving_config(server): its configuration as the running server reports it
   processes   workers(server) for the worker-kill fault (and lost_on_worker_death, the
               requests it may never answer then), process_role(proc) for soak,
               signal_plan() for SIGTERM, thread_settings for the run environment
@@ -98,6 +99,15 @@ class ServingStack:
     framework: str = "pytorch"
     server_kind: str = "dedicated server"
     devices: tuple[str, ...] = (CPU,)
+    # Environment (set where the stack starts) that runs it as its documentation gives it
+    # without tuning, for the fair fight (loadtests/fair.py): None when ours is that
+    # already, and default_preset_why says so.
+    default_preset: Mapping[str, str] | None = None
+    default_preset_why: str = "its configuration here is the out-of-the-box one"
+    # Whether it merges concurrent requests into one forward pass under
+    # digitnet.spec.BatchingPolicy (read from DIGITNET_BATCH* where it starts): the
+    # batching-policy sweep (loadtests/batching.py) runs these.
+    server_batching: bool = False
     # Whether every answered prediction names the device it ran on (digitnet.codec's
     # DEVICE_HEADER), which the load runner reads back before each point; if not, why.
     reports_device: bool = True
@@ -191,6 +201,12 @@ class ServingStack:
 
     def server_timings(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> dict:
         """The server's own timings over a point, from two metric scrapes ({} if none)."""
+        return {}
+
+    def serving_config(self, server: ServerProcess) -> dict[str, Any]:
+        """The serving configuration the running server reports of itself (workers,
+        batching, worker class...), read back from it, not what it was asked to run: the
+        configuration tables of the sweeps show this. {} when it cannot say."""
         return {}
 
     # --- framework floor ---------------------------------------------------------------

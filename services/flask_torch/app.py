@@ -46,7 +46,7 @@ from digitnet.codec import (
 )
 from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import AdmissionPolicy
-from digitnet.wire import ACCEPTED_CONTENT_TYPES, WIRE_CODECS
+from digitnet.wire import ACCEPTED_CONTENT_TYPES, WIRE_CODECS, WireCodec
 from services.flask_torch.predictor import ServedModel, TorchScriptModel
 from services.flask_torch.settings import Settings
 
@@ -287,7 +287,8 @@ def predict(name: str) -> Response:
     settings, model = _state()
     if name != settings.spec.name:
         return _unknown_model(name, settings)
-    if request.mimetype not in WIRE_CODECS:
+    codec = WIRE_CODECS.get(request.mimetype)
+    if codec is None:
         return _error(
             415,
             "unsupported_media_type",
@@ -300,29 +301,27 @@ def predict(name: str) -> Response:
     body = request.get_data(cache=False)
     gate = _gate()
     if gate is None:
-        return _predict(body, settings, model, 0.0)[0]
+        return _predict(body, codec, settings, model, 0.0)[0]
     entered = time.perf_counter()
     if not gate.enter():
         return _overloaded(gate)
     queued_s = time.perf_counter() - entered
     service_s = None
     try:
-        response, service_s = _predict(body, settings, model, queued_s)
+        response, service_s = _predict(body, codec, settings, model, queued_s)
     finally:
         gate.leave(service_s)
     return response
 
 
-def _predict(body: bytes, settings: Settings, model: ServedModel,
+def _predict(body: bytes, codec: WireCodec, settings: Settings, model: ServedModel,
              queued_s: float) -> tuple[Response, float | None]:  # fmt: skip
-    """The answer to one predict body, and the seconds it computed (decode, forward pass,
-    encode; without the wait for a loading model), None when it did not get that far.
-    `queued_s` is how long it waited for the worker's turn; the reply names every stage
-    (STAGE_HEADER)."""
+    """The answer to one predict body in the request's codec, and the seconds it computed
+    (decode, forward pass, encode; without the wait for a loading model), None when it did
+    not get that far. `queued_s` is how long it waited for the worker's turn; the reply
+    names every stage (STAGE_HEADER). A JSON reply takes the request's format, row or
+    columnar, as TF Serving's does."""
     started = time.perf_counter()
-    # The request's codec (predict() refused any other media type) answers it too, and a
-    # JSON reply takes the request's format, row or columnar, as TF Serving's does.
-    codec = WIRE_CODECS[request.mimetype]
     images, fmt = codec.decode_request(body, settings.spec, settings.limits)
     decoded = time.perf_counter()
     # A request that reaches a sibling worker still loading waits briefly instead of failing.

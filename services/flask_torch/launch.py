@@ -9,10 +9,12 @@ and names its app factory, model file and floor (services/flask_tf does).
 from __future__ import annotations
 
 import importlib.util
+import re
 import runpy
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
@@ -78,6 +80,9 @@ class FlaskStack(ServingStack):
     # The app registers its no-op route (same gunicorn config, workers and port) only with
     # this in its environment.
     noop_env = {NOOP_ENV: "1"}
+    # gunicorn's default worker class (sync); workers and threads follow the same core rule
+    # either way (gunicorn's default of one worker is what one core gets).
+    default_preset = {"GUNICORN_CMD_ARGS": "--worker-class sync"}
     # The app dispatches on Content-Type (services/flask_torch/app.py), whatever the model.
     codecs = (JSON, BINARY)
 
@@ -173,6 +178,22 @@ class FlaskStack(ServingStack):
         return [p for p in psutil.Process(server.pid).children() if alive(p)]
 
     workers_not_applicable = "gunicorn always has worker processes"
+
+    def serving_config(self, server: ServerProcess) -> dict[str, Any]:
+        # gunicorn names its worker class in its log; the workers' environment holds the
+        # thread count and admission switch each worker read at start.
+        found = re.search(r"Using worker: (\S+)", server.log_tail(400))
+        workers = self.workers(server)
+        try:
+            environ = workers[0].environ() if workers else {}
+        except psutil.Error:
+            environ = {}
+        return {
+            "worker_class": found.group(1) if found else None,
+            "workers": len(workers),
+            "torch_threads": environ.get(TORCH_THREADS_ENV),
+            "admission": environ.get("DIGITNET_ADMISSION", "off"),
+        }
 
     def process_role(self, proc: psutil.Process) -> str | None:
         try:

@@ -157,6 +157,9 @@ class RayServeStack(ServingStack):
     server_kind = "Ray Serve"
     # On CUDA Ray schedules one GPU and the replicas share it (settings.deployment_options).
     devices = (CPU, CUDA)
+    server_batching = True
+    # @serve.batch is opt-in: a deployment without it serves one request per call.
+    default_preset = {"DIGITNET_BATCHING": "off"}
     thread_settings = (REPLICAS_ENV, THREADS_ENV, "OMP_NUM_THREADS")
     warmup_off_env = {WARMUP_ENV: "0"}
     # A second route of the same deployment, behind the same proxy (deployment.py).

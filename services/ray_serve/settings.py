@@ -142,9 +142,7 @@ class ServeSettings:
             "DIGITNET_MAX_BATCH": str(self.limits.max_batch),
             "DIGITNET_MAX_BODY_BYTES": str(self.limits.max_body_bytes),
             "DIGITNET_MAX_JSON_DEPTH": str(self.limits.max_json_depth),
-            "DIGITNET_BATCHING": "on" if self.policy.enabled else "off",
-            "DIGITNET_BATCH_SIZE": str(self.policy.max_batch_size),
-            "DIGITNET_BATCH_DELAY_MS": repr(self.policy.max_delay_ms),
+            **self.policy.env(),
             NOOP_ENV: "1" if self.noop else "0",
         }
 

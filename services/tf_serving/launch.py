@@ -149,6 +149,9 @@ class TfServingStack(ServingStack):
     # TF Serving validates with its own code: its answers to bad input are recorded.
     validates_with_codec = False
     floor_path = "SavedModel signature"
+    server_batching = True
+    # --enable_batching is off unless given.
+    default_preset = {"DIGITNET_BATCHING": "off"}
     noop_why = (
         "no twin yet: TF Serving decodes the JSON body into tensors itself before any "
         "model runs, so its twin would be a second, trivial SavedModel in models.config "

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -59,6 +60,10 @@ THREADS_ENV = "DIGITNET_TORCH_THREADS"
 WARMUP_ENV = "DIGITNET_TORCHSERVE_WARMUP_ITERATIONS"  # handler.WARMUP_ENV, likewise
 # Overrides the worker count; intra-op threads then get cores // workers each.
 WORKERS_ENV = "DIGITNET_TORCHSERVE_WORKERS"
+# "true": TorchServe's own default, the worker json-decodes every body before the handler
+# (ours hands the handler the bytes: one parse, by the codec). The fair fight's default
+# preset sets it; nothing else does.
+DECODE_INPUT_ENV = "DIGITNET_TORCHSERVE_DECODE_INPUT"
 # Workers listen on <java.io.tmpdir>/.ts.sock.<port>; Linux caps socket paths at 107 bytes.
 MAX_UNIX_SOCKET_PATH = 107
 WORKER_PORT_MAX = 65535
@@ -210,7 +215,9 @@ def local_overrides(
     model under the same registration (the committed config never loads it)."""
     store = model_store(paths).resolve()
     names = served_models(paths, noop)
+    decode_input = os.environ.get(DECODE_INPUT_ENV)
     return {
+        **({"decode_input_request": decode_input} if decode_input else {}),
         **serving_overrides(
             paths.spec, ServingLimits.from_env(), BatchingPolicy.from_env(), plan.workers,
             twins=names[1:],
@@ -256,6 +263,7 @@ class TorchServeStack(ServingStack):
     protocol_ports = {"rest": "inference"}
     stop_grace_s = STOP_GRACE_S
     devices = (CPU, CUDA)
+    server_batching = True
     floor_path = "TorchScript"
     thread_settings = (THREADS_ENV, WORKERS_ENV, "OMP_NUM_THREADS")
     warmup_off_env = {WARMUP_ENV: "0"}
@@ -277,6 +285,9 @@ class TorchServeStack(ServingStack):
     )
     # The no-op twin is a second model in the same TorchServe (noop_handler.py).
     noop_env = {NOOP_ENV: "1"}
+    # TorchServe's out-of-the-box serving: batchSize 1 (its default) and the worker
+    # decoding JSON bodies itself (decode_input_request's default).
+    default_preset = {"DIGITNET_BATCHING": "off", DECODE_INPUT_ENV: "true"}
     compose_service = "torchserve"
     image = ("digitnet-torchserve", "services/torchserve/Dockerfile")
     k8s_deployment = "torchserve"
@@ -379,6 +390,18 @@ class TorchServeStack(ServingStack):
         """GET /models/<name> with the management key: workers, batch size, delay."""
         token = read_tokens(self.run_dir(server)).management
         return model_status(server.endpoints["management"], self._model_name(server), token)
+
+    def serving_config(self, server: ServerProcess) -> dict[str, Any]:
+        # The management API's description of the served model, as the frontend runs it.
+        status = self.model_status(server)
+        return {
+            "batch_size": status.get("batchSize"),
+            "max_batch_delay_ms": status.get("maxBatchDelay"),
+            "workers": len(status.get("workers", [])),
+            "min_workers": status.get("minWorkers"),
+            "max_workers": status.get("maxWorkers"),
+            "response_timeout_s": status.get("responseTimeout"),
+        }
 
     def model_ready(self, server: ServerProcess, model_name: str) -> bool:
         """True when the model has its minimum number of workers and all are READY

@@ -53,3 +53,15 @@ def test_report_md_includes_every_reliability_table(tmp_path) -> None:
 
 def test_report_md_without_reliability_files_has_no_such_section(tmp_path) -> None:
     assert "# Reliability" not in write_report(saved_run(tmp_path)).read_text()
+
+
+def test_the_fair_fight_splits_written_into_a_run_become_sections(tmp_path) -> None:
+    run = saved_run(tmp_path)
+    (run / "FAIR.md").write_text("# The fair fight: out of the box against ours\n\n| a |\n")
+    (run / "SIZES.md").write_text("# Model-size sweep\n\n![plot](model_sizes.png)\n")
+
+    text = write_report(run).read_text()
+
+    assert "\n## The fair fight: out of the box against ours\n" in text
+    assert "\n## Model-size sweep\n" in text and "![plot](model_sizes.png)" in text
+    assert text.index("## The fair fight") < text.index("## Model-size sweep")

@@ -1,0 +1,233 @@
+"""Batching-policy sweep: the latency/capacity trade-off of server-side batching
+(`make batching`, issue 11 part 2).
+
+Every stack that batches (ServingStack.server_batching) is started once per policy of
+POLICIES (max batch size x max delay, and off), pinned to the server cores, and wrk on the
+generator cores runs closed-loop levels of 1 to 32 connections (loadtests.closed_wrk).
+Per policy: p50/p99 at one connection (the latency a lone client sees), and the capacity
+under the objective (the most req/s of a level whose p99 meets it). The policies no other
+policy beats on both (lower p99 at one connection, more capacity) form the Pareto front;
+the picks for two stated objectives are made from it:
+
+- lowest latency at low load: the least p50 at one connection;
+- most capacity under the objective: the most req/s whose p99 meets it.
+
+The policy reaches the server the way every run sets it: DIGITNET_BATCH* in the
+environment where the stack starts (its launcher generates the server's own config from
+it, digitnet.spec.BatchingPolicy).
+
+Written to batching.jsonl, BATCHING.md and batching_pareto.png in the output folder.
+
+    python -m loadtests.batching --artifacts artifacts --out results/batching-<time>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from digitnet.artifacts import ArtifactPaths
+from digitnet.spec import BatchingPolicy, ModelSpec
+from harness.lifecycle import skipped_reason, start_stack
+from loadtests import wrk
+from loadtests.closed_wrk import SLO_P99_MS, capacity_under_objective, wrk_levels
+from loadtests.environment import with_provenance
+from loadtests.runner import split_cores
+from services.process import usable_cores
+from services.registry import all_stacks, load_stack, parse_stacks
+from services.stack import CPU
+
+BATCHING_FILE = "batching.jsonl"
+MARKDOWN_FILE = "BATCHING.md"
+PLOT_FILE = "batching_pareto.png"
+CONNECTIONS = (1, 4, 16, 32)
+# Off, then growing batches and waits; 8 x 5 ms is the project's default (digitnet.spec).
+POLICIES = (
+    BatchingPolicy(enabled=False),
+    BatchingPolicy(max_batch_size=4, max_delay_ms=1.0),
+    BatchingPolicy(max_batch_size=8, max_delay_ms=2.0),
+    BatchingPolicy(max_batch_size=8, max_delay_ms=5.0),
+    BatchingPolicy(max_batch_size=16, max_delay_ms=5.0),
+    BatchingPolicy(max_batch_size=16, max_delay_ms=10.0),
+)
+
+
+@contextmanager
+def environment(extra: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `extra` set inside the block, as it was after it (launchers read the
+    policy from the starting process's environment)."""
+    saved = {key: os.environ.get(key) for key in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def pareto_front(points: Sequence[Mapping]) -> list[Mapping]:
+    """The points no other point dominates: lower-or-equal p99 at one connection and
+    higher-or-equal capacity, better in one. A point without capacity (no level met the
+    objective) is never on the front."""
+    rated = [p for p in points if p["capacity_rps"] is not None]
+
+    def dominates(a: Mapping, b: Mapping) -> bool:
+        return (a["p99_1_ms"] <= b["p99_1_ms"] and a["capacity_rps"] >= b["capacity_rps"]
+                and (a["p99_1_ms"] < b["p99_1_ms"] or a["capacity_rps"] > b["capacity_rps"]))
+
+    return [p for p in rated if not any(dominates(q, p) for q in rated if q is not p)]
+
+
+def picks(points: Sequence[Mapping]) -> dict[str, Mapping | None]:
+    """The policy for each stated objective, chosen from the Pareto front."""
+    front = pareto_front(points)
+    return {
+        "lowest latency at low load": min(front, key=lambda p: (p["p50_1_ms"], -p["capacity_rps"]),
+                                          default=None),
+        "most capacity under the objective": max(front, key=lambda p: (p["capacity_rps"],
+                                                                       -p["p50_1_ms"]),
+                                                 default=None),
+    }  # fmt: skip
+
+
+def measure_policy(name: str, policy: BatchingPolicy, paths: ArtifactPaths,
+                   cores: tuple[list[int], list[int]], runs: int, duration_s: int,
+                   run_dir: Path) -> dict:  # fmt: skip
+    """One stack under one batching policy."""
+    stack = load_stack(name)
+    with ExitStack() as exits, environment(policy.env()):
+        running = start_stack(stack, paths, run_dir / f"{name}-{policy.label.replace(' ', '')}",
+                              exits, cores=cores[0], env=stack.device_env(CPU))  # fmt: skip
+        read_back = stack.serving_config(running.server)
+        levels = wrk_levels(running, CONNECTIONS, runs, duration_s, cores[1], run_dir)
+    capacity = capacity_under_objective(levels, SLO_P99_MS)
+    return {
+        "stack": name, "policy": policy.label, "enabled": policy.enabled,
+        "max_batch_size": policy.max_batch_size, "max_delay_ms": policy.max_delay_ms,
+        "p50_1_ms": levels[0]["p50_ms"], "p99_1_ms": levels[0]["p99_ms"],
+        "capacity_rps": None if capacity is None else capacity["rps"],
+        "capacity_connections": None if capacity is None else capacity["connections"],
+        "config_read_back": read_back, "levels": levels,
+    }  # fmt: skip
+
+
+def _read_back(config: Mapping) -> str:
+    return ", ".join(f"{k} {v}" for k, v in config.items()) if config else "not reported"
+
+
+def markdown(records: Sequence[Mapping], skipped: Mapping[str, str]) -> list[str]:
+    md = ["# Batching policy: latency at low load against capacity", "",
+          "Closed-loop wrk at 1, 4, 16 and 32 connections, batch 1 per request. Capacity: the "
+          f"most req/s of a level whose p99 ≤ {SLO_P99_MS:g} ms (a closed-loop lower bound of "
+          "the open-loop SLO capacity). ★: on the Pareto front of p99 at one connection "
+          f"against capacity.", "", f"![p99 against capacity per policy]({PLOT_FILE})",
+          ""]  # fmt: skip
+    for name in dict.fromkeys(r["stack"] for r in records):
+        mine = [r for r in records if r["stack"] == name]
+        front = {id(p) for p in pareto_front(mine)}
+        md += [f"## {name}", "", "| policy | p50 at 1 conn. ms | p99 at 1 conn. ms "
+               "| capacity req/s (connections) | p99 ms at 4 / 16 / 32 conn. | front "
+               "| as the server reports it |", "|" + " --- |" * 7]  # fmt: skip
+        for r in mine:
+            cap = ("none meets the objective" if r["capacity_rps"] is None
+                   else f"{r['capacity_rps']:.0f} ({r['capacity_connections']})")  # fmt: skip
+            tails = " / ".join(f"{lv['p99_ms']:.1f}" for lv in r["levels"][1:])
+            md.append(f"| {r['policy']} | {r['p50_1_ms']:.3f} | {r['p99_1_ms']:.3f} | {cap} "
+                      f"| {tails} | {'★' if id(r) in front else ''} "
+                      f"| {_read_back(r.get('config_read_back', {}))} |")  # fmt: skip
+        md.append("")
+        for objective, pick in picks(mine).items():
+            md.append(f"- {objective}: " + ("no policy meets the objective" if pick is None
+                      else f"**{pick['policy']}** (p50 {pick['p50_1_ms']:.3f} ms at one "
+                           f"connection, {pick['capacity_rps']:.0f} req/s)"))  # fmt: skip
+        md.append("")
+    md += [f"- {name}: **not run**: {why}" for name, why in skipped.items()]
+    return md
+
+
+def plot(records: Sequence[Mapping], out: Path) -> Path:
+    from loadtests.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["stack"] for r in records):
+        mine = [r for r in records if r["stack"] == name and r["capacity_rps"] is not None]
+        axis.scatter([r["capacity_rps"] for r in mine], [r["p99_1_ms"] for r in mine],
+                     label=name)  # fmt: skip
+        for r in mine:
+            axis.annotate(r["policy"], (r["capacity_rps"], r["p99_1_ms"]), fontsize=7)
+        front = sorted(pareto_front(mine), key=lambda p: p["capacity_rps"])
+        axis.plot([p["capacity_rps"] for p in front], [p["p99_1_ms"] for p in front],
+                  linestyle="--")  # fmt: skip
+    axis.set_xlabel(f"capacity under p99 ≤ {SLO_P99_MS:g} ms (req/s, closed loop)")
+    axis.set_ylabel("p99 at one connection (ms)")
+    axis.set_title("Batching policy trade-off (dashed: Pareto front)")
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int, duration_s: int,
+        policies: Sequence[BatchingPolicy] = POLICIES) -> list[dict]:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BATCHING_FILE).write_text("")  # a rerun into the same run replaces its records
+    cores = split_cores(usable_cores())
+    print(f"batching: servers on cores {cores[0]}, wrk on cores {cores[1]}", flush=True)
+    records: list[dict] = []
+    skipped: dict[str, str] = {}
+    started = time.monotonic()
+    for name in stacks:
+        reason = skipped_reason(name)
+        if reason is not None:
+            skipped[name] = reason
+            print(f"batching: {name}: skipped ({reason[:80]})", flush=True)
+            continue
+        for policy in policies:
+            record = measure_policy(name, policy, paths, cores, runs, duration_s,
+                                    out / "servers")  # fmt: skip
+            records.append(record)
+            with (out / BATCHING_FILE).open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            cap = record["capacity_rps"]
+            print(f"batching: {name} {policy.label}: p50 {record['p50_1_ms']:.3f} ms at one "
+                  f"connection, capacity {'–' if cap is None else f'{cap:.0f}'} req/s "
+                  f"[{time.monotonic() - started:.0f} s]", flush=True)  # fmt: skip
+    (out / MARKDOWN_FILE).write_text("\n".join(with_provenance(markdown(records, skipped)))
+                                     + "\n")  # fmt: skip
+    if records:
+        plot(records, out / PLOT_FILE)
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--out", type=Path,
+                        default=Path("results") / time.strftime("batching-%Y%m%d-%H%M%S"))
+    parser.add_argument("--stacks", default="all", help="comma-separated, or all that batch")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    args = parser.parse_args()
+    ok, why = wrk.wrk_available()
+    if not ok:
+        raise SystemExit(f"batching: {why}")
+    batching = [s.name for s in all_stacks() if s.server_batching]
+    stacks = batching if args.stacks == "all" else parse_stacks(args.stacks)
+    paths = ArtifactPaths(args.artifacts, ModelSpec.from_env())
+    run(paths, args.out, stacks, args.runs, args.duration)
+    print(f"batching: wrote {args.out / MARKDOWN_FILE}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

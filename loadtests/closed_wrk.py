@@ -1,0 +1,59 @@
+"""Closed-loop wrk levels against one running stack, and the capacity they show under the
+latency objective: the shared measurement of the model-size and batching-policy sweeps.
+
+A closed loop's capacity under the objective (the most req/s of a level whose p99 meets
+it) is a lower bound of `make bench`'s open-loop SLO capacity: a closed loop waits for each
+reply before sending the next request, so it never queues more than its connections.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from digitnet.codec import JSON_CONTENT_TYPE
+from harness.lifecycle import RunningStack
+from loadtests import wrk
+from loadtests.runner import one_image_body, targets_of
+from services.stack import CPU, REST
+
+SLO_P99_MS = 50.0
+
+
+def capacity_under_objective(levels: Sequence[Mapping], slo_p99_ms: float) -> dict | None:
+    """The level with the most goodput whose p99 meets the objective without errors, or
+    None if none does.
+
+    Args:
+        levels: {"connections", "p99_ms", "rps", "errors"} per wrk level.
+    """
+    meeting = [lv for lv in levels if lv["p99_ms"] <= slo_p99_ms and not lv["errors"]]
+    return max(meeting, key=lambda lv: lv["rps"], default=None)
+
+
+def rest_request(running: RunningStack) -> tuple[str, bytes, dict[str, str]]:
+    """(URL, batch-1 body of a real digit, headers) of the stack's REST predict path."""
+    target = next(t for t in targets_of(running, CPU) if t.protocol == REST)
+    headers = {"Content-Type": JSON_CONTENT_TYPE, **target.headers}
+    return target.url, one_image_body(running.paths), headers
+
+
+def wrk_levels(running: RunningStack, connections: Sequence[int], runs: int, duration_s: int,
+               cores: Sequence[int], script_dir: Path) -> list[dict]:  # fmt: skip
+    """Per level: the median p50/p99/req/s of `runs` wrk runs after a discarded second."""
+    url, body, headers = rest_request(running)
+    levels = []
+    for count in connections:
+        wrk.run_wrk(url, body, headers, count, 1, cores=cores, script_dir=script_dir)
+        got = [wrk.run_wrk(url, body, headers, count, duration_s, cores=cores,
+                           script_dir=script_dir).to_json() for _ in range(runs)]  # fmt: skip
+        levels.append({
+            "connections": count,
+            "p50_ms": statistics.median(r["p50_ms"] for r in got),
+            "p99_ms": statistics.median(r["p99_ms"] for r in got),
+            "rps": statistics.median(r["goodput_rps"] for r in got),
+            "errors": sum(r["status_errors"] + r["socket_errors"] for r in got),
+            "p50_ms_runs": [r["p50_ms"] for r in got],
+        })  # fmt: skip
+    return levels
