@@ -18,11 +18,14 @@ Admission control (digitnet.spec.AdmissionPolicy): each worker holds at most a b
 number of predict requests, one computing and the rest queued in arrival order; the next
 one is refused at once with 503 "overloaded" and Retry-After, instead of waiting in an
 unbounded queue past the latency objective. Probes and model status are never refused.
+With the bound off (the default) the same gate still takes requests in arrival order
+(AdmissionPolicy.order): under gevent that is what keeps the tail fair.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -189,6 +192,9 @@ class AdmissionGate:
 
     @property
     def bound(self) -> int:
+        """Requests this worker may hold; unbounded when the policy only orders them."""
+        if not self.policy.enabled:
+            return sys.maxsize
         return self.policy.bound(self._service_ms)
 
     @property
@@ -208,6 +214,11 @@ class AdmissionGate:
             if not self._busy:
                 self._chained = False
                 self._pass_turn()
+        self._wait_for(turn)
+        self._begin_turn()
+        return True
+
+    def _wait_for(self, turn: threading.Event) -> None:
         try:
             turn.wait()
         except BaseException:
@@ -219,8 +230,6 @@ class AdmissionGate:
             if turn is not None:
                 self.leave(None)
             raise
-        self._begin_turn()
-        return True
 
     def _begin_turn(self) -> None:
         now = time.monotonic()
@@ -450,7 +459,7 @@ def _start_loading(model: ServedModel) -> None:
 
 def _admission_line(policy: AdmissionPolicy) -> str:
     if not policy.enabled:
-        return "off"
+        return "off (requests taken in arrival order)" if policy.order else "off"
     if policy.limit:
         return f"at most {policy.limit} requests per worker (fixed)"
     return (f"at most {policy.bound()} requests per worker to start with "
@@ -468,8 +477,8 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
 
     Returns:
         The WSGI app; /readyz answers 503 until the model is loaded and warm. With
-        settings.admission enabled, each app (one per gunicorn worker) has its own
-        AdmissionGate around the predict route; with settings.noop_route, the no-op twin
+        settings.admission enabled (or only ordering), each app (one per gunicorn worker)
+        has its own AdmissionGate around the predict route; with settings.noop_route, the no-op twin
         answers beside it.
     """
     settings = settings or Settings.from_env()
@@ -482,7 +491,7 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     )
     app.url_map.converters["model_name"] = ModelNameConverter
     app.extensions[EXTENSION_KEY] = (settings, model)
-    if settings.admission.enabled:
+    if settings.admission.enabled or settings.admission.order:
         # One gate per worker: create_app runs in each worker after gunicorn's fork.
         app.extensions[ADMISSION_KEY] = AdmissionGate(settings.admission,
                                                       _handoff_for_this_worker())

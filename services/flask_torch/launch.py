@@ -193,6 +193,7 @@ class FlaskStack(ServingStack):
             "workers": len(workers),
             "torch_threads": environ.get(TORCH_THREADS_ENV),
             "admission": environ.get("DIGITNET_ADMISSION", "off"),
+            "arrival_order": environ.get("DIGITNET_ADMIT_ORDER", "on"),
         }
 
     def process_role(self, proc: psutil.Process) -> str | None:

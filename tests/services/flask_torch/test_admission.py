@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -40,7 +41,8 @@ from tests.services.flask_torch.test_app import (
 )
 
 ADMIT_ENV = [
-    "DIGITNET_ADMISSION", "DIGITNET_ADMIT_OBJECTIVE_MS", "DIGITNET_ADMIT_QUEUE_SHARE",
+    "DIGITNET_ADMISSION", "DIGITNET_ADMIT_ORDER", "DIGITNET_ADMIT_OBJECTIVE_MS",
+    "DIGITNET_ADMIT_QUEUE_SHARE",
     "DIGITNET_ADMIT_SERVICE_MS", "DIGITNET_ADMIT_MEASURE", "DIGITNET_ADMIT_MIN_LIMIT",
     "DIGITNET_ADMIT_LIMIT", "DIGITNET_ADMIT_RETRY_AFTER_S",
 ]
@@ -104,7 +106,7 @@ def test_policy_refuses_nonsense(field: str, value: float) -> None:
 
 
 def test_gate_admits_up_to_its_bound_in_arrival_order_and_refuses_the_next() -> None:
-    gate = AdmissionGate(AdmissionPolicy(limit=2))
+    gate = AdmissionGate(AdmissionPolicy(enabled=True, limit=2))
     order: list[str] = []
     assert gate.enter()  # first: its turn at once
     second_in = threading.Event()
@@ -133,14 +135,15 @@ def test_gate_admits_up_to_its_bound_in_arrival_order_and_refuses_the_next() -> 
 
 
 def test_gate_bound_follows_the_measured_service_time() -> None:
-    gate = AdmissionGate(AdmissionPolicy(objective_ms=50.0, queue_share=0.5, service_ms=1.0))
+    gate = AdmissionGate(AdmissionPolicy(enabled=True, objective_ms=50.0, queue_share=0.5,
+                                         service_ms=1.0))
     assert gate.bound == 25
     for _ in range(200):
         assert gate.enter()
         gate.leave(0.005)  # 5 ms per request
     assert gate.service_ms == pytest.approx(5.0, rel=0.01)
     assert gate.bound == 5
-    fixed = AdmissionGate(AdmissionPolicy(measure=False))
+    fixed = AdmissionGate(AdmissionPolicy(enabled=True, measure=False))
     assert fixed.enter()
     fixed.leave(0.005)
     assert fixed.service_ms == AdmissionPolicy().service_ms
@@ -196,10 +199,37 @@ def test_bad_requests_leave_the_gate_and_admission_can_be_switched_off(
     assert post_json_text(client, b'{"instances": [1,, 2]}').status_code == 400
     assert app.extensions[ADMISSION_KEY].inside == 0
     assert post_json_text(client, json.dumps({"instances": image_rows(split)})).status_code == 200
-    off = create_app(dataclasses.replace(settings, admission=AdmissionPolicy(enabled=False)),
-                     model=loaded_model)
+    off = create_app(dataclasses.replace(settings, admission=AdmissionPolicy(enabled=False,
+                                                                             order=False)),
+                     model=loaded_model)  # fmt: skip
     assert ADMISSION_KEY not in off.extensions
     assert post_json_text(off.test_client(), json.dumps({"instances": image_rows(split)})
+                          ).status_code == 200
+
+
+def test_by_default_the_gate_only_orders_and_never_refuses(
+    settings: Settings, loaded_model: TorchScriptModel, split: DigitsSplit
+) -> None:
+    assert (AdmissionPolicy().enabled, AdmissionPolicy().order) == (False, True)
+    app = create_app(dataclasses.replace(settings, admission=AdmissionPolicy(limit=1)),
+                     model=loaded_model)  # fmt: skip
+    gate = app.extensions[ADMISSION_KEY]
+    # limit=1 would refuse a second request; ordering alone ignores it.
+    assert gate.bound > 10**9
+    gate.enter()  # a request holding the worker's turn
+    try:
+        assert gate.inside == 1
+        other = threading.Thread(target=lambda: (gate.enter(), gate.leave(None)))
+        other.start()
+        deadline = time.monotonic() + 10
+        while gate.inside < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.inside == 2 and gate.refused == 0  # queued behind it, not refused
+    finally:
+        gate.leave(None)
+    other.join(10)
+    assert gate.inside == 0 and gate.refused == 0
+    assert post_json_text(app.test_client(), json.dumps({"instances": image_rows(split)})
                           ).status_code == 200
 
 
@@ -282,7 +312,7 @@ def test_under_backlog_the_gate_measures_turn_to_turn_not_compute(
     reports; a fake clock makes it exact."""
     clock = [100.0]
     monkeypatch.setattr("services.flask_torch.app.time.monotonic", lambda: clock[0])
-    gate = AdmissionGate(AdmissionPolicy(limit=4, service_ms=1.0))
+    gate = AdmissionGate(AdmissionPolicy(enabled=True, limit=4, service_ms=1.0))
     assert gate.enter()
     second_in = threading.Event()
 
