@@ -128,8 +128,9 @@ report: venv ## Rebuild summary.json, REPORT.md and plots from saved data: RUN=r
 baselines: artifacts ## In-process inference timings only (the floor)
 	$(PY) -m loadtests.baselines --artifacts $(ARTIFACTS)
 
-codecs: artifacts ## [RUN=] Bytes and server decode/encode us per body codec (JSON rows/columnar, binary, gRPC), batch 1 and 64
+codecs: artifacts tools ## [RUN=] Bytes and server decode/encode us per body codec (JSON rows/columnar, binary, gRPC), batch 1 and 64; then each codec served (~3 min)
 	$(PY) -m loadtests.codecs --artifacts $(ARTIFACTS) $(if $(RUN),--out $(RUN)/codecs.json)
+	$(PY) -m loadtests.codecs_served --artifacts $(ARTIFACTS) $(if $(RUN),--out $(RUN)) $(STACKS_ARG)
 
 # Reliability (reliability/README.md). With RUN=results/<run-id> the JSON is also copied
 # into that load-test run, and `make report RUN=...` includes it.

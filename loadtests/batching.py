@@ -35,7 +35,12 @@ from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import BatchingPolicy, ModelSpec
 from harness.lifecycle import skipped_reason, start_stack
 from loadtests import wrk
-from loadtests.closed_wrk import SLO_P99_MS, capacity_under_objective, wrk_levels
+from loadtests.closed_wrk import (
+    SLO_P99_MS,
+    capacity_cell,
+    capacity_under_objective,
+    wrk_levels,
+)
 from loadtests.environment import with_provenance
 from loadtests.runner import split_cores
 from services.process import usable_cores
@@ -137,8 +142,7 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str]) -> list[str
                "| capacity req/s (connections) | p99 ms at 4 / 16 / 32 conn. | front "
                "| as the server reports it |", "|" + " --- |" * 7]  # fmt: skip
         for r in mine:
-            cap = ("none meets the objective" if r["capacity_rps"] is None
-                   else f"{r['capacity_rps']:.0f} ({r['capacity_connections']})")  # fmt: skip
+            cap = capacity_cell(r)
             tails = " / ".join(f"{lv['p99_ms']:.1f}" for lv in r["levels"][1:])
             md.append(f"| {r['policy']} | {r['p50_1_ms']:.3f} | {r['p99_1_ms']:.3f} | {cap} "
                       f"| {tails} | {'★' if id(r) in front else ''} "

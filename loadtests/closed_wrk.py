@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from digitnet.codec import JSON_CONTENT_TYPE
+from digitnet.wire import JSON_WIRE, WireCodec
 from harness.lifecycle import RunningStack
 from loadtests import wrk
 from loadtests.runner import one_image_body, targets_of
@@ -32,17 +32,39 @@ def capacity_under_objective(levels: Sequence[Mapping], slo_p99_ms: float) -> di
     return max(meeting, key=lambda lv: lv["rps"], default=None)
 
 
-def rest_request(running: RunningStack) -> tuple[str, bytes, dict[str, str]]:
-    """(URL, batch-1 body of a real digit, headers) of the stack's REST predict path."""
+def capacity_cell(record: Mapping) -> str:
+    """A record's capacity for a report table: "req/s (connections)", or why there is none.
+    A stack whose p99 misses the objective already at one back-to-back connection has a
+    capacity below that rate, which only an open-loop search (`make bench`) can find."""
+    if record["capacity_rps"] is not None:
+        return f"{record['capacity_rps']:.0f} ({record['capacity_connections']})"
+    first = (record.get("levels") or [{}])[0]
+    if first.get("connections") == 1:
+        return (f"none meets the objective: below one connection's {first['rps']:.0f} req/s "
+                "(`make bench` searches it open-loop)")
+    return "none meets the objective"
+
+
+def rest_request(running: RunningStack, codec: WireCodec = JSON_WIRE
+                 ) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
+    """(URL, batch-1 body of a real digit in `codec`, headers) of the stack's REST predict
+    path."""
     target = next(t for t in targets_of(running, CPU) if t.protocol == REST)
-    headers = {"Content-Type": JSON_CONTENT_TYPE, **target.headers}
-    return target.url, one_image_body(running.paths), headers
+    headers = {"Content-Type": codec.content_type, **target.headers}
+    if codec is JSON_WIRE:
+        return target.url, one_image_body(running.paths), headers
+    from digitnet.data import load_split
+
+    image = load_split(running.paths.spec).test_images[:1]
+    return target.url, codec.encode_request(image), headers
 
 
 def wrk_levels(running: RunningStack, connections: Sequence[int], runs: int, duration_s: int,
-               cores: Sequence[int], script_dir: Path) -> list[dict]:  # fmt: skip
-    """Per level: the median p50/p99/req/s of `runs` wrk runs after a discarded second."""
-    url, body, headers = rest_request(running)
+               cores: Sequence[int], script_dir: Path,
+               codec: WireCodec = JSON_WIRE) -> list[dict]:  # fmt: skip
+    """Per level: the median p50/p99/req/s of `runs` wrk runs after a discarded second,
+    each request a batch-1 body in `codec`."""
+    url, body, headers = rest_request(running, codec)
     levels = []
     for count in connections:
         wrk.run_wrk(url, body, headers, count, 1, cores=cores, script_dir=script_dir)

@@ -33,7 +33,12 @@ from digitnet.spec import ModelSpec
 from harness.lifecycle import skipped_reason, start_stack
 from loadtests import wrk
 from loadtests.batching import environment
-from loadtests.closed_wrk import SLO_P99_MS, capacity_under_objective, wrk_levels
+from loadtests.closed_wrk import (
+    SLO_P99_MS,
+    capacity_cell,
+    capacity_under_objective,
+    wrk_levels,
+)
 from loadtests.environment import with_provenance
 from loadtests.runner import split_cores
 from services.process import usable_cores
@@ -81,12 +86,6 @@ def measure_preset(name: str, preset: str, paths: ArtifactPaths,
     }  # fmt: skip
 
 
-def _capacity(r: Mapping) -> str:
-    if r["capacity_rps"] is None:
-        return "none meets the objective"
-    return f"{r['capacity_rps']:.0f} ({r['capacity_connections']})"
-
-
 def markdown(records: Sequence[Mapping], skipped: Mapping[str, str],
              same: Mapping[str, str]) -> list[str]:  # fmt: skip
     md = ["# The fair fight: out of the box against ours", "",
@@ -107,7 +106,7 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str],
             tails = " / ".join(f"{lv['p99_ms']:.1f}" for lv in r["levels"][1:])
             shown = "" if preset == DEFAULT or ratio is None else f"{ratio:.2f}×"
             md.append(f"| {name} | {preset} | {r['p50_1_ms']:.3f} | {r['p99_1_ms']:.3f} "
-                      f"| {_capacity(r)} | {tails} | {shown} |")  # fmt: skip
+                      f"| {capacity_cell(r)} | {tails} | {shown} |")  # fmt: skip
         if len(by) == 2:
             differs = config_difference(by[OURS]["config_read_back"],
                                         by[DEFAULT]["config_read_back"])  # fmt: skip
@@ -150,7 +149,7 @@ def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int,
             with (out / FAIR_FILE).open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(f"fair: {name} {preset}: p50 {record['p50_1_ms']:.3f} ms at one connection, "
-                  f"capacity {_capacity(record)} [{time.monotonic() - started:.0f} s]",
+                  f"capacity {capacity_cell(record)} [{time.monotonic() - started:.0f} s]",
                   flush=True)  # fmt: skip
     (out / MARKDOWN_FILE).write_text(
         "\n".join(with_provenance(markdown(records, skipped, same))) + "\n")

@@ -39,7 +39,13 @@ from digitnet.spec import ModelSpec, ServingLimits
 from harness.artifacts import build_all, complete
 from harness.lifecycle import skipped_reason, start_stack
 from loadtests import wrk
-from loadtests.closed_wrk import SLO_P99_MS, capacity_under_objective, rest_request, wrk_levels
+from loadtests.closed_wrk import (
+    SLO_P99_MS,
+    capacity_cell,
+    capacity_under_objective,
+    rest_request,
+    wrk_levels,
+)
 from loadtests.environment import with_provenance
 from loadtests.runner import split_cores
 from services.process import usable_cores
@@ -192,17 +198,17 @@ def markdown(records: Sequence[Mapping], variants: Sequence[Mapping]) -> list[st
            f"![overhead share against model cost]({PLOT_FILE})", "",
            "| variant | stack | in-process ms | served p50 ms | overhead share | capacity req/s "
            "(connections) | parity max diff |", "|" + " --- |" * 7]  # fmt: skip
+    skipped: dict[str, str] = {}
     for r in records:
         if r.get("skipped"):
-            md.append(f"| {r['variant']} | {r['stack']} | – | – | – | – | not run: "
-                      f"{r['skipped']} |")  # fmt: skip
+            skipped.setdefault(r["stack"], r["skipped"])
             continue
         share = "–" if r["overhead_share"] is None else f"{r['overhead_share']:.0%}"
-        cap = ("none meets the objective" if r["capacity_rps"] is None
-               else f"{r['capacity_rps']:.0f} ({r['capacity_connections']})")  # fmt: skip
+        cap = capacity_cell(r)
         parity = f"{r['parity_max_abs_diff']:.1e}" + ("" if r["parity_ok"] else " **FAILS**")
         md.append(f"| {r['variant']} | {r['stack']} | {r['in_process_ms']:.3f} "
                   f"| {r['served_p50_ms']:.3f} | {share} | {cap} | {parity} |")  # fmt: skip
+    md += [f"- {name}: **not run**: {why}" for name, why in skipped.items()]
     return md
 
 

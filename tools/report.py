@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from loadtests import batching, codecs, fair, sizes
+from loadtests import batching, codecs, codecs_served, fair, sizes
 from loadtests.report import write_report
 from reliability.report import sections_for_run
 
 # The fair fight's splits (`make fair/batching/sizes/codecs RUN=...`, or `make bench
 # PROFILE=<split>`) write their own Markdown into the run; each becomes a section here.
 SPLIT_FILES = (fair.MARKDOWN_FILE, batching.MARKDOWN_FILE, sizes.MARKDOWN_FILE,
-               codecs.MARKDOWN_FILE)  # fmt: skip
+               codecs.MARKDOWN_FILE, codecs_served.MARKDOWN_FILE)  # fmt: skip
 
 
 def split_sections(run_dir: Path) -> list[str]:

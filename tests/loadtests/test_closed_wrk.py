@@ -15,3 +15,13 @@ def test_capacity_is_the_best_level_that_meets_the_objective_without_errors() ->
     assert capacity_under_objective([*levels[:1], level(4, 2500, 4.0, errors=3)],
                                     50.0)["connections"] == 1  # fmt: skip
     assert capacity_under_objective([level(1, 10, 90.0)], 50.0) is None
+
+
+def test_the_capacity_cell_says_why_there_is_none() -> None:
+    from loadtests.closed_wrk import capacity_cell
+
+    assert capacity_cell({"capacity_rps": 1500.4, "capacity_connections": 4}) == "1500 (4)"
+    missed = {"capacity_rps": None, "levels": [level(1, 56.2, 85.0), level(4, 90, 120)]}
+    assert capacity_cell(missed) == ("none meets the objective: below one connection's 56 "
+                                     "req/s (`make bench` searches it open-loop)")  # fmt: skip
+    assert capacity_cell({"capacity_rps": None, "levels": []}) == "none meets the objective"
