@@ -23,8 +23,6 @@ Written to batching.jsonl, BATCHING.md and batching_pareto.png in the output fol
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,17 +32,17 @@ from pathlib import Path
 from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import BatchingPolicy, ModelSpec
 from harness.lifecycle import skipped_reason, start_stack
-from loadtests import wrk
+from loadtests import splits
 from loadtests.closed_wrk import (
     SLO_P99_MS,
     capacity_cell,
     capacity_under_objective,
     wrk_levels,
 )
-from loadtests.environment import with_provenance
 from loadtests.runner import split_cores
+from loadtests.splits import SplitFiles
 from services.process import usable_cores
-from services.registry import all_stacks, load_stack, parse_stacks
+from services.registry import all_stacks, load_stack
 from services.stack import CPU
 
 BATCHING_FILE = "batching.jsonl"
@@ -184,8 +182,7 @@ def plot(records: Sequence[Mapping], out: Path) -> Path:
 
 def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int, duration_s: int,
         policies: Sequence[BatchingPolicy] = POLICIES) -> list[dict]:  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / BATCHING_FILE).write_text("")  # a rerun into the same run replaces its records
+    files = SplitFiles(out, BATCHING_FILE, MARKDOWN_FILE)
     cores = split_cores(usable_cores())
     print(f"batching: servers on cores {cores[0]}, wrk on cores {cores[1]}", flush=True)
     records: list[dict] = []
@@ -201,33 +198,21 @@ def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int, durat
             record = measure_policy(name, policy, paths, cores, runs, duration_s,
                                     out / "servers")  # fmt: skip
             records.append(record)
-            with (out / BATCHING_FILE).open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            cap = record["capacity_rps"]
+            files.append(record)
             print(f"batching: {name} {policy.label}: p50 {record['p50_1_ms']:.3f} ms at one "
-                  f"connection, capacity {'–' if cap is None else f'{cap:.0f}'} req/s "
+                  f"connection, capacity {capacity_cell(record)} "
                   f"[{time.monotonic() - started:.0f} s]", flush=True)  # fmt: skip
-    (out / MARKDOWN_FILE).write_text("\n".join(with_provenance(markdown(records, skipped)))
-                                     + "\n")  # fmt: skip
+    files.write_markdown(markdown(records, skipped))
     if records:
         plot(records, out / PLOT_FILE)
     return records
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = splits.arguments(__doc__.splitlines()[0], "batching")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--out", type=Path,
-                        default=Path("results") / time.strftime("batching-%Y%m%d-%H%M%S"))
-    parser.add_argument("--stacks", default="all", help="comma-separated, or all that batch")
-    parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
-    args = parser.parse_args()
-    ok, why = wrk.wrk_available()
-    if not ok:
-        raise SystemExit(f"batching: {why}")
-    batching = [s.name for s in all_stacks() if s.server_batching]
-    stacks = batching if args.stacks == "all" else parse_stacks(args.stacks)
+    args, stacks = splits.parse(parser, "batching",
+                                [s.name for s in all_stacks() if s.server_batching])
     paths = ArtifactPaths(args.artifacts, ModelSpec.from_env())
     run(paths, args.out, stacks, args.runs, args.duration)
     print(f"batching: wrote {args.out / MARKDOWN_FILE}", flush=True)

@@ -10,8 +10,6 @@ Per stack and codec: p50/p99 at one connection and the capacity under the object
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -21,17 +19,17 @@ from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec
 from digitnet.wire import CODECS_BY_NAME
 from harness.lifecycle import skipped_reason, start_stack
-from loadtests import wrk
+from loadtests import splits
 from loadtests.closed_wrk import (
     SLO_P99_MS,
     capacity_cell,
     capacity_under_objective,
     wrk_levels,
 )
-from loadtests.environment import with_provenance
 from loadtests.runner import split_cores
+from loadtests.splits import SplitFiles
 from services.process import usable_cores
-from services.registry import load_stack, parse_stacks, stack_names
+from services.registry import load_stack, stack_names
 from services.stack import CPU
 
 SERVED_FILE = "codecs_served.jsonl"
@@ -78,8 +76,7 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str]) -> list[str
 
 def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int,
         duration_s: int) -> list[dict]:  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SERVED_FILE).write_text("")  # a rerun into the same run replaces its records
+    files = SplitFiles(out, SERVED_FILE, MARKDOWN_FILE)
     cores = split_cores(usable_cores())
     records: list[dict] = []
     skipped: dict[str, str] = {}
@@ -93,28 +90,17 @@ def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int,
             continue
         for record in measure_stack(name, paths, cores, runs, duration_s, out / "servers"):
             records.append(record)
-            with (out / SERVED_FILE).open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            files.append(record)
             print(f"codecs: {name} {record['codec']}: p50 {record['p50_1_ms']:.3f} ms at one "
                   f"connection [{time.monotonic() - started:.0f} s]", flush=True)  # fmt: skip
-    (out / MARKDOWN_FILE).write_text("\n".join(with_provenance(markdown(records, skipped)))
-                                     + "\n")  # fmt: skip
+    files.write_markdown(markdown(records, skipped))
     return records
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = splits.arguments(__doc__.splitlines()[0], "codecs")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--out", type=Path,
-                        default=Path("results") / time.strftime("codecs-%Y%m%d-%H%M%S"))
-    parser.add_argument("--stacks", default="all", help="comma-separated, or all")
-    parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
-    args = parser.parse_args()
-    ok, why = wrk.wrk_available()
-    if not ok:
-        raise SystemExit(f"codecs: {why}")
-    stacks = stack_names() if args.stacks == "all" else parse_stacks(args.stacks)
+    args, stacks = splits.parse(parser, "codecs", stack_names())
     run(ArtifactPaths(args.artifacts, ModelSpec.from_env()), args.out, stacks, args.runs,
         args.duration)
     print(f"codecs: wrote {args.out / MARKDOWN_FILE}", flush=True)

@@ -21,8 +21,6 @@ GOAL_GAIN x the default's capacity, or the report says why not.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -31,7 +29,7 @@ from pathlib import Path
 from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec
 from harness.lifecycle import skipped_reason, start_stack
-from loadtests import wrk
+from loadtests import splits
 from loadtests.batching import environment
 from loadtests.closed_wrk import (
     SLO_P99_MS,
@@ -39,10 +37,10 @@ from loadtests.closed_wrk import (
     capacity_under_objective,
     wrk_levels,
 )
-from loadtests.environment import with_provenance
 from loadtests.runner import split_cores
+from loadtests.splits import SplitFiles
 from services.process import usable_cores
-from services.registry import load_stack, parse_stacks, stack_names
+from services.registry import load_stack, stack_names
 from services.stack import CPU
 
 FAIR_FILE = "fair.jsonl"
@@ -125,8 +123,7 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str],
 
 def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int,
         duration_s: int) -> list[dict]:  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / FAIR_FILE).write_text("")  # a rerun into the same run replaces its records
+    files = SplitFiles(out, FAIR_FILE, MARKDOWN_FILE)
     cores = split_cores(usable_cores())
     print(f"fair: servers on cores {cores[0]}, wrk on cores {cores[1]}", flush=True)
     records: list[dict] = []
@@ -146,29 +143,18 @@ def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int,
             record = measure_preset(name, preset, paths, cores, runs, duration_s,
                                     out / "servers")  # fmt: skip
             records.append(record)
-            with (out / FAIR_FILE).open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            files.append(record)
             print(f"fair: {name} {preset}: p50 {record['p50_1_ms']:.3f} ms at one connection, "
                   f"capacity {capacity_cell(record)} [{time.monotonic() - started:.0f} s]",
                   flush=True)  # fmt: skip
-    (out / MARKDOWN_FILE).write_text(
-        "\n".join(with_provenance(markdown(records, skipped, same))) + "\n")
+    files.write_markdown(markdown(records, skipped, same))
     return records
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = splits.arguments(__doc__.splitlines()[0], "fair")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--out", type=Path,
-                        default=Path("results") / time.strftime("fair-%Y%m%d-%H%M%S"))
-    parser.add_argument("--stacks", default="all", help="comma-separated, or all")
-    parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
-    args = parser.parse_args()
-    ok, why = wrk.wrk_available()
-    if not ok:
-        raise SystemExit(f"fair: {why}")
-    stacks = stack_names() if args.stacks == "all" else parse_stacks(args.stacks)
+    args, stacks = splits.parse(parser, "fair", stack_names())
     run(ArtifactPaths(args.artifacts, ModelSpec.from_env()), args.out, stacks, args.runs,
         args.duration)
     print(f"fair: wrote {args.out / MARKDOWN_FILE}", flush=True)

@@ -23,7 +23,6 @@ Written to sizes.jsonl, model_sizes.png and SIZES.md in the output folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -38,7 +37,7 @@ from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec, ServingLimits
 from harness.artifacts import build_all, complete
 from harness.lifecycle import skipped_reason, start_stack
-from loadtests import wrk
+from loadtests import splits
 from loadtests.closed_wrk import (
     SLO_P99_MS,
     capacity_cell,
@@ -46,10 +45,10 @@ from loadtests.closed_wrk import (
     rest_request,
     wrk_levels,
 )
-from loadtests.environment import with_provenance
 from loadtests.runner import split_cores
+from loadtests.splits import SplitFiles
 from services.process import usable_cores
-from services.registry import load_stack, parse_stacks, stack_names
+from services.registry import load_stack, stack_names
 from services.stack import CPU
 
 SIZES_FILE = "sizes.jsonl"
@@ -240,8 +239,7 @@ def plot(records: Sequence[Mapping], out: Path) -> Path:
 def run(root: Path, out: Path, stacks: Sequence[str], runs: int, duration_s: int,
         variants: Sequence[Variant] = VARIANTS) -> list[dict]:  # fmt: skip
     """The whole sweep; writes its files into `out` and returns the records."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SIZES_FILE).write_text("")  # a rerun into the same run replaces its records
+    files = SplitFiles(out, SIZES_FILE, MARKDOWN_FILE)
     cores = split_cores(usable_cores())
     print(f"sizes: servers on cores {cores[0]}, wrk on cores {cores[1]}", flush=True)
     records: list[dict] = []
@@ -260,8 +258,7 @@ def run(root: Path, out: Path, stacks: Sequence[str], runs: int, duration_s: int
             record = measure_stack(name, variant, paths, in_process, reference, cores, runs,
                                    duration_s, out / "servers")  # fmt: skip
             records.append(record)
-            with (out / SIZES_FILE).open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            files.append(record)
             print(f"sizes: {variant.name}/{name}: "
                   + (f"skipped ({record['skipped']})" if record["skipped"] else
                      f"served p50 {record['served_p50_ms']:.3f} ms, overhead "
@@ -269,25 +266,15 @@ def run(root: Path, out: Path, stacks: Sequence[str], runs: int, duration_s: int
                      f"{record['parity_max_abs_diff']:.1e}")
                   + f" [{time.monotonic() - started:.0f} s]", flush=True)  # fmt: skip
     (out / "variants.json").write_text(json.dumps(described, indent=2) + "\n")
-    (out / MARKDOWN_FILE).write_text("\n".join(with_provenance(markdown(records, described)))
-                                     + "\n")  # fmt: skip
+    files.write_markdown(markdown(records, described))
     plot(records, out / PLOT_FILE)
     return records
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = splits.arguments(__doc__.splitlines()[0], "sizes")
     parser.add_argument("--root", type=Path, default=Path("artifacts-sizes"))
-    parser.add_argument("--out", type=Path,
-                        default=Path("results") / time.strftime("sizes-%Y%m%d-%H%M%S"))
-    parser.add_argument("--stacks", default="all", help="comma-separated, or all")
-    parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
-    args = parser.parse_args()
-    ok, why = wrk.wrk_available()
-    if not ok:
-        raise SystemExit(f"sizes: {why}")
-    stacks = stack_names() if args.stacks == "all" else parse_stacks(args.stacks)
+    args, stacks = splits.parse(parser, "sizes", stack_names())
     run(args.root, args.out, stacks, args.runs, args.duration)
     print(f"sizes: wrote {args.out / MARKDOWN_FILE}", flush=True)
 
