@@ -18,6 +18,7 @@ from digitnet.binary_codec import (
 from digitnet.codec import (
     BATCH_HEADER,
     DEVICE_HEADER,
+    INFERENCE_TIME_HEADER,
     JSON_CONTENT_TYPE,
     PayloadError,
     encode_request,
@@ -90,7 +91,11 @@ def test_answered_requests_name_their_device_and_the_requests_of_their_pass(
         assert reply.headers[DEVICE_HEADER] == "cpu"
         # The bad request never reached the forward pass: three requests shared it.
         assert reply.headers[BATCH_HEADER] == "3"
+        # The one forward pass they shared, timed once for all of them.
+        assert float(reply.headers[INFERENCE_TIME_HEADER]) > 0
+    assert len({replies[i].headers[INFERENCE_TIME_HEADER] for i in (0, 2, 3)}) == 1
     assert DEVICE_HEADER not in replies[1].headers and BATCH_HEADER not in replies[1].headers
+    assert INFERENCE_TIME_HEADER not in replies[1].headers
 
 
 def test_whole_test_split_matches_torchscript(worker, split: DigitsSplit, scripted) -> None:
