@@ -89,9 +89,9 @@ def provenance() -> str:
             f"cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
 
 
-def with_provenance(markdown: list[str]) -> list[str]:
-    """A split's Markdown with provenance() under its title line."""
-    return [*markdown[:1], "", provenance(), *markdown[1:]]
+def with_provenance(markdown: list[str], made: str | None = None) -> list[str]:
+    """A split's Markdown with `made` (default: provenance() now) under its title line."""
+    return [*markdown[:1], "", made or provenance(), *markdown[1:]]
 
 
 def describe(extra: dict) -> dict:

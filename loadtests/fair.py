@@ -111,10 +111,12 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str],
             change = "; ".join(f"{k}: {a} → {b}" for k, (a, b) in differs.items())
             env = " ".join(f"{k}={v}" for k, v in by[DEFAULT]["preset_env"].items())
             met = ratio is not None and ratio >= GOAL_GAIN
+            why = load_stack(name).tuning_limit
             notes.append(f"- {name}: default = ours with `{env}`; read back: "
                          f"{change or 'no difference the server reports'}. Goal "
                          f"{'met' if met else '**not met**'}"
-                         + ("" if ratio is None else f" ({ratio:.2f}×)") + ".")  # fmt: skip
+                         + ("" if ratio is None else f" ({ratio:.2f}×)")
+                         + ("" if met or not why else f": {why}") + ".")  # fmt: skip
     md += ["", *notes]
     md += [f"- {name}: one configuration only: {why}" for name, why in same.items()]
     md += [f"- {name}: **not run**: {why}" for name, why in skipped.items()]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadtests import wrk
-from loadtests.environment import with_provenance
+from loadtests.environment import provenance, with_provenance
 from services.registry import parse_stacks
 
 
@@ -24,6 +24,8 @@ class SplitFiles:
         self.records = out / records
         self.markdown = out / markdown
         self.records.write_text("")  # a rerun into the same run replaces its records
+        # Taken now: the code that measures is the code at the start of the run.
+        self.made = provenance()
 
     def append(self, record: dict) -> None:
         """One measured point, written at once: a run cut short keeps what it measured."""
@@ -31,7 +33,7 @@ class SplitFiles:
             f.write(json.dumps(record) + "\n")
 
     def write_markdown(self, lines: list[str]) -> Path:
-        self.markdown.write_text("\n".join(with_provenance(lines)) + "\n")
+        self.markdown.write_text("\n".join(with_provenance(lines, self.made)) + "\n")
         return self.markdown
 
 

@@ -104,6 +104,9 @@ class ServingStack:
     # already, and default_preset_why says so.
     default_preset: Mapping[str, str] | None = None
     default_preset_why: str = "its configuration here is the out-of-the-box one"
+    # What our configuration can and cannot change about its capacity: the fair fight's
+    # report gives it where ours misses the goal against the default.
+    tuning_limit: str = ""
     # Whether it merges concurrent requests into one forward pass under
     # digitnet.spec.BatchingPolicy (read from DIGITNET_BATCH* where it starts): the
     # batching-policy sweep (loadtests/batching.py) runs these.

@@ -83,6 +83,11 @@ class FlaskStack(ServingStack):
     # gunicorn's default worker class (sync); workers and threads follow the same core rule
     # either way (gunicorn's default of one worker is what one core gets).
     default_preset = {"GUNICORN_CMD_ARGS": "--worker-class sync"}
+    tuning_limit = (
+        "a worker per core runs one request at a time, so its throughput is its CPU cost "
+        "per request, which no worker class multiplies; ours buys the tail (arrival order) "
+        "and immunity to slow clients (gevent), not capacity"
+    )
     # The app dispatches on Content-Type (services/flask_torch/app.py), whatever the model.
     codecs = (JSON, BINARY)
 

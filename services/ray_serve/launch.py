@@ -160,6 +160,11 @@ class RayServeStack(ServingStack):
     server_batching = True
     # @serve.batch is opt-in: a deployment without it serves one request per call.
     default_preset = {"DIGITNET_BATCHING": "off"}
+    tuning_limit = (
+        "on one server core Serve's proxy, controller and replica share it, and a request "
+        "crosses the proxy and an actor call: its p99 misses the objective already at one "
+        "back-to-back connection, batching or not"
+    )
     thread_settings = (REPLICAS_ENV, THREADS_ENV, "OMP_NUM_THREADS")
     warmup_off_env = {WARMUP_ENV: "0"}
     # A second route of the same deployment, behind the same proxy (deployment.py).

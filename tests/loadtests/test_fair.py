@@ -41,7 +41,7 @@ def test_the_report_judges_each_stack_against_the_goal() -> None:
     assert "| torchserve | ours | 1.000 | 2.000 | 2000 (16) | 4.0 / 9.0 / 40.0 | 2.00× |" in md
     assert ("- torchserve: default = ours with `DIGITNET_BATCHING=off`; read back: "
             "batch_size: 1 → 8. Goal met (2.00×).") in md
-    assert "worker_class: sync → gevent. Goal **not met** (1.06×)." in md
+    assert "worker_class: sync → gevent. Goal **not met** (1.06×): a worker per core" in md
     assert "- x: one configuration only: same" in md
     assert "- tf_serving: **not run**: no binary" in md
 
