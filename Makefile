@@ -160,7 +160,7 @@ lint: venv ## ruff over the code
 	$(VENV)/bin/ruff check .
 
 clean: stop ## Remove generated artifacts and run state (keeps the venv)
-	rm -rf $(ARTIFACTS) run results/.tmp
+	rm -rf $(ARTIFACTS) $(SIZES_ROOT) run results/.tmp
 
 # --- Kubernetes (k8s/README.md) ---------------------------------------------------------
 # kubectl renders the overlays offline (`kubectl kustomize`); apply, load test and delete
