@@ -214,11 +214,6 @@ class AdmissionGate:
             if not self._busy:
                 self._chained = False
                 self._pass_turn()
-        self._wait_for(turn)
-        self._begin_turn()
-        return True
-
-    def _wait_for(self, turn: threading.Event) -> None:
         try:
             turn.wait()
         except BaseException:
@@ -230,6 +225,8 @@ class AdmissionGate:
             if turn is not None:
                 self.leave(None)
             raise
+        self._begin_turn()
+        return True
 
     def _begin_turn(self) -> None:
         now = time.monotonic()
