@@ -46,7 +46,7 @@ export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 .DEFAULT_GOAL := help
 .PHONY: help venv tools artifacts configs deploy-local stop status parity bench coldstart loadtest \
 	report baselines codecs sizes batching fair test test-fast lint clean
-.PHONY: robustness faults soak overload audit
+.PHONY: robustness faults soak overload floods audit
 .PHONY: gpu-check gpu-bench
 
 .PHONY: k8s-validate images k8s-apply k8s-loadtest k8s-delete k8s-lint-venv k8s-engine \
@@ -146,6 +146,9 @@ soak: artifacts ## SOAK_RATE req/s for SOAK_DURATION s per stack (default 100, 6
 
 overload: artifacts ## 1.5x, 2x, 5x each stack's capacity (RUN's capacity.jsonl, else measured), then 50%: goodput, refusals, recovery
 	$(PY) -m reliability overload $(STACKS_ARG) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
+
+floods: artifacts ## 1000 idle keep-alive and 200 slow connections, then big bodies, each held while normal clients run: their p99, fds, RSS, workers (~3 min)
+	$(PY) -m reliability floods $(STACKS_ARG) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
 
 audit: venv ## pip-audit of requirements.lock; says NOT AUDITED when its database is unreachable
 	$(PY) -m reliability audit --requirements requirements.lock

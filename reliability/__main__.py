@@ -4,6 +4,7 @@
   python -m reliability faults            # `make faults`: kill a worker, SIGTERM, slow clients
   python -m reliability soak --duration 600   # `make soak`
   python -m reliability overload          # `make overload`: 1.5x, 2x, 5x capacity, then 50%
+  python -m reliability floods            # `make floods`: idle, slow and big-body floods
   python -m reliability audit             # `make audit`: pip-audit of requirements.lock
 
 Each run starts the stacks it needs on free 127.0.0.1 ports, stops them afterwards, prints
@@ -34,6 +35,7 @@ from harness.paths import timestamped_dir
 from reliability import report
 from reliability.settings import (
     FaultSettings,
+    FloodSettings,
     MatrixSettings,
     OverloadSettings,
     SlowClientSettings,
@@ -180,10 +182,40 @@ def run_overload(paths: ArtifactPaths, stacks: list[str], settings: OverloadSett
     return 1 if strict and missed else 0
 
 
+def run_floods(paths: ArtifactPaths, stacks: list[str], settings: FloodSettings,
+               into_run: Path | None) -> int:
+    from reliability.floods import floods
+    from reliability.overload import OVERLOAD_ENV, pinned, split_cores
+
+    server_cores, generator_cores = split_cores(usable_cores())
+    print(f"floods: servers on cores {server_cores}, the clients on cores {generator_cores}",
+          flush=True)
+    data: dict = {"runs": [], "skipped": {}, "server_cores": server_cores,
+                  "generator_cores": generator_cores}
+    with tempfile.TemporaryDirectory(prefix="floods-") as tmp:
+        for name in stacks:
+            reason = skipped_reason(name)
+            if reason is not None:
+                data["skipped"][name] = reason
+                continue
+            with ExitStack() as exits:
+                running = start_stack(name, paths, Path(tmp) / name, exits,
+                                      cores=server_cores if server_cores != generator_cores
+                                      else None, env=OVERLOAD_ENV)
+                with pinned(generator_cores):
+                    data["runs"].append(floods(running, settings,
+                                               progress=lambda line: print(line, flush=True)))
+    md = report.floods_markdown(data)
+    out = write_results("floods", {report.FLOODS_FILE: data}, md, "FLOODS.md", into_run)
+    print("\n".join(md))
+    print(f"floods: wrote {out}")
+    return 0 if all(run["passed"] for run in data["runs"]) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="Settings: MATRIX_*, FAULT_*, SLOW_*, SOAK_*, OVERLOAD_* variables "
+        epilog="Settings: MATRIX_*, FAULT_*, SLOW_*, SOAK_*, OVERLOAD_*, FLOOD_* variables "
                "(reliability/settings.py)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +225,8 @@ def main() -> int:
         "soak": sub.add_parser("soak", help="fixed rate for a long while, memory watched"),
         "overload": sub.add_parser("overload", help="1.5x, 2x, 5x capacity, then 50%%: "
                                    "goodput, refusals, recovery"),
+        "floods": sub.add_parser("floods", help="idle and slow connection floods, big "
+                                 "bodies, held while normal clients run"),
     }
     commands["faults"].add_argument("--scenarios", default=",".join(SCENARIOS),
                                     help=f"comma-separated subset of {','.join(SCENARIOS)}")
@@ -239,6 +273,8 @@ def main() -> int:
         "overload": lambda: run_overload(
             paths, stacks, dataclasses.replace(overload_defaults, phase_s=args.phase),
             args.into_run, args.strict, args.measure_capacity),
+        "floods": lambda: run_floods(paths, stacks, from_env(FloodSettings, "FLOOD"),
+                                     args.into_run),
     }  # fmt: skip
     return runs[args.command]()
 

@@ -190,19 +190,21 @@ def run_schedule(endpoint: Endpoint, payloads: PayloadSet, offsets: Sequence[flo
 
 
 class UsageSampler:
-    """Every `interval_s`: CPU seconds and RSS of the server's process tree, and this
-    process's CPU seconds (the generator), on time.monotonic()."""
+    """Every `interval_s`: CPU seconds, RSS and open file descriptors of the server's
+    process tree, and this process's CPU seconds (the generator), on time.monotonic()."""
 
     def __init__(self, server_pid: int, interval_s: float) -> None:
         self.root = psutil.Process(server_pid)
         self.me = psutil.Process()
         self.interval_s = interval_s
-        self.samples: list[tuple[float, float, float, float]] = []  # t, cpu s, MiB, own cpu s
+        # t, cpu s, MiB, own cpu s, file descriptors
+        self.samples: list[tuple[float, float, float, float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="overload-usage", daemon=True)
 
-    def read(self) -> tuple[float, float, float, float]:
+    def read(self) -> tuple[float, float, float, float, int]:
         cpu = rss = 0.0
+        fds = 0
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
@@ -212,24 +214,28 @@ class UsageSampler:
                 times = proc.cpu_times()
                 cpu += times.user + times.system
                 rss += proc.memory_info().rss / MIB
+                fds += proc.num_fds()
             except psutil.Error:
                 continue
         own = self.me.cpu_times()
-        return time.monotonic(), cpu, rss, own.user + own.system
+        return time.monotonic(), cpu, rss, own.user + own.system, fds
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.samples.append(self.read())
 
     def usage(self, start_s: float, end_s: float) -> dict:
-        """Server CPU % (100 = one core), its peak RSS, and the generator's CPU % between
-        the samples nearest inside [start_s, end_s]; None where fewer than two fell there."""
+        """Server CPU % (100 = one core), its peak RSS and open file descriptors, and the
+        generator's CPU % between the samples nearest inside [start_s, end_s]; None where
+        fewer than two fell there."""
         inside = [s for s in self.samples if start_s <= s[0] <= end_s]
         if len(inside) < 2:
-            return {"server_cpu_pct": None, "server_rss_mib": None, "generator_cpu_pct": None}
-        (t0, cpu0, _, own0), (t1, cpu1, _, own1) = inside[0], inside[-1]
+            return {"server_cpu_pct": None, "server_rss_mib": None, "server_fds": None,
+                    "generator_cpu_pct": None}
+        (t0, cpu0, _, own0, _), (t1, cpu1, _, own1, _) = inside[0], inside[-1]
         return {"server_cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0),
                 "server_rss_mib": max(s[2] for s in inside),
+                "server_fds": max(s[4] for s in inside),
                 "generator_cpu_pct": 100.0 * (own1 - own0) / (t1 - t0)}
 
     def __enter__(self) -> UsageSampler:

@@ -18,6 +18,7 @@ FAULTS_FILE = "faults.json"
 SLOW_CLIENTS_FILE = "slow_clients.json"
 SOAK_FILE = "soak.json"
 OVERLOAD_FILE = "overload.json"
+FLOODS_FILE = "floods.json"
 # Inside a load-test run folder.
 RUN_SUBDIR = "reliability"
 
@@ -254,12 +255,80 @@ def overload_markdown(data: dict) -> list[str]:
     return md
 
 
+def _ok(value: bool) -> str:
+    return "✓" if value else "✗ **FAIL**"
+
+
+def floods_markdown(data: dict) -> list[str]:
+    """Per stack: the normal clients in each flood against their baseline, the server's
+    file descriptors, RSS and workers, and what its own defences did."""
+    md = [
+        "## Floods",
+        "",
+        "Normal clients (closed loop, a fresh connection per request) measured alone, then "
+        "while idle keep-alive connections are held, while slow clients send their body a "
+        "byte at a time, and while big-batch senders run (half padded to the body limit, "
+        "one over it). fds and RSS: the server's process tree, peak in the phase; RSS in "
+        "the big phase must level off (second half's peak near the first's), and its "
+        "growth is shown in copies of a max-size body per big sender.",
+        "",
+        "| stack | phase | held at start → end | normal p50 / p99 ms (× baseline) | failed | "
+        "server fds peak (bound) → after | RSS MiB peak | workers | verdict |",
+        "|" + " --- |" * 9,
+    ]
+    notes = []
+    for r in data.get("runs", []):
+        phases, verdicts = r["phases"], r["verdicts"]
+        for name, phase in phases.items():
+            normal, usage = phase["normal"], phase["usage"]
+            verdict = verdicts.get(name, {})
+            held = (f"{phase['open_at_start']} of {phase['connections']} → "
+                    f"{phase['open_at_end']}" if "open_at_start" in phase else "–")
+            ratio = verdict.get("p99_ratio")
+            p99 = _fmt(normal["p99_ms"]) + (f" ({ratio:.2f}×)" if ratio is not None else "")
+            fds = _fmt(usage["server_fds"], 0)
+            if "fds_bound" in verdict:
+                fds += f" ({verdict['fds_bound']}) → {phase['fds_after_close']}"
+            rss = _fmt(usage["server_rss_mib"], 0)
+            if verdict.get("rss_plateau_mib") is not None:
+                first, second = phase["rss_halves_mib"]
+                rss += (f" ({_fmt(first, 0)} → {_fmt(second, 0)} by halves, at most "
+                        f"{verdict['rss_plateau_mib']:.0f}; {_fmt(verdict['copies_per_sender'], 1)}"
+                        " body copies per sender)")
+            checks = [v for k, v in verdict.items() if k.endswith("_ok") or k == "clean"]
+            md.append(
+                f"| {r['stack']} | {name} | {held} | {_fmt(normal['p50_ms'])} / {p99} | "
+                f"{normal['failed']} | {fds} | {rss} | "
+                f"{'lost ' + str(phase['workers_lost']) if phase['workers_lost'] else 'all kept'}"
+                f" | {_ok(all(checks)) if checks else '–'} |")
+        idle, slow, big = phases["idle"], phases["slow"], phases["big"]
+        notes.append(
+            f"- **{r['stack']}**: idle: {idle['opened']} opened (first answers "
+            f"{_outcomes(idle['first_answers'])}), {idle['open_at_end']} still open after "
+            f"{r['settings']['duration_s']:g} s; slow: {slow['open_at_end']} of "
+            f"{slow['connections']} still open, answered early {_outcomes(slow['answered_early'])}"
+            f", closed by the server {slow['closed_by_server']}, connect errors "
+            f"{_outcomes(slow['connect_errors'])}; big: {big['requests']} requests of batch "
+            f"{big['max_batch']} ({_outcomes(big['outcomes'])}; p50 / p99 "
+            f"{_fmt(big['latency']['p50_ms'])} / {_fmt(big['latency']['p99_ms'])} ms), over "
+            f"the {big['max_body_bytes']}-byte limit: {_outcomes(big['over_limit_outcomes'])}"
+            + (f"; **unclean**: {_outcomes(verdicts['big']['unclean'])}"
+               if verdicts["big"]["unclean"] else "")
+            + f"; RSS after {_fmt(r['rss_after_mib'], 0)} MiB.")
+    md += ["", *notes] if notes else []
+    for stack, reason in data.get("skipped", {}).items():
+        md.append(f"- **{stack} skipped**: {reason}")
+    md.append("")
+    return md
+
+
 RENDERERS = {
     MATRIX_FILE: matrix_markdown,
     FAULTS_FILE: faults_markdown,
     SLOW_CLIENTS_FILE: slow_clients_markdown,
     SOAK_FILE: soak_markdown,
     OVERLOAD_FILE: overload_markdown,
+    FLOODS_FILE: floods_markdown,
 }
 
 
@@ -272,6 +341,6 @@ def sections_for_run(run_dir: Path) -> list[str]:
             md += render(json.loads(path.read_text()))
     if md:
         md = ["# Reliability", "", "Figures from `make robustness`, `make faults`, "
-              "`make soak` and `make overload` copied into this run (see "
+              "`make soak`, `make overload` and `make floods` copied into this run (see "
               "reliability/README.md).", "", *md]
     return md

@@ -61,6 +61,25 @@ class SlowClientSettings:
 
 
 @dataclass(frozen=True)
+class FloodSettings:
+    # Issue 12's floods: keep-alive connections left idle after one request each, and
+    # slow clients sending their body one byte per interval, each held while normal
+    # clients run; then big-batch senders (the largest batch, and the largest body).
+    idle_connections: int = 1000
+    slow_clients: int = 200
+    # 419 bytes of a batch-1 body at one byte per 0.5 s: no slow body completes in a run.
+    byte_interval_s: float = 0.5
+    big_clients: int = 16
+    # Each phase (baseline, idle, slow, big) measures the normal clients this long.
+    duration_s: float = 8.0
+    normal_clients: int = 2
+    request_timeout_s: float = 5.0
+    # The normal clients' p99 under a connection flood may be at most this times baseline.
+    max_p99_ratio: float = 2.0
+    sample_interval_s: float = 0.25
+
+
+@dataclass(frozen=True)
 class SoakSettings:
     # Open-loop arrival rate: moderate, well under every stack's closed-loop peak here.
     rate: float = 100.0

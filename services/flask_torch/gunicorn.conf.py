@@ -9,6 +9,7 @@ Only numbers are derived here; the app's own settings live in settings.py.
 """
 
 import os
+import time
 
 from services.flask_torch.settings import (
     BIND_ENV,
@@ -90,3 +91,47 @@ loglevel = "info"
 # gunicorn >= 25.1 otherwise opens a control socket under $XDG_RUNTIME_DIR or
 # ~/.gunicorn/, which fails on a read-only root filesystem and for a user without a home.
 control_socket_disable = True
+
+
+
+# A 413 leaves the oversized body unread, and gunicorn drains it before the next request
+# on the connection: 1 KiB per read, never yielding while the client keeps sending, so one
+# client sending bodies over the limit back to back starved every other request on its
+# worker (measured: normal clients timed out at 5 s; reliability/floods.py, big phase).
+# Closing at once is no better: the client, still sending, gets a reset instead of the
+# 413 about half the time. So, as nginx's lingering close: the body is read and dropped
+# in large chunks, the worker's other requests run between chunks, and past this many
+# bytes or seconds the connection is closed instead.
+UNREAD_DRAIN_CHUNK = 64 * 1024
+UNREAD_DRAIN_MAX_BYTES = 16 * 1024 * 1024
+UNREAD_DRAIN_S = 2.0
+
+
+def post_request(worker, req, environ, resp):
+    if resp is None or resp.status_code != 413:
+        return
+    sock = environ.get("gunicorn.socket")
+    prior = sock.gettimeout() if sock is not None else None
+    deadline = time.monotonic() + UNREAD_DRAIN_S
+    drained = 0
+    try:
+        while drained <= UNREAD_DRAIN_MAX_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if sock is not None:
+                sock.settimeout(remaining)
+            data = req.body.read(UNREAD_DRAIN_CHUNK)
+            if not data:
+                return  # all of it read: the connection stays alive
+            drained += len(data)
+            time.sleep(0)  # under gevent, a turn for the worker's other greenlets
+    except OSError:  # the socket timed out or the client went away
+        pass
+    finally:
+        if sock is not None:
+            try:
+                sock.settimeout(prior)
+            except OSError:
+                pass
+    req.force_close()

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
+import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import psutil
@@ -19,7 +23,9 @@ from digitnet.clients import FLASK_LIVE_PATH, FLASK_READY_PATH, TFS_STATUS_PATH,
 from digitnet.codec import INFERENCE_TIME_HEADER, encode_request
 from digitnet.data import DigitsSplit
 from digitnet.torchscript import load_torchscript
+from harness.lifecycle import start_stack as harness_start_stack
 from services.flask_torch.launch import STACK
+from services.flask_torch.settings import WORKERS_ENV
 from services.process import ServerProcess, free_port, port_is_free
 from tests.services.binary_check import check_binary_against_json
 
@@ -166,3 +172,49 @@ def test_stop_leaves_no_process_and_frees_the_port(
 def test_the_binary_client_gets_the_json_clients_logits(client: RestClient,
                                                         split: DigitsSplit) -> None:  # fmt: skip
     check_binary_against_json(client, split.test_images)
+
+
+
+def test_bodies_over_the_limit_back_to_back_get_413_and_starve_nobody(
+    artifacts: ArtifactPaths, tmp_path: Path, split: DigitsSplit, limits
+) -> None:
+    """gunicorn drains a 413's unread body 1 KiB at a time without yielding; before the
+    lingering drain in gunicorn.conf.py's post_request, one connection sending bodies over
+    the limit back to back made other requests on its worker time out (one worker here,
+    so every request shares it). Each 413 must also arrive whole on a connection that
+    stays usable (closing at once instead reset about half of them)."""
+    over = b" " * (limits.max_body_bytes + 10)
+    with ExitStack() as exits:
+        running = harness_start_stack(STACK, artifacts, tmp_path / "run", exits,
+                                      env={WORKERS_ENV: "1"})
+        url = running.rest.url
+        port = int(urlsplit(url).port)
+        stop = threading.Event()
+        statuses: list[int | str] = []
+
+        def send_over_the_limit() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT_S)
+            try:
+                while not stop.is_set():
+                    try:
+                        conn.request("POST", urlsplit(url).path, body=over, headers=JSON_HEADERS)
+                        response = conn.getresponse()
+                        response.read()
+                        statuses.append(response.status)
+                    except OSError as err:
+                        statuses.append(repr(err))
+                        conn.close()
+            finally:
+                conn.close()
+
+        flood = threading.Thread(target=send_over_the_limit, daemon=True)
+        flood.start()
+        try:
+            for i in range(20):
+                body = json.dumps({"instances": split.test_images[i : i + 1].tolist()})
+                response = requests.post(url, data=body, headers=JSON_HEADERS, timeout=5.0)
+                assert response.status_code == 200, response.text[:200]
+        finally:
+            stop.set()
+            flood.join(2 * HTTP_TIMEOUT_S)
+    assert statuses and set(statuses) == {413}, statuses[:10]
