@@ -148,12 +148,18 @@ def run_soak(paths: ArtifactPaths, stacks: list[str], settings: SoakSettings,
 
 def run_overload(paths: ArtifactPaths, stacks: list[str], settings: OverloadSettings,
                  into_run: Path | None, strict: bool, measure_capacity: bool) -> int:
-    from reliability.overload import OVERLOAD_ENV, capacity_from_run, overload, split_cores
+    from reliability.overload import (
+        OVERLOAD_ENV,
+        capacity_from_run,
+        guard_line,
+        overload,
+        split_cores,
+    )
 
     server_cores, generator_cores = split_cores(usable_cores())
     print(f"overload: servers on cores {server_cores}, the generator on cores "
-          f"{generator_cores}", flush=True)
-    data: dict = {"runs": [], "skipped": {}}
+          f"{generator_cores}; {guard_line()}", flush=True)
+    data: dict = {"runs": [], "skipped": {}, "guard": guard_line()}
     with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
         for name in stacks:
             reason = skipped_reason(name)
@@ -185,13 +191,13 @@ def run_overload(paths: ArtifactPaths, stacks: list[str], settings: OverloadSett
 def run_floods(paths: ArtifactPaths, stacks: list[str], settings: FloodSettings,
                into_run: Path | None) -> int:
     from reliability.floods import floods
-    from reliability.overload import OVERLOAD_ENV, pinned, split_cores
+    from reliability.overload import OVERLOAD_ENV, guard_line, pinned, split_cores
 
     server_cores, generator_cores = split_cores(usable_cores())
-    print(f"floods: servers on cores {server_cores}, the clients on cores {generator_cores}",
-          flush=True)
+    print(f"floods: servers on cores {server_cores}, the clients on cores {generator_cores}; "
+          f"{guard_line()}", flush=True)
     data: dict = {"runs": [], "skipped": {}, "server_cores": server_cores,
-                  "generator_cores": generator_cores}
+                  "generator_cores": generator_cores, "guard": guard_line()}
     with tempfile.TemporaryDirectory(prefix="floods-") as tmp:
         for name in stacks:
             reason = skipped_reason(name)

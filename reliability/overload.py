@@ -44,6 +44,7 @@ from harness.payload import PayloadSet
 from reliability.client import OTHER, Connection, Endpoint, endpoint_of, http_kind
 from reliability.load import MAX_RUN_S, ClosedLoop, Sample, outcome_counts, send_one
 from reliability.settings import OverloadSettings
+from services.guard import GUARD_ENV, NGINX, OFF, nginx_binary
 
 MIB = 2**20
 # Answers that say "not now" rather than "broken": TorchServe's full job queue and our
@@ -64,8 +65,22 @@ PEAK_WARNING_RATIO = 2.0
 
 # Overload measures the servers as they would run in production under it: with the
 # admission control of the servers we own on (off by default: digitnet/spec.py
-# AdmissionPolicy says why), unless DIGITNET_ADMISSION says otherwise.
-OVERLOAD_ENV = {"DIGITNET_ADMISSION": os.environ.get("DIGITNET_ADMISSION", "on")}
+# AdmissionPolicy says why), and behind the nginx front that refuses for them in C
+# (services/guard.py) where nginx is installed, unless DIGITNET_ADMISSION / DIGITNET_GUARD
+# say otherwise. The other stacks ignore both.
+OVERLOAD_ENV = {
+    "DIGITNET_ADMISSION": os.environ.get("DIGITNET_ADMISSION", "on"),
+    GUARD_ENV: os.environ.get(GUARD_ENV) or (NGINX if nginx_binary() else OFF),
+}
+
+
+def guard_line() -> str:
+    """Which front the servers we own run behind, and why."""
+    if OVERLOAD_ENV[GUARD_ENV] == NGINX:
+        return "the Flask stacks behind the nginx front (services/guard.py)"
+    why = ("nginx is not installed: `make tools`" if nginx_binary() is None
+           else f"{GUARD_ENV}={OVERLOAD_ENV[GUARD_ENV]}")
+    return f"the Flask stacks WITHOUT the nginx front ({why}): refusals cost Python time"
 
 
 def split_cores(cores: list[int]) -> tuple[list[int], list[int]]:

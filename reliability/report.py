@@ -207,6 +207,7 @@ def overload_markdown(data: dict) -> list[str]:
         "are 503/429 answers, timed from the send; accepted latency counts from the "
         "schedule; recovery is measured from the drop.",
         "",
+        *([f"Servers: {data['guard']}.", ""] if data.get("guard") else []),
     ]
     for r in data.get("runs", []):
         md += [
@@ -272,6 +273,7 @@ def floods_markdown(data: dict) -> list[str]:
         "the big phase must level off (second half's peak near the first's), and its "
         "growth is shown in copies of a max-size body per big sender.",
         "",
+        *([f"Servers: {data['guard']}.", ""] if data.get("guard") else []),
         "| stack | phase | held at start → end | normal p50 / p99 ms (× baseline) | failed | "
         "server fds peak (bound) → after | RSS MiB peak | workers | verdict |",
         "|" + " --- |" * 9,

@@ -34,6 +34,7 @@ from services.flask_torch.settings import (
     WORKERS_ENV,
     parallelism_from_env,
 )
+from services.guard import GUARD_ENV, OFF
 from services.process import (
     LOOPBACK,
     ServerProcess,
@@ -63,6 +64,13 @@ def _port(server: ServerProcess) -> int:
     if port is None:
         raise ValueError(f"{server.name}: endpoint {server.endpoints[HTTP]} has no port")
     return port
+
+
+def _is_gunicorn(proc: psutil.Process) -> bool:
+    try:
+        return "gunicorn" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 class FlaskStack(ServingStack):
@@ -179,8 +187,9 @@ class FlaskStack(ServingStack):
         wait_until(lambda: port_is_free(port), PORT_RELEASE_TIMEOUT_S, f"{self.name} port {port}")
 
     def workers(self, server: ServerProcess) -> list[psutil.Process]:
-        # gunicorn forks its workers straight from the master.
-        return [p for p in psutil.Process(server.pid).children() if alive(p)]
+        # gunicorn forks its workers straight from the master; the nginx front
+        # (services/guard.py) is the master's child too, and no worker.
+        return [p for p in psutil.Process(server.pid).children() if alive(p) and _is_gunicorn(p)]
 
     workers_not_applicable = "gunicorn always has worker processes"
 
@@ -199,12 +208,15 @@ class FlaskStack(ServingStack):
             "torch_threads": environ.get(TORCH_THREADS_ENV),
             "admission": environ.get("DIGITNET_ADMISSION", "off"),
             "arrival_order": environ.get("DIGITNET_ADMIT_ORDER", "on"),
+            "front": environ.get(GUARD_ENV, OFF),
         }
 
     def process_role(self, proc: psutil.Process) -> str | None:
         try:
+            if not _is_gunicorn(proc):
+                return "nginx front"
             parent = proc.parent()
-            is_worker = parent is not None and "gunicorn" in " ".join(parent.cmdline())
+            is_worker = parent is not None and _is_gunicorn(parent)
             return "gunicorn worker" if is_worker else "gunicorn master"
         except psutil.Error:
             return None

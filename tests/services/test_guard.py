@@ -1,0 +1,161 @@
+"""The nginx front (services/guard.py): its config, accepted by nginx itself, and a real
+flask_torch behind it refusing a burst in C while answering the rest, probes and limits
+as without it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import requests
+
+from digitnet.artifacts import ArtifactPaths
+from digitnet.clients import FLASK_READY_PATH
+from digitnet.codec import encode_request
+from digitnet.data import DigitsSplit
+from digitnet.spec import AdmissionPolicy, ServingLimits
+from harness.lifecycle import RunningStack, start_stack
+from services.guard import (
+    GUARD_ENV,
+    NGINX,
+    guard_from_env,
+    guard_inflight,
+    nginx_binary,
+    render_nginx_conf,
+)
+from services.process import port_is_free
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+HTTP_TIMEOUT_S = 30.0
+needs_nginx = pytest.mark.skipif(nginx_binary() is None,
+                                 reason="nginx is not installed: run `make tools`")
+
+
+def test_guard_is_off_unless_asked_and_names_are_checked(monkeypatch) -> None:
+    monkeypatch.delenv(GUARD_ENV, raising=False)
+    assert guard_from_env() == "off"
+    monkeypatch.setenv(GUARD_ENV, " NGINX ")
+    assert guard_from_env() == NGINX
+    monkeypatch.setenv(GUARD_ENV, "haproxy")
+    with pytest.raises(ValueError, match="DIGITNET_GUARD"):
+        guard_from_env()
+
+
+def test_inflight_is_every_workers_admission_bound() -> None:
+    policy = AdmissionPolicy(objective_ms=50.0, queue_share=0.5, service_ms=1.0)
+    assert guard_inflight(policy, 2) == 2 * 25
+    assert guard_inflight(AdmissionPolicy(limit=3), 4) == 12
+
+
+@needs_nginx
+def test_rendered_config_is_accepted_by_nginx(tmp_path: Path) -> None:
+    policy, limits = AdmissionPolicy(retry_after_s=2), ServingLimits()
+    conf = render_nginx_conf("127.0.0.1:1", "unix:/nonexistent.sock", 7, policy, limits,
+                             tmp_path)
+    assert "limit_conn predict 7;" in conf and f"client_max_body_size {limits.max_body_bytes};" in conf
+    assert "Retry-After 2 always" in conf
+    (tmp_path / "nginx.conf").write_text(conf)
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp_path / "temp" / sub).mkdir(parents=True)
+    checked = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-e",
+                              str(tmp_path / "e.log"), "-c", str(tmp_path / "nginx.conf")],
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+
+
+# --- a real stack behind it: one worker, one request inside at a time -----------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(artifacts: ArtifactPaths,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    if nginx_binary() is None:
+        pytest.skip("nginx is not installed: run `make tools`")
+    env = {GUARD_ENV: NGINX, "DIGITNET_ADMISSION": "on", "DIGITNET_ADMIT_LIMIT": "1",
+           "FLASK_TORCH_WORKERS": "1"}
+    with ExitStack() as exits:
+        yield start_stack("flask_torch", artifacts, tmp_path_factory.mktemp("guarded"), exits,
+                          env=env)
+
+
+def _burst(url: str, body: bytes, count: int) -> list[requests.Response]:
+    barrier = threading.Barrier(count)
+    answers: list[requests.Response] = []
+
+    def one() -> None:
+        barrier.wait(HTTP_TIMEOUT_S)
+        answers.append(requests.post(url, data=body, headers=JSON_HEADERS,
+                                     timeout=HTTP_TIMEOUT_S))
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(2 * HTTP_TIMEOUT_S)
+    return answers
+
+
+@pytest.mark.integration
+def test_the_front_refuses_part_of_a_burst_in_c_and_answers_the_rest(
+    guarded: RunningStack, split: DigitsSplit
+) -> None:
+    url = guarded.rest.url
+    body = json.dumps(encode_request(split.test_images[:64])).encode()
+    refused, answered = [], []
+    for _ in range(5):
+        answers = _burst(url, body, 16)
+        refused += [a for a in answers if a.status_code == 503]
+        answered += [a for a in answers if a.status_code == 200]
+        assert {a.status_code for a in answers} <= {200, 503}
+        if refused and answered:
+            break
+    assert refused and answered
+    for answer in refused:
+        # nginx's answer, not the app's: the app never saw these requests.
+        assert answer.headers["Server"] == "nginx" and answer.headers["Retry-After"] == "1"
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.json()["reason"] == "overloaded"
+        assert "1 request(s) in flight" in answer.json()["error"]
+    logits = np.asarray([p["logits"] for p in answered[0].json()["predictions"]])
+    assert logits.shape == (64, 10)
+
+
+@pytest.mark.integration
+def test_behind_the_front_limits_and_probes_answer_as_without_it(
+    guarded: RunningStack, split: DigitsSplit, limits: ServingLimits
+) -> None:
+    url = guarded.rest.url
+    base = url.split("/v1/", 1)[0]
+    too_large = requests.post(url, data=b" " * (limits.max_body_bytes + 1),
+                              headers=JSON_HEADERS, timeout=HTTP_TIMEOUT_S)
+    assert too_large.status_code == 413 and too_large.json() == {
+        "error": f"request body exceeds the maximum of {limits.max_body_bytes} bytes",
+        "reason": "body_too_large"}
+    bad = requests.post(url, data=b'{"instances": [[1, 2]]}', headers=JSON_HEADERS,
+                        timeout=HTTP_TIMEOUT_S)
+    assert bad.status_code == 400 and bad.json()["reason"] == "wrong_shape"
+    assert requests.get(base + FLASK_READY_PATH, timeout=HTTP_TIMEOUT_S).status_code == 200
+    config = guarded.stack.serving_config(guarded.server)
+    assert config["front"] == NGINX and config["workers"] == 1
+
+
+@needs_nginx
+@pytest.mark.integration
+def test_stopping_the_stack_stops_its_front(artifacts: ArtifactPaths, tmp_path: Path) -> None:
+    with ExitStack() as exits:
+        running = start_stack("flask_torch", artifacts, tmp_path / "run", exits,
+                              env={GUARD_ENV: NGINX, "FLASK_TORCH_WORKERS": "1"})
+        tree = psutil.Process(running.server.pid).children(recursive=True)
+        fronts = [p for p in tree if p.name() == "nginx"]
+        assert fronts, [p.name() for p in tree]
+        assert len(running.stack.workers(running.server)) == 1
+        port = int(running.rest.url.split(":")[2].split("/")[0])
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in fronts)
+    assert port_is_free(port)
