@@ -59,7 +59,8 @@ def test_rendered_config_is_accepted_by_nginx(tmp_path: Path) -> None:
     policy, limits = AdmissionPolicy(retry_after_s=2), ServingLimits()
     conf = render_nginx_conf("127.0.0.1:1", "unix:/nonexistent.sock", 7, policy, limits,
                              tmp_path)
-    assert "limit_conn predict 7;" in conf and f"client_max_body_size {limits.max_body_bytes};" in conf
+    assert "limit_conn predict 7;" in conf
+    assert f"client_max_body_size {limits.max_body_bytes};" in conf
     assert "Retry-After 2 always" in conf
     (tmp_path / "nginx.conf").write_text(conf)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
