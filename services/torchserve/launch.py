@@ -51,6 +51,10 @@ from services.torchserve.healthcheck import KEY_FILE, model_status, workers_read
 
 HERE = Path(__file__).resolve().parent
 CONFIG_TEMPLATE = HERE / "config.properties"
+# Where the image keeps our log4j2.xml (config.properties' vmargs), and the repository's copy
+# a local run uses instead.
+IMAGE_LOG_CONFIG = "file:///opt/digitnet/log4j2.xml"
+LOG_CONFIG = HERE / "log4j2.xml"
 # TorchServe writes KEY_FILE to the JVM's working directory; start() runs it in run_dir.
 LOG_FILE = "torchserve.log"
 CONFIG_FILE = "config.properties"
@@ -206,6 +210,18 @@ def served_models(paths: ArtifactPaths, noop: bool) -> list[str]:
     return [paths.spec.name, *([noop_model_name(paths.spec)] if noop else [])]
 
 
+def local_vmargs(vmargs: str) -> str:
+    """The committed JVM arguments with the image's log4j2.xml replaced by the repository's.
+
+    Raises:
+        ValueError: when the committed vmargs no longer name the image's log config (a
+            local run would then log at TorchServe's DEBUG default, unnoticed).
+    """
+    if IMAGE_LOG_CONFIG not in vmargs:
+        raise ValueError(f"config.properties vmargs must name {IMAGE_LOG_CONFIG}: {vmargs!r}")
+    return vmargs.replace(IMAGE_LOG_CONFIG, LOG_CONFIG.resolve().as_uri())
+
+
 def local_overrides(
     paths: ArtifactPaths, ports: Mapping[str, int], plan: CoreSplit, noop: bool = False
 ) -> dict[str, str]:
@@ -230,6 +246,7 @@ def local_overrides(
         "grpc_management_address": LOOPBACK,
         "grpc_management_port": str(ports["grpc_management"]),
         "model_store": str(store),
+        "vmargs": local_vmargs(read_properties(CONFIG_TEMPLATE.read_text())["vmargs"]),
         "load_models": ",".join(f"{name}={name}.mar" for name in names),
         # Only archives directly inside this store; re.escape keeps the path literal.
         "allowed_urls": f"file://{re.escape(str(store))}/[^/]+[.]mar",
