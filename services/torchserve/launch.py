@@ -68,6 +68,11 @@ WORKERS_ENV = "DIGITNET_TORCHSERVE_WORKERS"
 # (ours hands the handler the bytes: one parse, by the codec). The fair fight's default
 # preset sets it; nothing else does.
 DECODE_INPUT_ENV = "DIGITNET_TORCHSERVE_DECODE_INPUT"
+# "builtin": TorchServe's own log4j2.xml (DEBUG, a line per request), as it runs out of the
+# box; anything else: ours (config.properties' vmargs).
+LOGGING_ENV = "DIGITNET_TORCHSERVE_LOGGING"
+BUILTIN_LOGGING = "builtin"
+LOG_CONFIG_ARG = "-Dlog4j.configurationFile="
 # Workers listen on <java.io.tmpdir>/.ts.sock.<port>; Linux caps socket paths at 107 bytes.
 MAX_UNIX_SOCKET_PATH = 107
 WORKER_PORT_MAX = 65535
@@ -210,8 +215,9 @@ def served_models(paths: ArtifactPaths, noop: bool) -> list[str]:
     return [paths.spec.name, *([noop_model_name(paths.spec)] if noop else [])]
 
 
-def local_vmargs(vmargs: str) -> str:
-    """The committed JVM arguments with the image's log4j2.xml replaced by the repository's.
+def local_vmargs(vmargs: str, builtin_logging: bool = False) -> str:
+    """The committed JVM arguments with the image's log4j2.xml replaced by the repository's
+    (or dropped, for TorchServe's built-in logging).
 
     Raises:
         ValueError: when the committed vmargs no longer name the image's log config (a
@@ -219,6 +225,8 @@ def local_vmargs(vmargs: str) -> str:
     """
     if IMAGE_LOG_CONFIG not in vmargs:
         raise ValueError(f"config.properties vmargs must name {IMAGE_LOG_CONFIG}: {vmargs!r}")
+    if builtin_logging:
+        return " ".join(a for a in vmargs.split() if not a.startswith(LOG_CONFIG_ARG))
     return vmargs.replace(IMAGE_LOG_CONFIG, LOG_CONFIG.resolve().as_uri())
 
 
@@ -246,7 +254,8 @@ def local_overrides(
         "grpc_management_address": LOOPBACK,
         "grpc_management_port": str(ports["grpc_management"]),
         "model_store": str(store),
-        "vmargs": local_vmargs(read_properties(CONFIG_TEMPLATE.read_text())["vmargs"]),
+        "vmargs": local_vmargs(read_properties(CONFIG_TEMPLATE.read_text())["vmargs"],
+                               os.environ.get(LOGGING_ENV) == BUILTIN_LOGGING),
         "load_models": ",".join(f"{name}={name}.mar" for name in names),
         # Only archives directly inside this store; re.escape keeps the path literal.
         "allowed_urls": f"file://{re.escape(str(store))}/[^/]+[.]mar",
@@ -304,7 +313,8 @@ class TorchServeStack(ServingStack):
     noop_env = {NOOP_ENV: "1"}
     # TorchServe's out-of-the-box serving: batchSize 1 (its default) and the worker
     # decoding JSON bodies itself (decode_input_request's default).
-    default_preset = {"DIGITNET_BATCHING": "off", DECODE_INPUT_ENV: "true"}
+    default_preset = {"DIGITNET_BATCHING": "off", DECODE_INPUT_ENV: "true",
+                      LOGGING_ENV: BUILTIN_LOGGING}
     compose_service = "torchserve"
     image = ("digitnet-torchserve", "services/torchserve/Dockerfile")
     k8s_deployment = "torchserve"
@@ -418,7 +428,23 @@ class TorchServeStack(ServingStack):
             "min_workers": status.get("minWorkers"),
             "max_workers": status.get("maxWorkers"),
             "response_timeout_s": status.get("responseTimeout"),
+            "logging": self._logging(server),
         }
+
+    @staticmethod
+    def _logging(server: ServerProcess) -> str | None:
+        """Which log4j2 config the frontend's JVM runs with, from its command line."""
+        try:
+            procs = session_processes(server.pid)
+            for proc in procs:
+                args = proc.cmdline()
+                if args and Path(args[0]).name == "java":
+                    named = [a for a in args if a.startswith(LOG_CONFIG_ARG)]
+                    return (Path(named[0].removeprefix(LOG_CONFIG_ARG)).name if named
+                            else "TorchServe's built-in (DEBUG, a line per request)")
+        except psutil.Error:
+            return None
+        return None
 
     def model_ready(self, server: ServerProcess, model_name: str) -> bool:
         """True when the model has its minimum number of workers and all are READY

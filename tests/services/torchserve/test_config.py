@@ -144,6 +144,9 @@ def test_the_jvm_logs_warnings_from_our_log4j2_in_the_image_and_locally(props) -
     assert local.replace(LOG_CONFIG.resolve().as_uri(), IMAGE_LOG_CONFIG) == props["vmargs"]
     with pytest.raises(ValueError, match="log4j2"):
         local_vmargs("-XX:+UseContainerSupport")
+    # Out of the box (make fair's default preset): TorchServe's own, the rest unchanged.
+    builtin = local_vmargs(props["vmargs"], builtin_logging=True)
+    assert "log4j" not in builtin and "-XX:+ExitOnOutOfMemoryError" in builtin.split()
     loggers = ElementTree.parse(LOG_CONFIG).getroot().find("Loggers")
     levels = {logger.get("name", "root"): logger.get("level") for logger in loggers}
     # Nothing per request or per batch: warnings and errors only, or nothing.

@@ -232,3 +232,18 @@ def test_the_binary_client_gets_the_json_clients_logits(
 ) -> None:
     (client,) = STACK.clients(torchserve.server, artifacts)
     check_binary_against_json(client, split.test_images)
+
+
+def test_the_frontend_logs_from_our_config_and_nothing_per_request(
+    torchserve: RunningTorchServe,
+) -> None:
+    """Read back from the JVM's command line; and after requests were answered, no log
+    file holds a line per request (TorchServe's built-in config writes several)."""
+    assert STACK.serving_config(torchserve.server)["logging"] == "log4j2.xml"
+    for _ in range(20):
+        assert torchserve.post(good_body()).status_code == 200
+    logs = STACK.run_dir(torchserve.server) / "logs"
+    access = logs / "access_log.log"
+    assert not access.exists() or "POST /predictions" not in access.read_text()
+    ts_log = (logs / "ts_log.log").read_text()
+    assert "[DEBUG]" not in ts_log and "Backend response time" not in ts_log
