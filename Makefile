@@ -144,10 +144,10 @@ soak: artifacts ## SOAK_RATE req/s for SOAK_DURATION s per stack (default 100, 6
 	$(PY) -m reliability soak $(STACKS_ARG) --rate $(SOAK_RATE) --duration $(SOAK_DURATION) \
 		--artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
 
-overload: artifacts ## 1.5x, 2x, 5x each stack's capacity (RUN's capacity.jsonl, else measured), then 50%: goodput, refusals, recovery
+overload: artifacts tools ## 1.5x, 2x, 5x each stack's capacity (RUN's capacity.jsonl, else measured), then 50%: goodput, refusals, recovery
 	$(PY) -m reliability overload $(STACKS_ARG) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
 
-floods: artifacts ## 1000 idle keep-alive and 200 slow connections, then big bodies, each held while normal clients run: their p99, fds, RSS, workers (~3 min)
+floods: artifacts tools ## 1000 idle keep-alive and 200 slow connections, then big bodies, each held while normal clients run: their p99, fds, RSS, workers (~2 min per stack)
 	$(PY) -m reliability floods $(STACKS_ARG) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
 
 audit: venv ## pip-audit of requirements.lock; says NOT AUDITED when its database is unreachable
