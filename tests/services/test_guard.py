@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,6 +23,7 @@ from digitnet.codec import encode_request
 from digitnet.data import DigitsSplit
 from digitnet.spec import AdmissionPolicy, ServingLimits
 from harness.lifecycle import RunningStack, start_stack
+from reliability.client import Endpoint, TricklingPost
 from services.guard import (
     GUARD_ENV,
     NGINX,
@@ -59,7 +61,7 @@ def test_rendered_config_is_accepted_by_nginx(tmp_path: Path) -> None:
     policy, limits = AdmissionPolicy(retry_after_s=2), ServingLimits()
     conf = render_nginx_conf("127.0.0.1:1", "unix:/nonexistent.sock", 7, policy, limits,
                              tmp_path)
-    assert "limit_conn predict 7;" in conf
+    assert "max_conns=7;" in conf
     assert f"client_max_body_size {limits.max_body_bytes};" in conf
     assert "Retry-After 2 always" in conf
     (tmp_path / "nginx.conf").write_text(conf)
@@ -160,3 +162,29 @@ def test_stopping_the_stack_stops_its_front(artifacts: ArtifactPaths, tmp_path: 
         port = int(running.rest.url.split(":")[2].split("/")[0])
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in fronts)
     assert port_is_free(port)
+
+
+@pytest.mark.integration
+def test_slow_uploads_hold_no_place_behind_the_front(guarded: RunningStack,
+                                                     split: DigitsSplit) -> None:
+    """The bound counts requests nginx has handed to the app, not bodies still arriving:
+    with more slow senders than places (one here), other requests are still answered."""
+    url = guarded.rest.url
+    endpoint = Endpoint.of(guarded.rest)
+    body = json.dumps(encode_request(split.test_images[:1])).encode()
+    stop = threading.Event()
+    slow = [TricklingPost(endpoint, body, chunk=1, interval_s=0.2, timeout_s=30.0, stop=stop)
+            for _ in range(4)]
+    try:
+        for client in slow:
+            client.start()
+        for client in slow:
+            assert client.connected.wait(10.0)
+        time.sleep(0.5)
+        for _ in range(5):
+            answer = requests.post(url, data=body, headers=JSON_HEADERS, timeout=HTTP_TIMEOUT_S)
+            assert answer.status_code == 200, answer.text[:200]
+    finally:
+        stop.set()
+        for client in slow:
+            client.join(10.0)
