@@ -24,13 +24,13 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 from digitnet.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
 from harness.artifacts import ensure_artifacts
-from harness.lifecycle import running_stacks, skipped_reason, start_stack
+from harness.lifecycle import RunningStack, running_stacks, skipped_reason, start_stack
 from harness.paths import timestamped_dir
 from reliability import report
 from reliability.settings import (
@@ -123,22 +123,29 @@ def run_faults(paths: ArtifactPaths, stacks: list[str], scenarios: list[str],
     return 1 if failed else 0
 
 
+def each_running(paths: ArtifactPaths, stacks: list[str], kind: str, skipped: dict[str, str],
+                 **options) -> Iterator[RunningStack]:
+    """Each stack this machine can run, started on free ports (start_stack's `options`:
+    cores, env), yielded, then stopped; the others' reasons go into `skipped`."""
+    with tempfile.TemporaryDirectory(prefix=f"{kind}-") as tmp:
+        for name in stacks:
+            reason = skipped_reason(name)
+            if reason is not None:
+                skipped[name] = reason
+                continue
+            with ExitStack() as exits:
+                yield start_stack(name, paths, Path(tmp) / name, exits, **options)
+
+
 def run_soak(paths: ArtifactPaths, stacks: list[str], settings: SoakSettings,
              into_run: Path | None) -> int:
     from reliability.soak import soak
 
     data: dict = {"runs": [], "skipped": {}}
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        for name in stacks:
-            reason = skipped_reason(name)
-            if reason is not None:
-                data["skipped"][name] = reason
-                continue
-            with ExitStack() as exits:
-                running = start_stack(name, paths, Path(tmp) / name, exits)
-                print(f"soak: {name} at {settings.rate:g} req/s for {settings.duration_s:g} s",
-                      flush=True)
-                data["runs"].append(soak(running, settings, progress=True))
+    for running in each_running(paths, stacks, "soak", data["skipped"]):
+        print(f"soak: {running.name} at {settings.rate:g} req/s for {settings.duration_s:g} s",
+              flush=True)
+        data["runs"].append(soak(running, settings, progress=True))
     md = report.soak_markdown(data)
     out = write_results("soak", {report.SOAK_FILE: data}, md, "SOAK.md", into_run)
     print("\n".join(md))
@@ -160,24 +167,17 @@ def run_overload(paths: ArtifactPaths, stacks: list[str], settings: OverloadSett
     print(f"overload: servers on cores {server_cores}, the generator on cores "
           f"{generator_cores}; {guard_line()}", flush=True)
     data: dict = {"runs": [], "skipped": {}, "guard": guard_line()}
-    with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
-        for name in stacks:
-            reason = skipped_reason(name)
-            if reason is not None:
-                data["skipped"][name] = reason
-                continue
-            capacity = (capacity_from_run(into_run, name)
-                        if into_run is not None and not measure_capacity else None)
-            with ExitStack() as exits:
-                running = start_stack(name, paths, Path(tmp) / name, exits,
-                                      cores=server_cores if server_cores != generator_cores
-                                      else None, env=OVERLOAD_ENV)
-                try:
-                    data["runs"].append(overload(running, settings, capacity, server_cores,
-                                                 generator_cores,
-                                                 progress=lambda line: print(line, flush=True)))
-                except ValueError as err:  # a stack offering no REST endpoint
-                    data["skipped"][name] = str(err)
+    for running in each_running(paths, stacks, "overload", data["skipped"],
+                                cores=server_cores if server_cores != generator_cores else None,
+                                env=OVERLOAD_ENV):
+        capacity = (capacity_from_run(into_run, running.name)
+                    if into_run is not None and not measure_capacity else None)
+        try:
+            data["runs"].append(overload(running, settings, capacity, server_cores,
+                                         generator_cores,
+                                         progress=lambda line: print(line, flush=True)))
+        except ValueError as err:  # a stack offering no REST endpoint
+            data["skipped"][running.name] = str(err)
     md = report.overload_markdown(data)
     out = write_results("overload", {report.OVERLOAD_FILE: data}, md, "OVERLOAD.md", into_run)
     print("\n".join(md))
@@ -198,19 +198,12 @@ def run_floods(paths: ArtifactPaths, stacks: list[str], settings: FloodSettings,
           f"{guard_line()}", flush=True)
     data: dict = {"runs": [], "skipped": {}, "server_cores": server_cores,
                   "generator_cores": generator_cores, "guard": guard_line()}
-    with tempfile.TemporaryDirectory(prefix="floods-") as tmp:
-        for name in stacks:
-            reason = skipped_reason(name)
-            if reason is not None:
-                data["skipped"][name] = reason
-                continue
-            with ExitStack() as exits:
-                running = start_stack(name, paths, Path(tmp) / name, exits,
-                                      cores=server_cores if server_cores != generator_cores
-                                      else None, env=OVERLOAD_ENV)
-                with pinned(generator_cores):
-                    data["runs"].append(floods(running, settings,
-                                               progress=lambda line: print(line, flush=True)))
+    for running in each_running(paths, stacks, "floods", data["skipped"],
+                                cores=server_cores if server_cores != generator_cores else None,
+                                env=OVERLOAD_ENV):
+        with pinned(generator_cores):
+            data["runs"].append(floods(running, settings,
+                                       progress=lambda line: print(line, flush=True)))
     md = report.floods_markdown(data)
     out = write_results("floods", {report.FLOODS_FILE: data}, md, "FLOODS.md", into_run)
     print("\n".join(md))

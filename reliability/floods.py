@@ -49,6 +49,7 @@ from harness.payload import Batch, PayloadSet
 from reliability.client import OK, Endpoint, endpoint_of, http_kind
 from reliability.load import ClosedLoop, Sample, latency_ms, outcome_counts
 from reliability.overload import MIB, UsageSampler
+from reliability.report import verdict_checks
 from reliability.settings import FloodSettings
 
 # File descriptors a server may open beyond the connections held (logs, pipes, epoll,
@@ -366,8 +367,7 @@ def floods(running: RunningStack, settings: FloodSettings,
         settled_rss = usage.read()[2]
 
     verdicts = flood_verdicts(phases, settings, held)
-    passed = all(all(v for k, v in verdict.items() if k.endswith("_ok") or k == "clean")
-                 for verdict in verdicts.values())
+    passed = all(all(verdict_checks(verdict)) for verdict in verdicts.values())
     return {"stack": running.name, "settings": {name: getattr(settings, name)
                                                 for name in settings.__dataclass_fields__},
             "phases": phases, "verdicts": verdicts, "rss_after_mib": settled_rss,

@@ -260,6 +260,12 @@ def _ok(value: bool) -> str:
     return "✓" if value else "✗ **FAIL**"
 
 
+def verdict_checks(verdict: dict) -> list[bool]:
+    """The pass/fail entries of one flood phase's verdict (reliability.floods); the rest
+    are figures."""
+    return [value for key, value in verdict.items() if key.endswith("_ok") or key == "clean"]
+
+
 def floods_markdown(data: dict) -> list[str]:
     """Per stack: the normal clients in each flood against their baseline, the server's
     file descriptors, RSS and workers, and what its own defences did."""
@@ -297,7 +303,7 @@ def floods_markdown(data: dict) -> list[str]:
                 rss += (f" ({_fmt(first, 0)} → {_fmt(second, 0)} by halves, at most "
                         f"{verdict['rss_plateau_mib']:.0f}; {_fmt(verdict['copies_per_sender'], 1)}"
                         " body copies per sender)")
-            checks = [v for k, v in verdict.items() if k.endswith("_ok") or k == "clean"]
+            checks = verdict_checks(verdict)
             md.append(
                 f"| {r['stack']} | {name} | {held} | {_fmt(normal['p50_ms'])} / {p99} | "
                 f"{normal['failed']} | {fds} | {rss} | "

@@ -147,6 +147,12 @@ http {{
 """
 
 
+def make_temp_dirs(state_dir: Path) -> None:
+    """The temp paths render_nginx_conf names, which nginx needs to exist at start."""
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (state_dir / "temp" / sub).mkdir(parents=True, exist_ok=True)
+
+
 @dataclass
 class NginxFront:
     """A running nginx front: started by `start`, stopped by `stop`."""
@@ -161,8 +167,7 @@ class NginxFront:
         if binary is None:
             raise RuntimeError(f"{GUARD_ENV}=nginx, but nginx is not installed: run `make "
                                "tools` (Debian's nginx-light), or set it to off")
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (state_dir / "temp" / sub).mkdir(parents=True, exist_ok=True)
+        make_temp_dirs(state_dir)
         conf = state_dir / NGINX_CONF
         conf.write_text(render_nginx_conf(listen, upstream, inflight, policy, limits,
                                           state_dir))

@@ -29,6 +29,7 @@ from services.guard import (
     NGINX,
     guard_from_env,
     guard_inflight,
+    make_temp_dirs,
     nginx_binary,
     render_nginx_conf,
 )
@@ -65,8 +66,7 @@ def test_rendered_config_is_accepted_by_nginx(tmp_path: Path) -> None:
     assert f"client_max_body_size {limits.max_body_bytes};" in conf
     assert "Retry-After 2 always" in conf
     (tmp_path / "nginx.conf").write_text(conf)
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (tmp_path / "temp" / sub).mkdir(parents=True)
+    make_temp_dirs(tmp_path)
     checked = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-e",
                               str(tmp_path / "e.log"), "-c", str(tmp_path / "nginx.conf")],
                              capture_output=True, text=True, check=False)
