@@ -127,6 +127,15 @@ class OverloadSettings:
     capacity_clients: int = 8
     capacity_s: float = 5.0
     sample_interval_s: float = 0.5
+    # After the Python generator, each level again from the independent C client
+    # (reliability/openloop.c), shorter: check_phase_s at the level, check_recovery_s at
+    # recovery_fraction. 0 leaves it out. Its keep-alive connections: at most check_max_conns,
+    # enough for 5x of a server that answers nothing for a whole timeout (Ray Serve: 239
+    # req/s x 5 s); with fewer, the connections freed by a wave of timeouts are reused in
+    # one burst and the client itself is late.
+    check_phase_s: float = 10.0
+    check_recovery_s: float = 5.0
+    check_max_conns: int = 4096
 
 
 def _env_floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:

@@ -3,19 +3,22 @@
 #   wrk         (Debian `wrk`)            an independent C load client beside Locust
 #   nginx       (Debian `nginx-light`)    the null server that measures the generator's floor
 #   h2load      (Debian `nghttp2-client`) a second C client for tail checks
+#   cc          (Debian `gcc`, `libc6-dev`) builds reliability/openloop.c, the independent
+#                                         open-loop client of `make overload`
 # Installs with apt-get only where the machine allows it (root or passwordless sudo, and
 # apt-get present); otherwise says which tool is missing and how to get it. Always exits 0:
 # a missing tool marks a run uncalibrated, it does not stop the build, but it is never
 # silent. Quick and idempotent when everything is present (no apt-get call at all).
 set -uo pipefail
 
-# tool binary -> Debian package that ships it
+# tool binary -> Debian packages that ship it (space-separated)
 declare -A PACKAGE_OF=(
   [wrk]=wrk
   [nginx]=nginx-light
   [h2load]=nghttp2-client
+  [cc]="gcc libc6-dev"
 )
-TOOLS=(wrk nginx h2load)
+TOOLS=(wrk nginx h2load cc)
 
 have() {
   # nginx lives in /usr/sbin, which a non-root PATH may lack.
@@ -25,13 +28,15 @@ have() {
 missing_packages() {
   local tool
   for tool in "${TOOLS[@]}"; do
-    have "$tool" || printf '%s\n' "${PACKAGE_OF[$tool]}"
+    # Unquoted on purpose: one line per package.
+    # shellcheck disable=SC2086
+    have "$tool" || printf '%s\n' ${PACKAGE_OF[$tool]}
   done
 }
 
 mapfile -t missing < <(missing_packages)
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "install_tools: wrk, nginx and h2load are present"
+  echo "install_tools: wrk, nginx, h2load and cc are present"
   exit 0
 fi
 
@@ -71,7 +76,7 @@ for tool in "${TOOLS[@]}"; do
     echo "install_tools: $tool: present"
   else
     status=missing
-    echo "install_tools: $tool: MISSING; install the Debian package ${PACKAGE_OF[$tool]}" \
+    echo "install_tools: $tool: MISSING; install the Debian package(s) ${PACKAGE_OF[$tool]}" \
       "(sudo apt-get install ${PACKAGE_OF[$tool]}) or rerun scripts/install_tools.sh as root"
   fi
 done

@@ -12,6 +12,7 @@ import pytest
 
 from digitnet.artifacts import ArtifactPaths
 from harness.lifecycle import start_stack
+from reliability import openloop
 from reliability.client import OK, RESET, http_kind
 from reliability.load import Sample
 from reliability.overload import (
@@ -22,6 +23,7 @@ from reliability.overload import (
     OVERLOAD_ENV,
     Shot,
     capacity_from_run,
+    check_generator_cpu,
     generator_figures,
     judge_goals,
     level_figures,
@@ -175,6 +177,16 @@ def test_goals_are_judged_unless_the_generator_could_not_hold_the_rate() -> None
     assert {g["goal"]: g["verdict"] for g in goals}["refusal p99 < 5 ms"] == NOT_APPLICABLE
 
 
+def test_a_generator_busy_for_most_of_a_core_measures_itself() -> None:
+    level = {**synthetic_level(bad_drop_windows=0), "generator_cpu_pct": 99.0}
+    check_generator_cpu(level)
+    assert not level["generator"]["held"] and "99% of a core" in level["generator"]["note"]
+    assert {g["verdict"] for g in judge_goals([level], OBJECTIVE_MS)} == {GENERATOR}
+    calm = {**synthetic_level(bad_drop_windows=0), "generator_cpu_pct": 40.0}
+    check_generator_cpu(calm)
+    assert calm["generator"]["held"]
+
+
 def test_markdown_has_a_row_per_level_and_the_goals() -> None:
     level = {**synthetic_level(bad_drop_windows=2), "server_cpu_pct": 99.0,
              "server_rss_mib": 300.0, "generator_cpu_pct": 40.0}
@@ -182,8 +194,33 @@ def test_markdown_has_a_row_per_level_and_the_goals() -> None:
            "objective_ms": OBJECTIVE_MS, "server_cores": [0], "generator_cores": [1],
            "levels": [level], "goals": judge_goals([level], OBJECTIVE_MS), "missed": []}
     md = "\n".join(overload_markdown({"runs": [run], "skipped": {"other": "not here"}}))
-    assert "| 2x | 100 |" in md and "| 2x | recovery <= 2 s | 0.50 | met |" in md
+    assert "| 2x | Python, 1 s | 100 |" in md
+    assert "| 2x | recovery <= 2 s | 0.50 (met) | – | Python | met |" in md
     assert "**other skipped**: not here" in md
+    checked = {**synthetic_level(bad_drop_windows=0), "server_cpu_pct": 99.0,
+               "server_rss_mib": 300.0, "generator_cpu_pct": 3.0}
+    both = {**level, "independent": checked}
+    run.update(levels=[both], goals=judge_goals([both], OBJECTIVE_MS))
+    md = "\n".join(overload_markdown({"runs": [run]}))
+    assert "| 2x | Python, 1 s | 100 |" in md and "| 2x | C, 1 s | 100 |" in md
+    assert "| 2x | recovery <= 2 s | 0.50 (met) | 0.00 (met) | C | met |" in md
+
+
+def test_goals_are_judged_on_the_independent_client_where_it_held_its_rate() -> None:
+    python = synthetic_level(bad_drop_windows=4)  # not recovered by the Python figures
+    steady = synthetic_level(bad_drop_windows=0)
+    goals = {g["goal"]: g for g in judge_goals([{**python, "independent": steady}],
+                                               OBJECTIVE_MS)}
+    recovery = goals["recovery <= 2 s"]
+    assert recovery["verdict"] == MET and recovery["by"] == "openloop"
+    assert recovery["python"]["verdict"] == MISSED and recovery["independent"]["verdict"] == MET
+    # An independent client that could not hold the rate does not judge: Python does.
+    late = synthetic_level(bad_drop_windows=0, late_ms=20.0)
+    goals = {g["goal"]: g for g in judge_goals([{**python, "independent": late}],
+                                               OBJECTIVE_MS)}
+    assert goals["recovery <= 2 s"]["verdict"] == MISSED
+    assert goals["recovery <= 2 s"]["by"] == "python"
+    assert goals["recovery <= 2 s"]["independent"]["verdict"] == GENERATOR
 
 
 def test_schedule_segments_are_back_to_back() -> None:
@@ -232,7 +269,8 @@ def test_levels_are_overridable_as_a_list(monkeypatch: pytest.MonkeyPatch) -> No
 # A couple of seconds per phase: enough to see refusals and a drop, short enough for CI.
 SMOKE = OverloadSettings(levels=(2.0,), phase_s=2.0, recovery_s=2.0, warmup_s=0.5,
                          capacity_clients=4, capacity_s=2.0, senders=32,
-                         request_timeout_s=5.0, sample_interval_s=0.25)
+                         request_timeout_s=5.0, sample_interval_s=0.25,
+                         check_phase_s=1.0, check_recovery_s=1.0)
 
 
 @pytest.mark.integration
@@ -255,5 +293,14 @@ def test_short_overload_run_on_flask_torch(artifacts: ArtifactPaths, tmp_path: P
     assert level["accepted"] + level["refusals"] == level["requests"]
     assert level["server_cpu_pct"] is not None and level["server_rss_mib"] > 0
     assert {g["verdict"] for g in result["goals"]} <= {MET, MISSED, GENERATOR, NOT_APPLICABLE}
+    # The same level again from the C client: the same accounting, nothing broken.
+    if openloop.binary()[0] is None:
+        assert result["independent_note"] and "independent" not in level
+    else:
+        checked = level["independent"]
+        assert checked["requests"] == round(2.0 * result["capacity_rps"] * 1.0)
+        assert checked["errors"] == 0 and checked["drop"]["errors"] == 0, checked["error_kinds"]
+        assert checked["accepted"] + checked["refusals"] == checked["requests"]
+        assert checked["generator_cpu_pct"] > 0
     json.dumps(result)
     assert "### flask_torch" in "\n".join(overload_markdown({"runs": [result]}))
