@@ -32,6 +32,9 @@ TAG         ?= 0.1.0
 CUDA_FLAVOR ?= cu130
 VARIANTS    ?= cpu,cuda
 OVERLAY     ?= cpu
+# Optional k8s/components/ folders for make k8s-apply, space-separated (nginx-front,
+# gpu-feature-discovery).
+COMPONENTS  ?=
 CONTAINER_ENGINE ?= docker
 # kubectl on PATH, else the pinned one `make k8s-kubectl` installs into the venv.
 KUBECTL     ?= $(or $(shell command -v kubectl 2>/dev/null),$(VENV)/bin/kubectl)
@@ -190,9 +193,10 @@ images: k8s-engine artifacts ## Build the cluster's images (VARIANTS=cpu,cuda); 
 	$(PY) -m k8s.cluster images --engine $(CONTAINER_ENGINE) --registry "$(REGISTRY)" \
 		--tag $(TAG) --cuda-flavor $(CUDA_FLAVOR) --variants $(VARIANTS)
 
-k8s-apply: k8s-kubectl $(VENV)/.ready ## Apply OVERLAY=cpu|gpu [REGISTRY=... TAG=...] to the cluster, wait for the servers
+k8s-apply: k8s-kubectl $(VENV)/.ready ## Apply OVERLAY=cpu|gpu [REGISTRY=... TAG=... COMPONENTS="nginx-front ..."] to the cluster, wait for the servers
 	KUBECTL=$(KUBECTL) $(PY) -m k8s.cluster apply --overlay $(OVERLAY) --registry "$(REGISTRY)" \
-		--tag $(TAG) --cuda-flavor $(CUDA_FLAVOR) --engine $(CONTAINER_ENGINE)
+		--tag $(TAG) --cuda-flavor $(CUDA_FLAVOR) --engine $(CONTAINER_ENGINE) \
+		$(foreach c,$(COMPONENTS),--component $(c))
 
 k8s-check-images: $(VENV)/.ready ## Ask the registry whether TF Serving's tags (k8s/images.py) exist; says NOT CHECKED when it cannot
 	$(PY) -m k8s.cluster check-images --engine $(CONTAINER_ENGINE)

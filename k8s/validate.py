@@ -76,7 +76,7 @@ PRIVATE_PORT_NAMES = {"management", "metrics"}
 # overlay may not require it; a component under k8s/components/ may add it.
 WELL_KNOWN_LABEL_DOMAINS = ("kubernetes.io", "node.kubernetes.io", "topology.kubernetes.io")
 # Optional components -> the overlay each is rendered on top of for validation.
-COMPONENTS = {"gpu-feature-discovery": "gpu"}
+COMPONENTS = {"gpu-feature-discovery": "gpu", "nginx-front": "cpu"}
 # Where device plugins that do not use the NVIDIA toolkit's mounts (GKE's) put the driver.
 NVIDIA_LIB = "/usr/local/nvidia/lib64"
 NVIDIA_BIN = "/usr/local/nvidia/bin"

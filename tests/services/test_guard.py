@@ -5,7 +5,11 @@ as without it."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +22,7 @@ import pytest
 import requests
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.clients import FLASK_READY_PATH
+from digitnet.clients import FLASK_PREDICT_PATH, FLASK_READY_PATH
 from digitnet.codec import encode_request
 from digitnet.data import DigitsSplit
 from digitnet.spec import AdmissionPolicy, ServingLimits
@@ -33,7 +37,7 @@ from services.guard import (
     nginx_binary,
     render_nginx_conf,
 )
-from services.process import port_is_free
+from services.process import free_port, port_is_free, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 HTTP_TIMEOUT_S = 30.0
@@ -188,3 +192,50 @@ def test_slow_uploads_hold_no_place_behind_the_front(guarded: RunningStack,
         stop.set()
         for client in slow:
             client.join(10.0)
+
+
+def _readable_by_everyone(path: Path) -> bool:
+    """Whether an unprivileged user can reach `path` (every folder above it searchable)."""
+    return all(p.stat().st_mode & 0o005 for p in [path, *path.parents])
+
+
+@needs_nginx
+@pytest.mark.integration
+def test_the_front_runs_as_an_unprivileged_user(artifacts: ArtifactPaths,
+                                                split: DigitsSplit) -> None:
+    """As in the image (uid 10001, no root anywhere): gunicorn's master starts nginx as
+    itself, everything it writes goes under /tmp, answers pass, stopping stops both."""
+    setpriv = shutil.which("setpriv")
+    repo = Path(__file__).resolve().parents[2]
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to drop to an unprivileged user")
+    if not (_readable_by_everyone(Path(sys.executable).parent)
+            and _readable_by_everyone(artifacts.torchscript)):
+        pytest.skip("the venv or the model is not readable by an unprivileged user here")
+    port = free_port()
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": str(repo),
+           "FLASK_TORCH_MODEL_PATH": str(artifacts.torchscript),
+           "FLASK_TORCH_BIND": f"127.0.0.1:{port}", "FLASK_TORCH_WORKERS": "1",
+           "FLASK_TORCH_THREADS": "1", GUARD_ENV: NGINX}
+    server = subprocess.Popen(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+         str(Path(sys.executable).parent / "gunicorn"), "-c",
+         "services/flask_torch/gunicorn.conf.py", "services.flask_torch.app:create_app()"],
+        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(url + FLASK_READY_PATH, timeout=2).ok, 60.0,
+                   "the unprivileged server to be ready", interval_s=0.5,
+                   alive=lambda: server.poll() is None)
+        body = json.dumps(encode_request(split.test_images[:1]))
+        reply = requests.post(url + FLASK_PREDICT_PATH.format(name=artifacts.spec.name), data=body,
+                              headers=JSON_HEADERS, timeout=HTTP_TIMEOUT_S)
+        assert reply.status_code == 200, reply.text
+        fronts = [p for p in psutil.Process(server.pid).children(recursive=True)
+                  if p.name() == "nginx"]
+        assert fronts and {p.uids().effective for p in fronts} == {65534}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, errors = server.communicate(timeout=30)
+    assert server.returncode == 0, errors.decode()[-2000:]
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in fronts)
