@@ -181,7 +181,8 @@ def aggregate_repeats(points: Sequence[dict]) -> dict:
     merged["failures"] = sum(p.get("failures", 0) for p in points)
     merged["repeats"] = len(points)
     merged["generator_saturated"] = any(p.get("generator_saturated") for p in points)
-    for key in ("generator_cpu_pct", "server_cpu_pct", "server_rss_mb"):
+    for key in ("generator_cpu_pct", "generator_busiest_process_cpu_pct", "server_cpu_pct",
+                "server_rss_mb"):
         values = [p[key] for p in points if p.get(key) is not None]
         if values:
             merged[key] = float(np.median(values))

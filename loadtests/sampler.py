@@ -12,6 +12,10 @@ import psutil
 class ResourceSamples:
     cpu_pct: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    # Per process of the tree (pid -> CPU % at each sample it was alive for): a tree of
+    # single-threaded processes (Locust's --processes workers) is saturated when one of
+    # them is, whatever the sum says.
+    process_cpu_pct: dict[int, list[float]] = field(default_factory=dict)
 
     def mean_cpu(self) -> float:
         return sum(self.cpu_pct) / len(self.cpu_pct) if self.cpu_pct else 0.0
@@ -21,6 +25,10 @@ class ResourceSamples:
 
     def max_rss(self) -> float:
         return max(self.rss_mb, default=0.0)
+
+    def busiest_process_cpu(self) -> float:
+        """The highest mean CPU % of any one process of the tree (100 = one core)."""
+        return max((sum(v) / len(v) for v in self.process_cpu_pct.values() if v), default=0.0)
 
 
 class TreeSampler:
@@ -49,22 +57,26 @@ class TreeSampler:
             tree.append(known)
         return tree
 
-    def _sample(self) -> tuple[float, float]:
+    def _sample(self) -> tuple[float, float, dict[int, float]]:
         cpu = rss = 0.0
+        each: dict[int, float] = {}
         for proc in self._tree():
             try:
-                cpu += proc.cpu_percent(None)
+                each[proc.pid] = proc.cpu_percent(None)
                 rss += proc.memory_info().rss / 2**20
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue
-        return cpu, rss
+            cpu += each[proc.pid]
+        return cpu, rss, each
 
     def _run(self) -> None:
         self._sample()  # primes cpu_percent
         while not self._stop.wait(self.interval_s):
-            cpu, rss = self._sample()
+            cpu, rss, each = self._sample()
             self.samples.cpu_pct.append(cpu)
             self.samples.rss_mb.append(rss)
+            for pid, pct in each.items():
+                self.samples.process_cpu_pct.setdefault(pid, []).append(pct)
 
     def __enter__(self) -> TreeSampler:
         self._thread.start()

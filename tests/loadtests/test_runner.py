@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
+import psutil
 import pytest
 
 from loadtests import runner
+from loadtests.sampler import ResourceSamples, TreeSampler
 from loadtests.settings import Mode
 from services.registry import load_stack
 
@@ -71,3 +77,39 @@ def test_only_cuda_points_carry_a_gpu_block_and_it_says_why_when_empty():
         assert nvml.enough.wait(30)
     block = runner.gpu_fields(local, sampler)["gpu"]
     assert block["reason"] is None and block["gpus"][0]["samples"] >= 3
+
+
+def test_one_busy_generator_process_saturates_the_generator() -> None:
+    """Two Locust processes in a 2-CPU pod: the sum can stay under its gate (90% of 200)
+    while one process is at a full core, and that one's users are starved."""
+    one_busy = ResourceSamples(cpu_pct=[105.0, 105.0],
+                               process_cpu_pct={1: [5.0, 5.0], 2: [96.0, 96.0], 3: [4.0, 4.0]})
+    assert one_busy.busiest_process_cpu() == 96.0
+    assert runner.generator_saturated(one_busy, capacity_pct=200.0)
+    even = ResourceSamples(cpu_pct=[130.0], process_cpu_pct={2: [65.0], 3: [65.0]})
+    assert not runner.generator_saturated(even, capacity_pct=200.0)
+    both_busy = ResourceSamples(cpu_pct=[185.0], process_cpu_pct={2: [89.0], 3: [89.0]})
+    assert runner.generator_saturated(both_busy, capacity_pct=200.0)
+
+
+def test_the_tree_sampler_keeps_each_process_apart() -> None:
+    """A busy child and an idle child of one parent: the busiest process is the busy one."""
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "busy = subprocess.Popen([sys.executable, '-c', 'while True: pass'])\n"
+        "idle = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "time.sleep(60)\n")])
+    try:
+        time.sleep(0.5)
+        with TreeSampler(parent.pid, interval_s=0.2) as sampler:
+            time.sleep(1.5)
+    finally:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()
+    per_process = sampler.samples.process_cpu_pct
+    assert len(per_process) == 3
+    means = sorted(sum(v) / len(v) for v in per_process.values())
+    assert means[-1] > 50.0 and means[0] < 20.0
+    assert sampler.samples.busiest_process_cpu() == means[-1]
