@@ -12,7 +12,8 @@ import the same functions.
              (no liveness probe through an inference port), resources, pinned images, no
              private port in a Service, NetworkPolicy coverage, no voluntary eviction of
              a benchmark pod (a PodDisruptionBudget, the autoscaler's safe-to-evict
-             annotation), and what each stack
+             annotation), a load generator of whole CPUs, at least two (one Locust
+             process each), and what each stack
              plugin declares (services.registry): its Deployment, its private ports, one
              replica where it must, the exact container args
 4. components  each optional component under k8s/components/ rendered on top of its
@@ -452,6 +453,43 @@ def probe_and_resource_problems(objects: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+# The in-cluster generator runs one Locust process per whole CPU of its limit
+# (loadtests.cluster.cgroup_cpus -> runner.generator_processes) and judges saturation per
+# process (runner.generator_saturated); at least this many, so no one process carries it.
+MIN_GENERATOR_PROCESSES = 2
+
+
+def loadgen_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """The load generator's CPU: a whole number of CPUs, at least MIN_GENERATOR_PROCESSES,
+    requested as much as its limit (so each Locust process has a CPU of its own). A
+    fractional limit runs int(limit) processes on more CPU than they can use (1.5 CPUs:
+    one process, whose saturation the pod's 135% gate never reaches); one CPU runs one
+    single-threaded process for the whole sweep."""
+    problems = []
+    for pod in pod_templates(objects):
+        if pod.labels.get(COMPONENT_LABEL) != "loadgen":
+            continue
+        for container in pod.containers(init=False):
+            resources = container.get("resources", {})
+            limit = resources.get("limits", {}).get("cpu")
+            request = resources.get("requests", {}).get("cpu")
+            where = f"{pod.name} container {container.get('name')}"
+            if limit is None:
+                continue  # probe_and_resource_problems names it
+            cpus = quantity(limit)
+            if cpus != int(cpus):
+                problems.append(f"{where}: CPU limit {limit} is not a whole number of CPUs: "
+                                f"Locust would run {int(cpus)} process(es) on {cpus:g} CPUs")
+            elif cpus < MIN_GENERATOR_PROCESSES:
+                problems.append(f"{where}: a single-process Locust (CPU limit {limit}): give "
+                                f"the generator at least {MIN_GENERATOR_PROCESSES} CPUs, one "
+                                "Locust process each")
+            if request is not None and quantity(request) != cpus:
+                problems.append(f"{where}: CPU request {request} differs from its limit "
+                                f"{limit}: its processes would share CPUs under contention")
+    return problems
+
+
 def image_is_pinned(image: str) -> bool:
     """True for a digest, or a tag other than `latest` (a registry port is no tag)."""
     if "@sha256:" in image:
@@ -775,6 +813,7 @@ def invariant_problems(
         *driver_path_problems(objects, expect_gpu),
         *security_problems(objects),
         *probe_and_resource_problems(objects),
+        *loadgen_problems(objects),
         *liveness_problems(objects),
         *image_problems(objects),
         *service_problems(objects),

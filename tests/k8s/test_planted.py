@@ -214,6 +214,20 @@ PLANTED = [
         "            httpGet:\n              path: /ping\n              port: 8080\n",
         "container torchserve: livenessProbe httpGet on inference port 8080",
         id="torchserve-liveness-on-http-port"),
+    # Issue 13: a single-process in-cluster Locust.
+    pytest.param(
+        "cpu", "base/loadgen.yaml", '                requests: {cpu: "2", memory: 2Gi}\n'
+        '                limits: {cpu: "2", memory: 2Gi}\n',
+        '                requests: {cpu: "1", memory: 2Gi}\n'
+        '                limits: {cpu: "1", memory: 2Gi}\n',
+        "container locust: a single-process Locust (CPU limit 1)", id="single-process-locust"),
+    pytest.param(
+        "gpu", "base/loadgen.yaml", '                requests: {cpu: "2", memory: 2Gi}\n'
+        '                limits: {cpu: "2", memory: 2Gi}\n',
+        '                requests: {cpu: 1500m, memory: 2Gi}\n'
+        '                limits: {cpu: 1500m, memory: 2Gi}\n',
+        "container locust: CPU limit 1500m is not a whole number of CPUs",
+        id="fractional-locust"),
     pytest.param(
         "gpu", "base/kustomization.yaml", "  - networkpolicy.yaml\n",
         "  - networkpolicy.yaml\n  - missing.yaml\n",
