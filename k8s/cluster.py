@@ -531,6 +531,45 @@ def refresh_token() -> None:
     print(f"k8s: secret/{TOKEN_SECRET} holds the inference key of {pod}", flush=True)
 
 
+class KeyWatch:
+    """Called by collect() on every round: when the TorchServe pod restarted (a new pod, or
+    its container's restart count went up), its new inference key goes into the Secret
+    (refresh_token). TorchServe writes a new key file at every start, so without this
+    every request after a restart is refused; the kubelet brings the Secret's change to the
+    load generator's mounted file within its sync period, and loadtests.cluster re-reads
+    it before each window (a window that met the change says so: `key_rejected`)."""
+
+    def __init__(self) -> None:
+        self.seen = self.identity()
+
+    @staticmethod
+    def identity() -> str | None:
+        """The running TorchServe pods and their restart counts; None when kubectl cannot
+        say (the next round tries again)."""
+        try:
+            pods = json.loads(run_kubectl("get", "pods", "-l", TORCHSERVE_LABEL, "-o", "json",
+                                          timeout=KUBECTL_TIMEOUT_S))
+        except (ClusterError, ValueError):
+            return None
+        seen = []
+        for item in pods.get("items", []):
+            restarts = sum(s.get("restartCount", 0) for s in
+                           item.get("status", {}).get("containerStatuses", []))
+            seen.append(f"{item['metadata']['name']}:{restarts}")
+        return ",".join(sorted(seen))
+
+    def __call__(self) -> None:
+        now = self.identity()
+        if now is None or now == self.seen:
+            return
+        print(f"k8s: TorchServe restarted ({self.seen or 'none'} -> {now or 'none'}): copying "
+              "its new inference key into the Secret", flush=True)
+        if not now:
+            return  # no TorchServe running yet: the next round looks again
+        refresh_token()  # a ClusterError (not ready yet) leaves `seen`: retried next round
+        self.seen = now
+
+
 def loadgen_pod(job: str, timeout_s: float = 900.0) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -641,6 +680,7 @@ def copy_results(pod: str, run_id: str, run_dir: Path, since: int | None,
 def collect(
     pod: str, run_id: str, run_dir: Path, deadline_s: float, poll_s: float = POLL_S,
     sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+    each_round: Callable[[], None] | None = None,
 ) -> Collection:
     """Brings the run home while the pod measures: after each new point (and once more
     when the sweep ends) the changed files are streamed out (copy_results), so a pod that
@@ -655,6 +695,8 @@ def collect(
         deadline_s: the longest the whole collection may take.
         poll_s: between looks at the pod.
         sleep, clock: time.sleep and time.monotonic (tests pass their own).
+        each_round: called every round while the sweep runs (KeyWatch); a ClusterError it
+            raises is retried like kubectl's own.
     """
     deadline = clock() + deadline_s
     copied, newest, last_line, unreachable = count_points(run_dir), None, "", ""
@@ -703,6 +745,8 @@ def collect(
                     return stop(SWEEP_FAILED, f"the sweep failed in {pod} (see `kubectl -n "
                                               f"{NAMESPACE} logs job/{run_id}`)")  # fmt: skip
                 return stop(COMPLETE, "the sweep finished and every file was copied")
+            if each_round is not None:
+                each_round()
             line = run_kubectl("logs", pod, "-c", LOADGEN_CONTAINER, "--tail=1",
                                timeout=left(KUBECTL_TIMEOUT_S)).strip()  # fmt: skip
             if line and line != last_line:
@@ -758,7 +802,8 @@ def collect_run(run_id: str, deadline_s: float, results: Path = RESULTS) -> Path
     start = time.monotonic()
     pod = loadgen_pod(run_id, min(900.0, deadline_s))
     run_dir = results / run_id
-    collection = collect(pod, run_id, run_dir, deadline_s - (time.monotonic() - start))
+    collection = collect(pod, run_id, run_dir, deadline_s - (time.monotonic() - start),
+                         each_round=KeyWatch())
     record_collection(run_dir, pod, collection)
     print(f"k8s: {collection.message}", flush=True)
     if collection.state != COMPLETE:

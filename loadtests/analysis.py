@@ -7,6 +7,8 @@ saved raw data and tested without a server.
 from __future__ import annotations
 
 import csv
+import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,12 @@ import numpy as np
 # A generator process above this share of its cores was busy enough to delay requests:
 # its figures measure the generator, not the server.
 GENERATOR_SATURATED_PCT = 90.0
+# A failed request's error text when the server answered with a status other than 200.
+HTTP_ERROR = re.compile(r"(?:HTTP|answered) (\d{3})\b")
+# Statuses that say the client's credential was refused, not that the server failed.
+KEY_REJECTED = frozenset({401, 403})
+# TorchServe 0.12 refuses a wrong or expired key with 400 and this text.
+TORCHSERVE_KEY_REFUSED = "token authorization failed"
 # Requests that start in the last half second overlap Locust's own stop sequence, which
 # holds them for ~50 ms: cut, like the warm-up, so the generator's shutdown is not
 # reported as the server's tail latency.
@@ -40,6 +48,10 @@ class Records:
     server_ms: np.ndarray  # NaN where the server sent no timing
     pool_wait_ms: np.ndarray  # open loop: a due slot's wait for a free user; else 0
     batch_requests: np.ndarray  # requests in the reply's forward pass; NaN if not said
+    # The HTTP status a failed request got (its error starts "HTTP <status>"), else 0.
+    status: np.ndarray
+    # Whether the server refused the request's credential (key_refused).
+    key_refused: np.ndarray
 
 
 def read_records(paths: Iterable[Path]) -> Records:
@@ -52,7 +64,8 @@ def read_records(paths: Iterable[Path]) -> Records:
             rows.extend(reader)
     if not rows:
         empty = np.zeros(0)
-        return Records(empty, empty, empty, empty.astype(bool), empty, empty, empty)
+        return Records(empty, empty, empty, empty.astype(bool), empty, empty, empty,
+                       empty.astype(np.int64), empty.astype(bool))
     table = list(zip(*rows, strict=False))
     # Files written before pool_wait_ms existed have six columns: no wait recorded.
     pool_wait = table[6] if len(table) > 6 else ("",) * len(rows)
@@ -66,7 +79,22 @@ def read_records(paths: Iterable[Path]) -> Records:
         pool_wait_ms=np.asarray([float(v) if v else 0.0 for v in pool_wait], dtype=np.float64),
         batch_requests=np.asarray([float(v) if v else np.nan for v in batch_requests],
                                   dtype=np.float64),  # fmt: skip
+        status=np.asarray([failure_status(e) for e in table[5]], dtype=np.int64),
+        key_refused=np.asarray([key_refused(e) for e in table[5]], dtype=bool),
     )
+
+
+def key_refused(error: str) -> bool:
+    """Whether a failed request's error says its credential was refused: 401 or 403, or
+    TorchServe 0.12's answer to a wrong or expired key (400, "Token Authorization failed")."""
+    return failure_status(error) in KEY_REJECTED or TORCHSERVE_KEY_REFUSED in error.lower()
+
+
+def failure_status(error: str) -> int:
+    """The HTTP status of a failed request's error ("HTTP 401: ...", the locustfile's
+    failure text), 0 for any other error or none."""
+    match = HTTP_ERROR.search(error)
+    return int(match.group(1)) if match else 0
 
 
 def measured_window(
@@ -114,9 +142,13 @@ def point_stats(
     pool_wait = np.minimum(kept.pool_wait_ms, late)
     lateness = late - pool_wait
     successes = count - failures
+    statuses = Counter(int(v) for v in kept.status[(~kept.ok) & (kept.status > 0)])
     return {
         "requests": count,
         "failures": failures,
+        "failure_statuses": {str(code): n for code, n in sorted(statuses.items())},
+        # The server refused the credential (TorchServe's key rotates when it restarts).
+        "key_rejected": int((~kept.ok & kept.key_refused).sum()),
         "window_s": round(window, 3),
         "rps": successes / window,
         "images_per_s": successes * batch_size / window,
@@ -179,6 +211,7 @@ def aggregate_repeats(points: Sequence[dict]) -> dict:
             merged[f"{key}_max"] = float(max(values))
     merged["requests"] = sum(p.get("requests", 0) for p in points)
     merged["failures"] = sum(p.get("failures", 0) for p in points)
+    merged["key_rejected"] = sum(p.get("key_rejected", 0) for p in points)
     merged["repeats"] = len(points)
     merged["generator_saturated"] = any(p.get("generator_saturated") for p in points)
     for key in ("generator_cpu_pct", "generator_busiest_process_cpu_pct", "server_cpu_pct",

@@ -103,6 +103,53 @@ def parse_secret_files(items: list[str]) -> dict[str, str]:
     return secrets
 
 
+def secret_paths(items: list[str]) -> dict[str, Path]:
+    """`stack=path` items -> stack -> path (parse_secret_files validates them)."""
+    return {item.partition("=")[0]: Path(item.partition("=")[2]) for item in items}
+
+
+class KeyRefresher:
+    """Run.refresh for a cluster sweep: before every window, each target whose stack has a
+    secret file is rebuilt when the file's content changed.
+
+    TorchServe writes a new key_file.json whenever it restarts, so a restart mid-run makes
+    every request 401 until the client has the new key. `make k8s-loadtest` watches the
+    TorchServe pod and copies its new key into the mounted Secret (k8s/cluster.py), which
+    the kubelet then updates in this pod; the window under way when the key changed shows
+    its 401s (`key_rejected`, flagged in the report), and the next ones use the new key.
+    """
+
+    def __init__(self, texts: list[str], device: str, spec: ModelSpec,
+                 paths: dict[str, Path], secrets: dict[str, str]) -> None:
+        self.texts = {text.partition("=")[0]: text for text in texts}
+        self.device = device
+        self.spec = spec
+        self.paths = paths
+        self.secrets = dict(secrets)
+        # target key -> the target rebuilt with the newest key, once one changed.
+        self.latest: dict[str, Target] = {}
+
+    def __call__(self, target: Target) -> Target:
+        path = self.paths.get(target.stack)
+        if path is None:
+            return target
+        try:
+            secret = path.read_text().strip()
+        except OSError as err:
+            print(f"loadgen: could not re-read {target.stack}'s key at {path}: {err}; "
+                  "keeping the one in use", flush=True)
+            return self.latest.get(target.key, target)
+        if not secret or secret == self.secrets.get(target.stack):
+            return self.latest.get(target.key, target)
+        self.secrets[target.stack] = secret
+        print(f"loadgen: {target.stack}'s key changed (the server restarted and rotated it): "
+              "the windows from here on use the new one", flush=True)
+        fresh = parse_target(self.texts[f"{target.stack}/{target.protocol}"], self.device,
+                             self.spec, self.secrets).target
+        self.latest[target.key] = fresh
+        return fresh
+
+
 def target_key(target: Target) -> str:
     return f"{target.stack}/{target.protocol}/{target.device}"
 
@@ -209,8 +256,10 @@ def sweep(args: argparse.Namespace, run_dir: Path) -> None:
     (run_dir / "points.jsonl").touch()
     # The same phases as `make bench` (interleaved levels, wrk beside each closed REST
     # level, the SLO capacity search), uncalibrated: the null server runs locally only.
+    refresh = KeyRefresher(args.target, args.device, spec, secret_paths(args.secret_file),
+                           secrets)
     run = Run(profile, paths, run_dir, [], generator_cores, progress,
-              generator_cpus=generator_cpus)  # fmt: skip
+              generator_cpus=generator_cpus, refresh=refresh)  # fmt: skip
     measure_targets(run, live)
     env_block["calibrated"] = False
     env_block["calibration_reason"] = (

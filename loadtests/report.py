@@ -34,7 +34,8 @@ NOT_MEASURED = "not measured in this run"
 SUMMARY_KEYS = (
     "stack", "protocol", "device", "batch_size", "mode", "users", "rate", "rps",
     "images_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms", "requests", "failures",
-    "generator_cpu_pct", "generator_busiest_process_cpu_pct", "generator_saturated",
+    "key_rejected", "generator_cpu_pct", "generator_busiest_process_cpu_pct",
+    "generator_saturated",
     "server_cpu_pct", "server_rss_mb",
     "repeats", "rps_min", "rps_max", "p50_ms_min", "p50_ms_max", "p99_ms_min", "p99_ms_max",
     "server_p50_ms", "server_queue_ms", "server_total_ms", "server_runtime_ms",
@@ -965,6 +966,9 @@ def level_table(rows: list[dict], level_key: str, with_wrk: bool = False) -> lis
     lines = [header, "|" + " --- |" * columns]
     for r in rows:
         flag = " ⚠ generator saturated" if r["generator_saturated"] else ""
+        if r.get("key_rejected"):
+            flag += (f" ⚠ key rejected ({r['key_rejected']} requests: the server's key "
+                     "changed mid-run)")
         line = (
             f"| {fmt(r[level_key], 0)}{flag} | {fmt(r['rps'], 0)} ({fmt(r['rps_min'], 0)}–"
             f"{fmt(r['rps_max'], 0)}) | {fmt(r['images_per_s'], 0)} | {fmt(r['p50_ms'])} "

@@ -347,6 +347,8 @@ class Progress:
         per_point = elapsed / self.done if self.done else self.estimate
         remaining = per_point * (self.total - self.done)
         flag = "  GENERATOR SATURATED" if result.get("generator_saturated") else ""
+        if result.get("key_rejected"):
+            flag += f"  KEY REJECTED ({result['key_rejected']} requests)"
         print(
             f"[{self.done:>3}/{self.total}] {label:<42} "
             f"{result.get('rps', 0):7.0f} req/s  p50 {result.get('p50_ms', 0):6.2f} ms  "

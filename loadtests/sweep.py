@@ -104,6 +104,34 @@ class Run:
     neighbours: dict[str, int] = field(default_factory=dict)  # target key -> server pid
     # A pod's CPU quota, when it rather than the generator's cores bounds Locust.
     generator_cpus: float | None = None
+    # Called before every window and wrk run: the target with its current credentials
+    # (in a cluster, TorchServe's key is re-read from its mounted Secret, which changes
+    # when a restart rotates the key). None: targets never change.
+    refresh: Callable[[Target], Target] | None = None
+
+    def current(self, target: Target) -> Target:
+        return self.refresh(target) if self.refresh else target
+
+    def await_new_key(self, target: Target, refused: Exception) -> Target:
+        """`target` once its credential changed, after the server refused the one in use
+        (`refused`); polls the refresher for up to KEY_WAIT_S (a Secret's change reaches a
+        pod's mounted file within the kubelet's sync, about a minute).
+
+        Raises:
+            RuntimeError: naming the target and what to do, when no new key came, or when
+                this run has no refresher.
+        """
+        deadline = time.monotonic() + KEY_WAIT_S
+        while self.refresh is not None and time.monotonic() < deadline:
+            fresh = self.refresh(target)
+            if fresh.headers != target.headers:
+                return fresh
+            time.sleep(KEY_POLL_S)
+        raise RuntimeError(
+            f"{target.key}: the server refuses our key ({refused}); it restarted and rotated "
+            f"it, and no new key came within {KEY_WAIT_S:.0f} s. In a cluster `make "
+            "k8s-loadtest` copies the new key into the Secret while it watches the run; "
+            "start it again (the points measured so far are kept)") from refused
 
     @property
     def raw_dir(self) -> Path:
@@ -116,6 +144,12 @@ class Run:
     def others(self, target: Target) -> list[int]:
         return [pid for key, pid in self.neighbours.items()
                 if pid != target.server_pid]  # fmt: skip
+
+
+# How long a window waits for a new key after the server refused the one in use, and how
+# often it looks (KeyRefresher re-reads the mounted Secret).
+KEY_WAIT_S = 150.0
+KEY_POLL_S = 5.0
 
 
 # --- 3. the generator's floor ----------------------------------------------------------
@@ -188,9 +222,18 @@ def window(run: Run, target: Target, load: Load, profile: Profile, repeat: int,
            phase: str) -> dict:
     """One Locust window with the machine's drift around it, annotated with the
     generator's share; appended to points.jsonl and returned."""
+    target = run.current(target)
     before = drift.read_drift(repeats=3)
-    point = run_point(target, load, profile, run.paths, run.raw_dir, run.generator_cores,
-                      repeat, run.generator_cpus, neighbours=run.others(target))  # fmt: skip
+    try:
+        point = run_point(target, load, profile, run.paths, run.raw_dir, run.generator_cores,
+                          repeat, run.generator_cpus, neighbours=run.others(target))  # fmt: skip
+    except RuntimeError as err:
+        if not analysis.key_refused(str(err)):
+            raise
+        # The device read-back before the window was refused: a rotated key.
+        target = run.await_new_key(target, err)
+        point = run_point(target, load, profile, run.paths, run.raw_dir, run.generator_cores,
+                          repeat, run.generator_cpus, neighbours=run.others(target))  # fmt: skip
     after = drift.read_drift(repeats=3)
     point["drift"] = drift.drift_between(before, after, run.server_cores or None)
     point["phase"] = phase
@@ -208,6 +251,7 @@ def window(run: Run, target: Target, load: Load, profile: Profile, repeat: int,
 def cross_check(run: Run, target: Target, load: Load, windows: list[dict]) -> dict:
     """wrk at the same connections against the same server, right after the level, run
     profile.wrk_repeats times; the divergence of the windows' median from the runs'."""
+    target = run.current(target)
     if target.protocol != REST:
         return {"wrk": None, "wrk_runs": None, "wrk_skipped": "gRPC: wrk speaks HTTP only",
                 "divergence": None}  # fmt: skip

@@ -193,3 +193,49 @@ def test_a_node_that_stops_reporting_is_waited_for_not_given_up(pod, tmp_path):
     steps = [lambda: pod.set_phase("Unknown"), back_and_done]
     collection = cluster.collect(POD, RUN, run_dir, 60, poll_s=0, sleep=scripted(steps))
     assert collection.state == cluster.COMPLETE and collection.points == 1
+
+
+def torchserve_pods(*pods: tuple[str, int]) -> str:
+    return json.dumps({"items": [
+        {"metadata": {"name": name}, "status": {"containerStatuses": [{"restartCount": n}]}}
+        for name, n in pods]})
+
+
+def test_a_torchserve_restart_puts_its_new_key_into_the_secret(monkeypatch):
+    """KeyWatch: a new pod or a higher restart count refreshes the Secret once; a failed
+    refresh (the restarted server not ready yet) is tried again the next round."""
+    answers = [torchserve_pods(("ts-a", 0))]
+    monkeypatch.setattr(cluster, "run_kubectl", lambda *args, **kw: answers[-1])
+    refreshed: list[int] = []
+    failing = [True]
+
+    def refresh_token() -> None:
+        if failing[0]:
+            failing[0] = False
+            raise cluster.ClusterError("error: container not running")
+        refreshed.append(1)
+
+    monkeypatch.setattr(cluster, "refresh_token", refresh_token)
+    watch = cluster.KeyWatch()
+    watch()
+    assert refreshed == []  # nothing changed
+    answers.append(torchserve_pods(("ts-a", 1)))  # the container restarted
+    with pytest.raises(cluster.ClusterError):
+        watch()  # not ready: collect() retries on its next round
+    watch()
+    assert refreshed == [1]
+    watch()
+    assert refreshed == [1]  # once per restart
+    answers.append(torchserve_pods(("ts-b", 0)))  # a new pod
+    watch()
+    assert refreshed == [1, 1]
+
+
+def test_the_collector_runs_its_round_hook_while_the_sweep_runs(pod, tmp_path):
+    run_dir = tmp_path / "results" / RUN
+    rounds: list[int] = []
+    steps = [lambda: pod.measure_point(1),
+             lambda: (pod.results / f"{RUN}.complete").write_text("ok\n")]
+    collection = cluster.collect(POD, RUN, run_dir, 60, poll_s=0, sleep=scripted(steps),
+                                 each_round=lambda: rounds.append(1))
+    assert collection.state == cluster.COMPLETE and len(rounds) == 2

@@ -45,6 +45,23 @@ def test_failures_are_counted_and_not_in_throughput(tmp_path):
     assert stats["rps"] == pytest.approx(3 / 3.1)
 
 
+def test_failures_say_their_status_and_a_refused_key_is_told_apart(tmp_path):
+    recorder = RequestRecorder(tmp_path / "p.csv")
+    errors = [None, "HTTP 401: unauthorized", "HTTP 503: busy", "HTTP 503: busy",
+              'HTTP 400: {"code": 400, "message": "Token Authorization failed. Token either '
+              'incorrect, expired, or not provided correctly"}',
+              'HTTP 400: {"error": "bad input"}', "ConnectionResetError(104)", *[None] * 8]
+    for i, error in enumerate(errors):
+        recorder.on_request("POST", "x", 1.0, 10, context={}, start_time=float(i) / 2,
+                            exception=RuntimeError(error) if error else None)
+    recorder.flush()
+    stats = analysis.point_stats(analysis.read_records([tmp_path / "p.csv"]), warmup_s=0.0,
+                                 batch_size=1)
+    assert stats["failures"] == 6
+    assert stats["failure_statuses"] == {"400": 2, "401": 1, "503": 2}
+    assert stats["key_rejected"] == 2  # the 401 and TorchServe's token refusal
+
+
 def test_open_loop_latency_counts_from_the_scheduled_start(tmp_path):
     recorder = RequestRecorder(tmp_path / "p.csv")
     recorder.on_request("POST", "x", 2.0, 1, context={"scheduled_s": 10.0}, start_time=10.5)

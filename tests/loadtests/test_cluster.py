@@ -18,9 +18,12 @@ import requests
 from harness.lifecycle import start_stack
 from harness.payload import PayloadSet
 from k8s import cluster as k8s_cluster
-from loadtests import cluster, runner
+from loadtests import cluster, runner, sweep
+from loadtests.profiles import PROFILES
 from loadtests.records import record_files
 from loadtests.report import write_report
+from loadtests.runner import Load
+from loadtests.settings import Mode
 from services.process import usable_cores
 
 
@@ -37,6 +40,26 @@ def test_targets_are_parsed_like_the_job_passes_them(spec):
                               {"torchserve": "k3y"}).target
     # The token travels as data: the header the stack's own client sends.
     assert json.loads(ts.env["LOADTEST_HEADERS"]) == {"Authorization": "Bearer k3y"}
+
+
+def test_a_changed_key_file_rebuilds_the_target_with_the_new_key(spec, tmp_path):
+    key_file = tmp_path / "inference-key"
+    key_file.write_text("old-key\n")
+    texts = ["torchserve/rest=http://torchserve:8080", "flask_torch/rest=http://flask:8000"]
+    secrets = cluster.parse_secret_files([f"torchserve={key_file}"])
+    refresh = cluster.KeyRefresher(texts, "cpu", spec,
+                                   cluster.secret_paths([f"torchserve={key_file}"]), secrets)
+    torchserve = cluster.parse_target(texts[0], "cpu", spec, secrets).target
+    flask = cluster.parse_target(texts[1], "cpu", spec, secrets).target
+    assert refresh(torchserve) is torchserve and refresh(flask) is flask
+    key_file.write_text("new-key\n")
+    fresh = refresh(torchserve)
+    assert json.loads(fresh.env["LOADTEST_HEADERS"]) == {"Authorization": "Bearer new-key"}
+    assert fresh.headers == {"Authorization": "Bearer new-key"}
+    # Later calls with the target the sweep holds get the rebuilt one.
+    assert refresh(torchserve) is fresh and refresh(flask) is flask
+    key_file.unlink()  # a Secret being swapped: keep the key in use
+    assert refresh(torchserve) is fresh
 
 
 @pytest.mark.parametrize(
@@ -193,3 +216,51 @@ def test_the_key_renewal_script_replaces_the_inference_key(servers, artifacts):
                          timeout=10).status_code == 200  # fmt: skip
     assert requests.post(url, json=body, headers={"Authorization": f"Bearer {old_key}"},
                          timeout=10).status_code == 400  # fmt: skip
+
+
+@pytest.mark.integration
+def test_a_rotated_key_is_noticed_and_the_next_window_uses_the_new_one(servers, artifacts,
+                                                                        tmp_path, monkeypatch):
+    """TorchServe rotates its key (as a restart does) mid-run: a window sent with the old
+    key says so (key_rejected); the next window, whose device read-back is refused too,
+    waits for the Secret's file to change and runs with the new key."""
+    running = servers["torchserve"]
+    (torchserve,) = runner.targets_of(running)
+    key_path = running.server.log_path.parent / "key_file.json"
+    old_key, _ = k8s_cluster.inference_key(key_path.read_text(), datetime.now(UTC), timedelta(0))
+    token_file = tmp_path / "inference-key"
+    token_file.write_text(old_key + "\n")
+    text = f"torchserve/rest={torchserve.host}"
+    item = f"torchserve={token_file}"
+    secrets = cluster.parse_secret_files([item])
+    target = cluster.parse_target(text, "cpu", artifacts.spec, secrets).target
+    refresh = cluster.KeyRefresher([text], "cpu", artifacts.spec, cluster.secret_paths([item]),
+                                   secrets)
+    (tmp_path / "run" / "raw").mkdir(parents=True)
+    run = sweep.Run(PROFILES["smoke"], artifacts, tmp_path / "run", [], usable_cores(),
+                    runner.Progress(3, 1.0), refresh=refresh)
+    load = Load(Mode.CLOSED, 1, 1)
+    # A window whose requests meet the rotation: the old key is refused from then on.
+    rotate = threading.Timer(PROFILES["smoke"].warmup_s + 0.5, lambda: subprocess.run(
+        [sys.executable, "-"], check=True, timeout=30, text=True,
+        input=k8s_cluster.renew_key_script(str(key_path), running.server.endpoints["management"])))
+    rotate.start()
+    try:
+        stale = sweep.window(run, target, load, run.profile, 0, "sweep")
+    finally:
+        rotate.join()
+    assert stale["key_rejected"] > 0 and stale["key_rejected"] == stale["failures"], stale
+    new_key, _ = k8s_cluster.inference_key(key_path.read_text(), datetime.now(UTC), timedelta(0))
+    assert new_key != old_key
+    # The next window's read-back is refused; the Secret changes a little later.
+    monkeypatch.setattr(sweep, "KEY_POLL_S", 0.2)
+    threading.Timer(1.0, lambda: token_file.write_text(new_key + "\n")).start()
+    fresh = sweep.window(run, target, load, run.profile, 1, "sweep")
+    assert fresh["requests"] > 0 and fresh["failures"] == 0 and fresh["key_rejected"] == 0
+    # Without a new key the window stops the run with the reason.
+    monkeypatch.setattr(sweep, "KEY_WAIT_S", 0.5)
+    subprocess.run([sys.executable, "-"], check=True, timeout=30, text=True,
+                   input=k8s_cluster.renew_key_script(str(key_path),
+                                                      running.server.endpoints["management"]))
+    with pytest.raises(RuntimeError, match="refuses our key"):
+        sweep.window(run, target, load, run.profile, 2, "sweep")
