@@ -103,6 +103,7 @@ def tf_serving_files(root: Path = ROOT, k8s_dir: Path | None = None) -> dict[Pat
     k8s_dir = root / "k8s" if k8s_dir is None else k8s_dir
     return {
         root / "docker-compose.yml": False,
+        root / "docker-compose.gpu.yml": True,
         k8s_dir / "overlays" / "cpu" / "kustomization.yaml": False,
         k8s_dir / "overlays" / "gpu" / "kustomization.yaml": True,
         root / "README.md": None,

@@ -14,6 +14,7 @@ from services.tf_serving.server_flags import ConfigFiles, ServerTuning, server_f
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
+GPU_COMPOSE = ROOT / "docker-compose.gpu.yml"
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,9 @@ def validate(path: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_compose_file_matches_the_compose_spec():
-    result = validate(COMPOSE)
+@pytest.mark.parametrize("path", [COMPOSE, GPU_COMPOSE], ids=lambda p: p.name)
+def test_compose_file_matches_the_compose_spec(path):
+    result = validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -103,3 +105,45 @@ def test_no_private_port_of_any_stack_is_published(compose):
             _host, host_port, container_port = mapping.split(":")
             for port in (int(host_port), int(container_port)):
                 assert port not in private, (name, mapping, private.get(port))
+
+
+def merged(base: dict, override: dict) -> dict:
+    """Compose's merge of an override file, for what these files use: mappings merge key by
+    key, everything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (merged(base[key], value) if isinstance(value, dict)
+                    and isinstance(base.get(key), dict) else value)
+    return out
+
+
+def test_the_gpu_override_puts_every_gpu_stack_on_a_reserved_gpu(compose):
+    """docker-compose.gpu.yml: the -gpu TF Serving image at the pinned version, torch from
+    the default CUDA flavour's index with the flavour in the tag, the device asked for, and
+    one NVIDIA GPU reserved per server."""
+    from k8s.images import DEFAULT_CUDA_FLAVOR, TORCH_WHEEL_INDEX, tf_serving_ref
+    from services.registry import all_stacks
+    from services.stack import CUDA
+
+    override = yaml.safe_load(GPU_COMPOSE.read_text())
+    assert set(override["services"]) <= set(compose["services"])  # no new service by a typo
+    whole = merged(compose, override)
+    gpu_services = {s.compose_service: s for s in all_stacks()
+                    if s.compose_service and CUDA in s.devices}
+    assert set(override["services"]) == set(gpu_services) | {"tf-serving"}
+    for name in override["services"]:
+        service = whole["services"][name]
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}, name
+        if "build" in service:
+            index = TORCH_WHEEL_INDEX.format(flavor=DEFAULT_CUDA_FLAVOR)
+            assert service["build"]["args"]["TORCH_INDEX_URL"] == index, name
+            assert service["build"]["dockerfile"] == compose["services"][name]["build"][
+                "dockerfile"], name
+            assert service["image"].endswith(f"-{DEFAULT_CUDA_FLAVOR}"), name
+    assert whole["services"]["tf-serving"]["image"] == tf_serving_ref(gpu=True)
+    assert whole["services"]["flask-torch"]["environment"]["FLASK_TORCH_DEVICE"] == "cuda"
+    assert whole["services"]["ray-serve"]["environment"]["DIGITNET_RAY_DEVICE"] == "cuda"
+    # The base file's own settings survive the merge (hardening, the CPU split, ports).
+    assert whole["services"]["flask-torch"]["environment"]["FLASK_TORCH_WORKERS"] == "2"
+    assert whole["services"]["flask-torch"]["read_only"] is True

@@ -57,7 +57,7 @@ def test_another_version_without_a_reason_is_refused_and_with_one_allowed(tmp_pa
                                                   differs="no 2.21 image yet")  # fmt: skip
     assert not any("differs from" in p for p in problems)
     assert {Path(p.split()[0]).name for p in problems} == {
-        "docker-compose.yml", "kustomization.yaml", "README.md"}
+        "docker-compose.yml", "docker-compose.gpu.yml", "kustomization.yaml", "README.md"}
 
 
 def test_make_configs_writes_the_version_into_compose_overlays_and_docs(tmp_path):
@@ -69,6 +69,7 @@ def test_make_configs_writes_the_version_into_compose_overlays_and_docs(tmp_path
     assert "image: tensorflow/serving:2.19.1\n" in compose
     gpu_overlay = (root / "k8s/overlays/gpu/kustomization.yaml").read_text()
     assert 'newTag: "2.19.1-gpu"' in gpu_overlay
+    assert "image: tensorflow/serving:2.19.1-gpu\n" in (root / "docker-compose.gpu.yml").read_text()
     # Back to the variable's value: exactly the committed files again.
     for path, text in images.tf_serving_generated_files(root).items():
         assert text == (ROOT / path.relative_to(root)).read_text(), path
