@@ -47,7 +47,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools artifacts configs deploy-local stop status parity bench coldstart loadtest \
+.PHONY: help venv tools artifacts configs deploy-local stop status parity bench coldstart floors loadtest \
 	report baselines codecs sizes batching fair test test-fast lint clean
 .PHONY: robustness faults soak overload floods audit
 .PHONY: gpu-check gpu-bench
@@ -115,6 +115,9 @@ batching: artifacts tools ## [RUN=] Batching-policy sweep (off, 4x1 .. 16x10 ms)
 
 fair: artifacts tools ## [RUN=] The fair fight: each stack out of the box vs ours (configs read back from the servers), capacity gain; ~5 min
 	$(PY) -m loadtests.fair --artifacts $(ARTIFACTS) $(if $(RUN),--out $(RUN)) $(STACKS_ARG)
+
+floors: artifacts tools ## [RUN=] Each framework's floor (no-op twin), our overhead and the served p50 attributed stage by stage, as make bench's phase 6; ~2 min
+	$(PY) -m loadtests.framework_floor --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN)) $(STACKS_ARG)
 
 coldstart: artifacts ## Each stack started from nothing COLDSTART_REPEATS times (default 5), with and without warm-up [RUN=results/<run-id>]
 	$(PY) -m loadtests.coldstart $(STACKS_ARG) --repeats $(COLDSTART_REPEATS) --artifacts $(ARTIFACTS) \

@@ -63,6 +63,10 @@ STAGE_HEADER = "Server-Timing"
 # dynamic batch; model: the forward pass alone; convert: to and from the model's tensors;
 # encode: the reply's bytes (JSON, or the binary body of digitnet.binary_codec).
 STAGES = ("decode", "queue", "convert", "model", "encode")
+# In the same header, from servers that time their whole app (our Flask app's WSGI
+# wrapper): the app's entry to its reply's headers, every stage included. What it holds
+# beyond the stages is the framework's dispatch and our untimed code.
+APP_STAGE = "app"
 
 
 class RequestFormat(Enum):

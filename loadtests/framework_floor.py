@@ -22,6 +22,20 @@ the split is given twice where a stack reports them:
     our code as served  = predict p50 - framework floor - model as served
     context penalty     = model as served - in-process p50 (the hot loop's optimism)
 
+Where a stack times its whole app too (APP_STAGE: our Flask app), the served p50 is then
+attributed stage by stage, each from its own measurement:
+
+    client and network  = wrk at one connection against the null server (nginx answering
+                          the same reply from C: wrk's own cost, loopback, a minimal
+                          HTTP server)
+    HTTP server         = no-op p50 - client and network - the twin's app time (gunicorn
+                          and gevent: accept, parse, write)
+    app outside stages  = the app's time - its named stages (Flask's dispatch and hooks,
+                          our untimed code: reading the body, headers)
+    decode, queue, convert, model, encode   the app's own stage timers
+    unattributed        = predict p50 - all of the above (medians of different requests
+                          need not add up: shown, never hidden)
+
 One connection, because the split is about one request's latency, not about queueing.
 Written to framework_floor.jsonl (floors.jsonl is the load generator's floor); the sweep
 runs it right after the levels of each device (loadtests/sweep.py), the report renders it
@@ -30,14 +44,19 @@ runs it right after the levels of each device (loadtests/sweep.py), the report r
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
 from digitnet.codec import (
+    APP_STAGE,
     INFERENCE_TIME_HEADER,
     JSON_CONTENT_TYPE,
     STAGE_HEADER,
@@ -46,6 +65,7 @@ from digitnet.codec import (
 from harness.lifecycle import RunningStack
 from harness.payload import PayloadSet
 from loadtests import wrk
+from loadtests.null_server import NullServer, capture_reply, nginx_available
 from loadtests.runner import targets_of
 from services.stack import CPU, REST
 
@@ -63,11 +83,13 @@ SERVED_SKIP = 20
 
 @dataclass(frozen=True)
 class FloorPlan:
-    """How long the phase runs per stack (loadtests.profiles: framework_floor_*)."""
+    """How long the phase runs per stack (loadtests.profiles: framework_floor_*), wrk's
+    cores (`cores`) and the null server's (`server_cores`: the servers')."""
 
     runs: int
     duration_s: int
     cores: Sequence[int] | None = None
+    server_cores: Sequence[int] | None = None
 
 
 def split_latency(predict_p50_ms: float, noop_p50_ms: float,
@@ -125,9 +147,30 @@ def served_timings(url: str, body: bytes, headers: dict[str, str],
                 model.append(float(reply.headers[INFERENCE_TIME_HEADER]))
             for name, ms in parse_server_timing(reply.headers.get(STAGE_HEADER)).items():
                 stages.setdefault(name, []).append(ms)
+    app = stages.pop(APP_STAGE, [])
     return {"model_ms": statistics.median(model) if model else None,
             "stages_ms": {name: statistics.median(v) for name, v in stages.items()},
-            "probes": len(model)}  # fmt: skip
+            "app_ms": statistics.median(app) if app else None,
+            "probes": max(len(model), len(app))}  # fmt: skip
+
+
+def attribution(predict_p50_ms: float, noop_p50_ms: float, null_p50_ms: float | None,
+                noop_app_ms: float | None, app_ms: float | None,
+                stages_ms: dict[str, float]) -> dict | None:
+    """The served p50 stage by stage (see the module docstring), in ms, with what is left
+    unattributed and the share named; None without the app's time, the twin's or the null
+    server's (a stack that does not time its whole app)."""
+    if app_ms is None or noop_app_ms is None or null_p50_ms is None:
+        return None
+    stages = {
+        "client and network": null_p50_ms,
+        "HTTP server": noop_p50_ms - null_p50_ms - noop_app_ms,
+        "app outside stages": app_ms - sum(stages_ms.values()),
+        **stages_ms,
+    }
+    left = predict_p50_ms - sum(stages.values())
+    return {"stages_ms": stages, "unattributed_ms": left,
+            "named_share": 1.0 - abs(left) / predict_p50_ms if predict_p50_ms > 0 else None}
 
 
 def summarize_runs(runs: Sequence[dict]) -> dict:
@@ -160,17 +203,28 @@ def model_ms(baselines: Sequence[dict], path: str, device: str) -> tuple[float |
 
 def record(stack: str, device: str, paths: tuple[str, str], predict: Sequence[dict],
            noop: Sequence[dict], model: tuple[float | None, str], floor_path: str,
-           plan: FloorPlan, served: dict | None = None) -> dict:  # fmt: skip
-    """One stack's line of framework_floor.jsonl, from its wrk runs (WrkResult.to_json)
-    and served_timings()'s record (None: not probed)."""
+           plan: FloorPlan, served: dict | None = None,
+           under_wrk: tuple[dict, dict] = ({}, {}), null: Sequence[dict] = ()) -> dict:  # fmt: skip
+    """One stack's line of framework_floor.jsonl, from its wrk runs (WrkResult.to_json),
+    served_timings()'s record (None: not probed), the server's timings under wrk on the
+    predict and no-op paths (wrk.server_timings: stage -> (ms, replies); empty: not
+    read) and wrk's runs against the null server (none: not measured)."""
     got, noop_got = summarize_runs(predict), summarize_runs(noop)
+    null_got = summarize_runs(null) if null else None
+    served = served or {}
+    predict_timed, noop_timed = ({k: v[0] for k, v in t.items()} for t in under_wrk)
+    app_ms, noop_app_ms = predict_timed.pop(APP_STAGE, None), noop_timed.get(APP_STAGE)
     return {
+        "null": null_got, "timings_under_wrk": {"predict": under_wrk[0], "noop": under_wrk[1]},
+        "attribution": attribution(got["p50_ms"], noop_got["p50_ms"],
+                                   null_got["p50_ms"] if null_got else None,
+                                   noop_app_ms, app_ms, predict_timed),
         "stack": stack, "protocol": REST, "device": device, "connections": CONNECTIONS,
         "duration_s": plan.duration_s, "predict_path": paths[0], "noop_path": paths[1],
         "predict": got, "noop": noop_got, "model_path": floor_path,
         "model_reason": model[1],
         **split_latency(got["p50_ms"], noop_got["p50_ms"], model[0]),
-        **served_split(got["p50_ms"], noop_got["p50_ms"], model[0], served or {}),
+        **served_split(got["p50_ms"], noop_got["p50_ms"], model[0], served),
         "predict_runs": list(predict), "noop_runs": list(noop), "skipped": None,
     }  # fmt: skip
 
@@ -231,9 +285,33 @@ def measure_stack(running: RunningStack, device: str, baselines: Sequence[dict],
         return skipped(stack.name, device, "; ".join(problems))
     predict, noop = interleaved(urls, body, headers, plan, script_dir)
     served = served_timings(target.url, body, headers)
+    under_wrk: tuple[dict, dict] = ({}, {})
+    null: list[dict] = []
+    if served["app_ms"] is not None:
+        under_wrk = tuple(wrk.server_timings(url, body, headers, CONNECTIONS, plan.duration_s,
+                                             cores=plan.cores, script_dir=script_dir)
+                          for url in urls)  # fmt: skip
+        null = null_runs(target.url, body, headers, plan, script_dir)
     return record(stack.name, device, (target.path, noop_path), predict, noop,
                   model_ms(baselines, stack.floor_path, device), stack.floor_path, plan,
-                  served)  # fmt: skip
+                  served, under_wrk, null)  # fmt: skip
+
+
+def null_runs(url: str, body: bytes, headers: dict[str, str], plan: FloorPlan,
+              script_dir: Path) -> list[dict]:
+    """wrk at one connection against the null server answering the stack's own reply
+    (client and network, with a minimal C server), plan.runs times; none without nginx."""
+    ok, _why = nginx_available()
+    if not ok:
+        return []
+    reply = capture_reply(url, body, headers)
+    with NullServer(reply, script_dir / "null-server-floor", cores=plan.server_cores) as null:
+        target = null.url + urlsplit(url).path
+        wrk.run_wrk(target, body, headers, CONNECTIONS, WARMUP_S, cores=plan.cores,
+                    script_dir=script_dir)
+        return [wrk.run_wrk(target, body, headers, CONNECTIONS, plan.duration_s,
+                            cores=plan.cores, script_dir=script_dir).to_json()
+                for _ in range(plan.runs)]
 
 
 # --- the report's section -----------------------------------------------------------------
@@ -258,6 +336,13 @@ def _row(r: dict) -> str:
 
 
 def _stages_line(r: dict) -> str | None:
+    whole = r.get("attribution")
+    if whole:
+        parts = ", ".join(f"{name} {ms:.3f}" for name, ms in whole["stages_ms"].items())
+        return (f"- {r['stack']}/{r['device']}, the predict p50 {r['predict']['p50_ms']:.3f} "
+                f"attributed (ms; the server's own timings are medians under wrk at one "
+                f"connection): {parts}; unattributed {whole['unattributed_ms']:+.3f}: "
+                f"{whole['named_share']:.0%} named.")
     stages = r.get("served_stages_ms")
     if not stages:
         return None
@@ -284,9 +369,17 @@ def markdown(records: Sequence[dict]) -> list[str]:
         "it in its replies (the same forward pass, after the core idled and the web stack "
         "ran: several times the hot loop's figure), the fairer share of our code. "
         "Spread: (max − min) / median of the runs' p50, predict/no-op: a difference "
-        "smaller than that is noise.",
+        "smaller than that is noise. Where a server times its whole app (our Flask app), "
+        "the line under the table attributes the predict p50 stage by stage: client and "
+        "network (wrk against the null server answering the same reply), HTTP server (the "
+        "twin's p50 less that and the twin's own app time), the app outside its stages, "
+        "and the app's stages, the server's timings read under wrk at one connection; "
+        "what is left is shown as unattributed.",
         "",
     ]
+    made = next((r["made"] for r in records if r.get("made")), None)
+    if made:
+        md += [f"Measured apart from the bench's levels, by {made}", ""]
     measured = [r for r in records if not r.get("skipped")]
     if measured:
         md += ["| stack | device | predict p50 (p99) | no-op p50 (p99) | framework floor "
@@ -303,3 +396,65 @@ def markdown(records: Sequence[dict]) -> list[str]:
         if r.get("skipped"):
             md.append(f"- {r['stack']}/{r['device']}: **not measured**: {r['skipped']}")
     return md
+
+
+# --- `make floors`: this phase alone, into a bench run -----------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Starts each stack with its no-op twin on the servers' cores and measures its floor
+    and attribution, as `make bench` does after its levels; with --into-run, its
+    framework_floor.jsonl is replaced (the run's baselines.json gives the model figure) and
+    `make report RUN=` renders it."""
+    from contextlib import ExitStack
+
+    from digitnet.artifacts import DEFAULT_ARTIFACTS
+    from harness.artifacts import ensure_artifacts
+    from harness.lifecycle import start_stack
+    from harness.paths import timestamped_dir
+    from loadtests.environment import provenance
+    from loadtests.profiles import PROFILES
+    from loadtests.runner import split_cores
+    from services.process import usable_cores
+    from services.registry import load_stack, parse_stacks, stack_names
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--stacks", type=parse_stacks, default=stack_names())
+    parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    parser.add_argument("--into-run", type=Path, default=None)
+    args = parser.parse_args(argv)
+    paths = ensure_artifacts(args.artifacts)
+    out = args.into_run or timestamped_dir("floors")
+    out.mkdir(parents=True, exist_ok=True)
+    profile = PROFILES["quick"]
+    server_cores, generator_cores = split_cores(usable_cores())
+    plan = FloorPlan(profile.framework_floor_runs, profile.framework_floor_s,
+                     generator_cores, server_cores)  # fmt: skip
+    baselines_file = out / "baselines.json"
+    baselines = json.loads(baselines_file.read_text()) if baselines_file.exists() else []
+    # Taken now, as the splits do: the report says this section was measured apart.
+    made = provenance()
+    records = []
+    for name in args.stacks:
+        stack = load_stack(name)
+        if stack.noop_env is None:
+            records.append(skipped(name, CPU, stack.noop_why))
+            continue
+        with ExitStack() as exits:
+            try:
+                running = start_stack(stack, paths, out / "servers" / "floors" / name, exits,
+                                      cores=server_cores, env=dict(stack.noop_env))
+            except (RuntimeError, TimeoutError, OSError) as err:
+                records.append(skipped(name, CPU, f"did not start: {err}"))
+                continue
+            records.append(measure_stack(running, CPU, baselines, plan, out / "raw"))
+        print(f"floors: {name} done", flush=True)
+    records = [{**r, "made": f"`make floors`: {made}"} for r in records]
+    (out / FLOOR_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    print("\n".join(markdown(records)))
+    print(f"floors: wrote {out / FLOOR_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -405,7 +405,7 @@ def measure_floors(run: Run, running: list[RunningStack], device: str) -> None:
     if profile.framework_floor_runs < 1:
         return
     plan = framework_floor.FloorPlan(profile.framework_floor_runs, profile.framework_floor_s,
-                                     run.generator_cores)  # fmt: skip
+                                     run.generator_cores, run.server_cores)  # fmt: skip
     baselines_file = run.run_dir / "baselines.json"
     baselines = json.loads(baselines_file.read_text()) if baselines_file.exists() else []
     for started in running:

@@ -51,6 +51,7 @@ function done(summary, latency, requests)
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.min, latency.max, latency.mean))
+  if report_timings then report_timings() end
 end
 """.replace("@MARKER@", JSON_MARKER)
 
@@ -85,7 +86,57 @@ def lua_string(data: bytes) -> str:
     return '"' + "".join(out) + '"'
 
 
-def render_lua(body: bytes, headers: Mapping[str, str], method: str = "POST") -> str:
+# Marks the line of server timings (timings mode) among wrk's output.
+TIMINGS_MARKER = "WRK_TIMINGS "
+# Timings mode: every 200 reply's Server-Timing durations, kept per thread, their medians
+# printed by done() as one JSON line. The reply callback costs wrk a Lua call and a header
+# table per reply, so a run in this mode reads the server's timings under wrk's own pacing
+# and is never the run whose latency is reported.
+_TIMINGS_LUA = """
+-- One flat list per stage (timing_<name>) and the list of names: wrk's thread:get copies
+-- flat tables between Lua states, and crashes on nested ones.
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) timing_names = {} end
+function response(status, headers, body)
+  local value = headers["Server-Timing"] or headers["server-timing"]
+  if status == 200 and value then
+    for name, dur in string.gmatch(value, "([%w_]+);dur=([%d%.]+)") do
+      local list = _G["timing_" .. name]
+      if not list then
+        list = {}
+        _G["timing_" .. name] = list
+        timing_names[#timing_names + 1] = name
+      end
+      list[#list + 1] = tonumber(dur)
+    end
+  end
+end
+function report_timings()
+  local merged, order = {}, {}
+  for _, thread in ipairs(threads) do
+    for _, name in ipairs(thread:get("timing_names") or {}) do
+      if not merged[name] then merged[name] = {}; order[#order + 1] = name end
+      for _, v in ipairs(thread:get("timing_" .. name) or {}) do
+        merged[name][#merged[name] + 1] = v
+      end
+    end
+  end
+  local parts = {}
+  for _, name in ipairs(order) do
+    local list = merged[name]
+    table.sort(list)
+    local n = #list
+    local median = (n % 2 == 1) and list[(n + 1) / 2] or (list[n / 2] + list[n / 2 + 1]) / 2
+    parts[#parts + 1] = string.format('"%s": [%.6f, %d]', name, median, n)
+  end
+  io.write("@TIMINGS@{" .. table.concat(parts, ", ") .. "}\\n")
+end
+""".replace("@TIMINGS@", TIMINGS_MARKER)
+
+
+def render_lua(body: bytes, headers: Mapping[str, str], method: str = "POST",
+               timings: bool = False) -> str:
     """The wrk script that sends `method` with `body` and `headers`, and prints one JSON
     line of statistics at the end.
 
@@ -93,6 +144,7 @@ def render_lua(body: bytes, headers: Mapping[str, str], method: str = "POST") ->
         body: the request body, sent as is.
         headers: request headers (Host and Content-Length are wrk's own).
         method: the HTTP method.
+        timings: also collect the replies' Server-Timing durations (_TIMINGS_LUA).
 
     Returns:
         The Lua source.
@@ -103,7 +155,7 @@ def render_lua(body: bytes, headers: Mapping[str, str], method: str = "POST") ->
         if name.lower() in _WRK_OWNED_HEADERS:
             continue
         lines.append(f"wrk.headers[{lua_string(name.encode())}] = {lua_string(value.encode())}")
-    return "\n".join(lines) + "\n" + _DONE_FUNCTION
+    return "\n".join(lines) + "\n" + (_TIMINGS_LUA if timings else "") + _DONE_FUNCTION
 
 
 @dataclass(frozen=True)
@@ -208,6 +260,26 @@ def parse_output(
     )
 
 
+def parse_timings(stdout: str) -> dict[str, tuple[float, int]]:
+    """The timings line of a timings-mode run: stage -> (median ms, replies that had it);
+    {} when the run printed none (no reply carried Server-Timing)."""
+    line = next((x for x in stdout.splitlines() if x.startswith(TIMINGS_MARKER)), None)
+    if line is None:
+        return {}
+    return {name: (float(v[0]), int(v[1]))
+            for name, v in json.loads(line.removeprefix(TIMINGS_MARKER)).items()}
+
+
+def server_timings(url: str, body: bytes, headers: Mapping[str, str], connections: int,
+                   duration_s: int, cores: Sequence[int] | None = None,
+                   script_dir: Path | None = None) -> dict[str, tuple[float, int]]:
+    """A timings-mode run (see _TIMINGS_LUA): the medians of the server's own stage times
+    under wrk's load, stage -> (ms, replies)."""
+    stdout = _run(url, body, headers, connections, duration_s, cores, 1, DEFAULT_TIMEOUT_S,
+                  script_dir, timings=True)
+    return parse_timings(stdout)
+
+
 def run_wrk(
     url: str,
     body: bytes,
@@ -238,6 +310,15 @@ def run_wrk(
     Raises:
         RuntimeError: if wrk is missing or fails.
     """
+    stdout = _run(url, body, headers, connections, duration_s, cores, threads, timeout_s,
+                  script_dir)
+    return parse_output(stdout, url, connections, threads, cores)
+
+
+def _run(url: str, body: bytes, headers: Mapping[str, str], connections: int,
+         duration_s: int, cores: Sequence[int] | None, threads: int, timeout_s: float,
+         script_dir: Path | None, timings: bool = False) -> str:
+    """wrk's standard output for one run (run_wrk's arguments)."""
     binary = wrk_binary()
     if binary is None:
         raise RuntimeError(f"wrk is not installed: {INSTALL_HINT}")
@@ -246,8 +327,8 @@ def run_wrk(
     with ExitStack() as scratch:
         folder = script_dir or Path(scratch.enter_context(tempfile.TemporaryDirectory()))
         folder.mkdir(parents=True, exist_ok=True)
-        script = folder / f"wrk-c{connections}.lua"
-        script.write_text(render_lua(body, headers))
+        script = folder / f"wrk-c{connections}{'-timings' if timings else ''}.lua"
+        script.write_text(render_lua(body, headers, timings=timings))
         command = [
             binary, f"-t{threads}", f"-c{connections}", f"-d{int(duration_s)}s",
             "--timeout", f"{timeout_s:g}s", "-s", str(script), url,
@@ -259,7 +340,7 @@ def run_wrk(
         )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    return parse_output(done.stdout, url, connections, threads, cores)
+    return done.stdout
 
 
 @dataclass(frozen=True)

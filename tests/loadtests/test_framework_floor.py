@@ -9,11 +9,13 @@ from harness.lifecycle import running_stack
 from loadtests import framework_floor
 from loadtests.framework_floor import (
     FloorPlan,
+    attribution,
     model_ms,
     served_split,
     split_latency,
     summarize_runs,
 )
+from loadtests.null_server import nginx_available
 from loadtests.wrk import wrk_available
 from services.process import usable_cores
 from services.registry import load_stack
@@ -68,6 +70,20 @@ def test_without_served_timings_the_served_split_is_empty() -> None:
     assert split["model_served_ms"] is None and split["our_code_served_ms"] is None
     assert split["context_penalty_ms"] is None and split["served_stages_ms"] == {}
     assert served_split(0.6, 0.2, None, SERVED)["context_penalty_ms"] is None
+
+
+def test_the_served_p50_is_attributed_stage_by_stage() -> None:
+    stages = {"decode": 0.05, "queue": 0.03, "model": 0.15, "encode": 0.02}
+    whole = attribution(0.70, 0.22, null_p50_ms=0.08, noop_app_ms=0.10, app_ms=0.40,
+                        stages_ms=stages)
+    assert whole["stages_ms"]["client and network"] == 0.08
+    assert whole["stages_ms"]["HTTP server"] == pytest.approx(0.04)  # 0.22 - 0.08 - 0.10
+    assert whole["stages_ms"]["app outside stages"] == pytest.approx(0.15)  # 0.40 - 0.25
+    assert whole["unattributed_ms"] == pytest.approx(0.70 - 0.08 - 0.04 - 0.40)
+    assert whole["named_share"] == pytest.approx(1 - 0.18 / 0.70)
+    # A stack that does not time its whole app, or no null server: no attribution.
+    assert attribution(0.7, 0.22, 0.08, None, 0.40, stages) is None
+    assert attribution(0.7, 0.22, None, 0.10, 0.40, stages) is None
 
 
 def test_runs_give_medians_and_their_spread() -> None:
@@ -137,6 +153,18 @@ def test_the_phase_measures_a_real_flask_server_and_its_twin(artifacts, tmp_path
     assert record["model_served_ms"] > 0
     assert set(record["served_stages_ms"]) == {"decode", "queue", "convert", "model", "encode"}
     assert record["served_stages_ms"]["model"] == record["model_served_ms"]
+    # Attributed: the server's timings read under wrk on both paths, the null server run.
+    timed = record["timings_under_wrk"]
+    assert set(timed["predict"]) == {"decode", "queue", "convert", "model", "encode", "app"}
+    assert set(timed["noop"]) == {"app"} and all(n > 0 for _, n in timed["predict"].values())
+    whole = record["attribution"]
+    if nginx_available()[0]:
+        assert record["null"]["runs"] == 2 and record["null"]["errors"] == 0
+        assert list(whole["stages_ms"])[:3] == ["client and network", "HTTP server",
+                                                 "app outside stages"]
+        assert 0.0 < whole["named_share"] <= 1.0
+    else:
+        assert whole is None
 
 
 @pytest.mark.integration

@@ -187,3 +187,15 @@ def test_bad_settings_are_refused() -> None:
         pytest.skip(WRK_REASON)
     with pytest.raises(ValueError):
         run_wrk("http://127.0.0.1:1/", b"", {}, connections=1, duration_s=1, threads=2)
+
+
+def test_the_timings_line_gives_each_stage_its_median_and_count() -> None:
+    from loadtests.wrk import TIMINGS_MARKER, parse_timings, render_lua
+
+    out = f'Running...\n{TIMINGS_MARKER}{{"decode": [0.045000, 1500], "app": [0.410000, 1500]}}\n'
+    assert parse_timings(out) == {"decode": (0.045, 1500), "app": (0.41, 1500)}
+    assert parse_timings("no timings here\n") == {}
+    script = render_lua(b"{}", {"Content-Type": "application/json"}, timings=True)
+    # Flat per-stage lists: wrk's thread:get crashes on nested tables.
+    assert 'thread:get("timing_" .. name)' in script and "function response(" in script
+    assert "function response(" not in render_lua(b"{}", {})
