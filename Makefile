@@ -150,7 +150,7 @@ soak: artifacts ## SOAK_RATE req/s for SOAK_DURATION s per stack (default 100, 6
 	$(PY) -m reliability soak $(STACKS_ARG) --rate $(SOAK_RATE) --duration $(SOAK_DURATION) \
 		--artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
 
-overload: artifacts tools ## 1.5x, 2x, 5x each stack's capacity (RUN's capacity.jsonl, else measured), then 50%: goodput, refusals, recovery
+overload: artifacts tools ## 1.5x, 2x, 5x each stack's capacity (RUN's capacity.jsonl, else measured), then 50%: goodput, refusals, recovery, by the Python generator and the C client; ~2.7 min per stack
 	$(PY) -m reliability overload $(STACKS_ARG) --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN))
 
 floods: artifacts tools ## 1000 idle keep-alive and 200 slow connections, then big bodies, each held while normal clients run: their p99, fds, RSS, workers (~2 min per stack)
