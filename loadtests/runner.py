@@ -26,6 +26,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -36,6 +37,7 @@ from harness.lifecycle import RunningStack, skipped_reason, start_stack
 from harness.paths import timestamped_dir
 from harness.payload import PayloadSet
 from loadtests import analysis, devices, environment, gpu_telemetry
+from loadtests.dcgm import DCGM_URL_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, DcgmSampler
 from loadtests.gpu_telemetry import GpuSampler
 from loadtests.profiles import PROFILES, Profile
 from loadtests.records import record_files
@@ -265,7 +267,8 @@ def run_point(
             if target.server_pid is not None:
                 server_sampler = sampling.enter_context(TreeSampler(target.server_pid))
             gen = sampling.enter_context(TreeSampler(locust.pid))
-            gpu = sampling.enter_context(GpuSampler()) if samples_gpu(target) else None
+            sampler = gpu_sampler(target)
+            gpu = sampling.enter_context(sampler) if sampler is not None else None
             idle = [sampling.enter_context(TreeSampler(pid)) for pid in neighbours or []]
             code = locust.wait(timeout=run_s + 60)
     after = scrape(target.metrics_url) if target.metrics_url else {}
@@ -320,7 +323,23 @@ def samples_gpu(target: Target) -> bool:
     return target.device == CUDA and target.server_pid is not None
 
 
-def gpu_fields(target: Target, sampler: GpuSampler | None) -> dict:
+def gpu_sampler(target: Target) -> GpuSampler | DcgmSampler | None:
+    """What samples a CUDA point's GPU: NVML here for a server started here; for a server
+    in a pod, the DCGM exporter when LOADTEST_DCGM_URL names it (loadtests/dcgm.py: the
+    GPUs of the pods behind the target's Service name); else nothing."""
+    if target.device != CUDA:
+        return None
+    if samples_gpu(target):
+        return GpuSampler()
+    url = os.environ.get(DCGM_URL_ENV, "").strip()
+    if not url:
+        return None
+    service = urlsplit(target.host).hostname or target.stack
+    return DcgmSampler(url, os.environ.get(NAMESPACE_ENV, "").strip() or DEFAULT_NAMESPACE,
+                       f"{service}-")
+
+
+def gpu_fields(target: Target, sampler: GpuSampler | DcgmSampler | None) -> dict:
     """{"gpu": summary} for a CUDA point, saying why where it is empty; {} for a CPU
     point, which carries no GPU block."""
     if target.device != CUDA:
@@ -328,7 +347,7 @@ def gpu_fields(target: Target, sampler: GpuSampler | None) -> dict:
     if sampler is None:
         return {"gpu": gpu_telemetry.unsampled(
             "the server runs on another machine (a pod): this machine's NVML cannot see "
-            "its GPU")}  # fmt: skip
+            f"its GPU, and no DCGM exporter was named ({DCGM_URL_ENV})")}  # fmt: skip
     return {"gpu": sampler.summary()}
 
 
