@@ -13,7 +13,7 @@ hands a stack the credential its clients need (TorchServe's inference key).
 The Job made from k8s/base/loadgen.yaml runs this (image: loadtests/Dockerfile). Each
 target gets the same phases as in `make bench` (loadtests.sweep.measure_targets: the same
 locustfile, profiles, answer key, per-request records, wrk beside each closed REST level
-and the SLO capacity search; uncalibrated, as the null server runs locally only), and the
+and the SLO capacity search; calibrated against the null server in the pod), and the
 run directory gets what `make bench` writes except what needs the servers' own machine:
 raw/, points.jsonl, levels.jsonl, capacity.jsonl and environment.json, but no in-process
 baselines and no server CPU/RSS (the servers are
@@ -41,7 +41,13 @@ from harness.payload import PayloadSet, check_answer
 from loadtests import environment
 from loadtests.profiles import PROFILES
 from loadtests.runner import Progress, Target, model_block, target_for
-from loadtests.sweep import Run, measure_targets, planned_points, served_on_their_device
+from loadtests.sweep import (
+    Run,
+    calibrate,
+    measure_targets,
+    planned_points,
+    served_on_their_device,
+)
 from services.process import usable_cores
 from services.registry import load_stack
 
@@ -255,16 +261,20 @@ def sweep(args: argparse.Namespace, run_dir: Path) -> None:
           f"{profile.name}, Locust on {generator_cpus:g} CPUs", flush=True)  # fmt: skip
     (run_dir / "points.jsonl").touch()
     # The same phases as `make bench` (interleaved levels, wrk beside each closed REST
-    # level, the SLO capacity search), uncalibrated: the null server runs locally only.
+    # level, the SLO capacity search).
     refresh = KeyRefresher(args.target, args.device, spec, secret_paths(args.secret_file),
                            secrets)
     run = Run(profile, paths, run_dir, [], generator_cores, progress,
               generator_cpus=generator_cpus, refresh=refresh)  # fmt: skip
+    # The generator's floor, in this pod: Locust and wrk against the null server answering
+    # each target's own reply (the image has nginx). It shares the pod's CPUs with the
+    # generator (locally it has the server cores), so the floor is a little high, never low.
+    calibrated, why = calibrate(run, live)
+    print(f"loadgen: {why}", flush=True)
     measure_targets(run, live)
-    env_block["calibrated"] = False
+    env_block["calibrated"] = calibrated
     env_block["calibration_reason"] = (
-        "not calibrated in the cluster: the generator's floor is measured by `make bench` "
-        "against a local null server")
+        f"{why} (in the Locust pod, the null server sharing its CPUs)" if calibrated else why)
     env_block["skipped"] = skipped
     (run_dir / "environment.json").write_text(json.dumps(env_block, indent=2) + "\n")
 

@@ -19,6 +19,7 @@ from harness.lifecycle import start_stack
 from harness.payload import PayloadSet
 from k8s import cluster as k8s_cluster
 from loadtests import cluster, runner, sweep
+from loadtests.null_server import nginx_available
 from loadtests.profiles import PROFILES
 from loadtests.records import record_files
 from loadtests.report import write_report
@@ -168,6 +169,15 @@ def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path
             usable_cores(), cluster.cgroup_cpus() or float(len(usable_cores())))
     env = json.loads((run_dir / "environment.json").read_text())
     assert "connection" in env["skipped"]["tf_serving/rest/cpu"].lower()
+    # The generator was calibrated in the pod against the null server, per REST target.
+    if nginx_available()[0]:
+        assert env["calibrated"] is True and "in the Locust pod" in env["calibration_reason"]
+        floors = [json.loads(line) for line in
+                  (run_dir / "floors.jsonl").read_text().splitlines()]
+        assert {f["target"] for f in floors} == {"flask_torch/rest/cpu", "torchserve/rest/cpu"}
+        assert all(f["requests"] > 0 for f in floors)
+    else:
+        assert env["calibrated"] is False and "nginx" in env["calibration_reason"]
     assert env["targets"]["flask_torch/rest/cpu"] == flask.host
     report = write_report(run_dir).read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
