@@ -88,6 +88,11 @@ class Connection:
             except ConnectionRefusedError as err:
                 self.close()
                 return Reply(REFUSED, None, b"", None, str(err))
+            except (ConnectionResetError, ConnectionAbortedError) as err:
+                # The server reset the connection while it was being set up (a listener
+                # closing under load does): as visible a failure as a reset after it.
+                self.close()
+                return Reply(RESET, None, b"", None, f"connect: {err!r}")
             except (TimeoutError, OSError) as err:
                 self.close()
                 kind = TIMEOUT if isinstance(err, TimeoutError) else OTHER

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 
@@ -54,3 +55,14 @@ def test_an_answer_is_returned_with_status_and_body() -> None:
     reply = Connection(Endpoint(LOOPBACK, _serve_once(answer), "/"), 5.0).post(b"{}")
     assert (reply.kind, reply.status, reply.body) == ("http_413", 413, b"{}")
     assert reply.content_type == "application/json"
+
+
+def test_a_reset_while_connecting_is_a_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listener closing under load can reset a connection it was setting up: a visible
+    failure like any reset, not an unknown error (seen once in CI: Ray Serve's SIGTERM)."""
+    def reset(self: http.client.HTTPConnection) -> None:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", reset)
+    reply = Connection(Endpoint(LOOPBACK, free_port(), "/"), 2.0).post(b"{}")
+    assert reply.kind == RESET and reply.error.startswith("connect: ConnectionResetError")
