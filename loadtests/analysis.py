@@ -70,6 +70,8 @@ def read_records(paths: Iterable[Path]) -> Records:
     # Files written before pool_wait_ms existed have six columns: no wait recorded.
     pool_wait = table[6] if len(table) > 6 else ("",) * len(rows)
     batch_requests = table[7] if len(table) > 7 else ("",) * len(rows)
+    errors = table[5]
+    statuses = [failure_status(e) for e in errors]
     return Records(
         start_s=np.asarray(table[0], dtype=np.float64),
         latency_ms=np.asarray(table[1], dtype=np.float64),
@@ -79,15 +81,19 @@ def read_records(paths: Iterable[Path]) -> Records:
         pool_wait_ms=np.asarray([float(v) if v else 0.0 for v in pool_wait], dtype=np.float64),
         batch_requests=np.asarray([float(v) if v else np.nan for v in batch_requests],
                                   dtype=np.float64),  # fmt: skip
-        status=np.asarray([failure_status(e) for e in table[5]], dtype=np.int64),
-        key_refused=np.asarray([key_refused(e) for e in table[5]], dtype=bool),
+        status=np.asarray(statuses, dtype=np.int64),
+        key_refused=np.asarray([key_refused(e, code) for e, code in zip(errors, statuses,
+                                                                        strict=True)],
+                               dtype=bool),
     )
 
 
-def key_refused(error: str) -> bool:
+def key_refused(error: str, status: int | None = None) -> bool:
     """Whether a failed request's error says its credential was refused: 401 or 403, or
-    TorchServe 0.12's answer to a wrong or expired key (400, "Token Authorization failed")."""
-    return failure_status(error) in KEY_REJECTED or TORCHSERVE_KEY_REFUSED in error.lower()
+    TorchServe 0.12's answer to a wrong or expired key (400, "Token Authorization failed").
+    `status`: the error's failure_status, when already read."""
+    code = failure_status(error) if status is None else status
+    return code in KEY_REJECTED or TORCHSERVE_KEY_REFUSED in error.lower()
 
 
 def failure_status(error: str) -> int:

@@ -94,24 +94,28 @@ def parse_target(text: str, device: str, spec: ModelSpec,
     return RemoteTarget(client, target_for(stack, client, device))
 
 
+def secret_paths(items: list[str]) -> dict[str, Path]:
+    """`stack=path` items -> stack -> path.
+
+    Raises:
+        ValueError: for an item without `=`.
+    """
+    paths = {}
+    for item in items:
+        stack, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"--secret-file {item!r} is not stack=path")
+        paths[stack] = Path(path)
+    return paths
+
+
 def parse_secret_files(items: list[str]) -> dict[str, str]:
     """`stack=path` items -> stack -> the file's content (stripped).
 
     Raises:
         ValueError: for an item without `=`.
     """
-    secrets = {}
-    for item in items:
-        stack, sep, path = item.partition("=")
-        if not sep:
-            raise ValueError(f"--secret-file {item!r} is not stack=path")
-        secrets[stack] = Path(path).read_text().strip()
-    return secrets
-
-
-def secret_paths(items: list[str]) -> dict[str, Path]:
-    """`stack=path` items -> stack -> path (parse_secret_files validates them)."""
-    return {item.partition("=")[0]: Path(item.partition("=")[2]) for item in items}
+    return {stack: path.read_text().strip() for stack, path in secret_paths(items).items()}
 
 
 class KeyRefresher:

@@ -244,9 +244,10 @@ def probe(url: str, body: bytes, headers: dict[str, str]) -> str | None:
     return None
 
 
-def interleaved(urls: tuple[str, str], body: bytes, headers: dict[str, str], plan: FloorPlan,
-                script_dir: Path) -> tuple[list[dict], list[dict]]:  # fmt: skip
-    """wrk runs alternating between the two URLs, after a discarded warm-up on each."""
+def interleaved(urls: tuple[str, ...], body: bytes, headers: dict[str, str], plan: FloorPlan,
+                script_dir: Path) -> tuple[list[dict], ...]:  # fmt: skip
+    """wrk runs alternating between the URLs, after a discarded warm-up on each: plan.runs
+    runs per URL, in the URLs' order."""
 
     def one(url: str, seconds: int) -> dict:
         return wrk.run_wrk(url, body, headers, CONNECTIONS, seconds, cores=plan.cores,
@@ -254,7 +255,7 @@ def interleaved(urls: tuple[str, str], body: bytes, headers: dict[str, str], pla
 
     for url in reversed(urls):
         one(url, WARMUP_S)
-    runs: tuple[list[dict], list[dict]] = ([], [])
+    runs: tuple[list[dict], ...] = tuple([] for _ in urls)
     for _ in range(plan.runs):
         for index, url in enumerate(urls):
             runs[index].append(one(url, plan.duration_s))
@@ -306,12 +307,9 @@ def null_runs(url: str, body: bytes, headers: dict[str, str], plan: FloorPlan,
         return []
     reply = capture_reply(url, body, headers)
     with NullServer(reply, script_dir / "null-server-floor", cores=plan.server_cores) as null:
-        target = null.url + urlsplit(url).path
-        wrk.run_wrk(target, body, headers, CONNECTIONS, WARMUP_S, cores=plan.cores,
-                    script_dir=script_dir)
-        return [wrk.run_wrk(target, body, headers, CONNECTIONS, plan.duration_s,
-                            cores=plan.cores, script_dir=script_dir).to_json()
-                for _ in range(plan.runs)]
+        (runs,) = interleaved((null.url + urlsplit(url).path,), body, headers, plan,
+                              script_dir)
+    return runs
 
 
 # --- the report's section -----------------------------------------------------------------

@@ -222,18 +222,19 @@ def window(run: Run, target: Target, load: Load, profile: Profile, repeat: int,
            phase: str) -> dict:
     """One Locust window with the machine's drift around it, annotated with the
     generator's share; appended to points.jsonl and returned."""
+    def measure(target: Target) -> dict:
+        return run_point(target, load, profile, run.paths, run.raw_dir, run.generator_cores,
+                         repeat, run.generator_cpus, neighbours=run.others(target))  # fmt: skip
+
     target = run.current(target)
     before = drift.read_drift(repeats=3)
     try:
-        point = run_point(target, load, profile, run.paths, run.raw_dir, run.generator_cores,
-                          repeat, run.generator_cpus, neighbours=run.others(target))  # fmt: skip
+        point = measure(target)
     except RuntimeError as err:
         if not analysis.key_refused(str(err)):
             raise
         # The device read-back before the window was refused: a rotated key.
-        target = run.await_new_key(target, err)
-        point = run_point(target, load, profile, run.paths, run.raw_dir, run.generator_cores,
-                          repeat, run.generator_cpus, neighbours=run.others(target))  # fmt: skip
+        point = measure(run.await_new_key(target, err))
     after = drift.read_drift(repeats=3)
     point["drift"] = drift.drift_between(before, after, run.server_cores or None)
     point["phase"] = phase

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from harness.markdown import fmt
+from reliability.overload import INDEPENDENT, POOL_NOTE_SHARE
 
 MATRIX_FILE = "matrix.json"
 FAULTS_FILE = "faults.json"
@@ -224,8 +225,9 @@ def _goal_figure(goal: str, judged: dict | None) -> str:
 
 def noteworthy(generator: dict) -> bool:
     """Whether a level's generator figures need a note: it did not hold the rate, or at
-    least 1% of the requests waited for a free sender (less is noise)."""
-    return not generator["held"] or generator.get("pool_waited_share", 0.0) >= 0.01
+    least POOL_NOTE_SHARE of the requests waited for a free sender (less is noise; runs
+    made before that threshold noted any wait)."""
+    return not generator["held"] or generator.get("pool_waited_share", 0.0) >= POOL_NOTE_SHARE
 
 
 def overload_markdown(data: dict) -> list[str]:
@@ -280,7 +282,7 @@ def overload_markdown(data: dict) -> list[str]:
             python = g.get("python", {"measured": g["measured"], "verdict": g["verdict"]})
             md.append(f"| {g['multiple']:g}x | {g['goal']} | {_goal_figure(g['goal'], python)} | "
                       f"{_goal_figure(g['goal'], g.get('independent'))} | "
-                      f"{'C' if g.get('by') == 'openloop' else 'Python'} | {verdict} |")
+                      f"{'C' if g.get('by') == INDEPENDENT else 'Python'} | {verdict} |")
         md.append("")
     for stack, reason in data.get("skipped", {}).items():
         md.append(f"- **{stack} skipped**: {reason}")
