@@ -40,6 +40,9 @@ CONTAINER_ENGINE ?= docker
 KUBECTL     ?= $(or $(shell command -v kubectl 2>/dev/null),$(VENV)/bin/kubectl)
 # Empty: the collector's deadline is the Job's activeDeadlineSeconds plus 15 min.
 K8S_DEADLINE_S ?=
+# Locust worker pods for `make k8s-loadtest` (one process on one CPU each); empty: the
+# scale of deployment/loadgen-worker as applied (2).
+LOADGEN_WORKERS ?=
 RUN_ID      ?=
 K8S_DIR     ?= k8s
 K8S_LINT_VENV ?= $(VENV)/k8s-lint
@@ -204,8 +207,9 @@ k8s-apply: k8s-kubectl $(VENV)/.ready ## Apply OVERLAY=cpu|gpu [REGISTRY=... TAG
 k8s-check-images: $(VENV)/.ready ## Ask the registry whether TF Serving's tags (k8s/images.py) exist; says NOT CHECKED when it cannot
 	$(PY) -m k8s.cluster check-images --engine $(CONTAINER_ENGINE)
 
-k8s-loadtest: k8s-kubectl $(VENV)/.ready ## Sweep in the cluster (OVERLAY=, PROFILE=), copy it to results/<run>/, REPORT.md
+k8s-loadtest: k8s-kubectl $(VENV)/.ready ## Sweep in the cluster (OVERLAY=, PROFILE=, LOADGEN_WORKERS=), copy it to results/<run>/, REPORT.md
 	KUBECTL=$(KUBECTL) $(PY) -m k8s.cluster loadtest --overlay $(OVERLAY) --profile $(PROFILE) \
+		$(if $(LOADGEN_WORKERS),--workers $(LOADGEN_WORKERS)) \
 		$(if $(K8S_DEADLINE_S),--deadline-s $(K8S_DEADLINE_S))
 
 k8s-collect: k8s-kubectl $(VENV)/.ready ## Resume copying an interrupted in-cluster run home, then report: RUN_ID=loadtest-...

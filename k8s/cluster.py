@@ -4,7 +4,7 @@ in-cluster load test and bring its results home.
   python -m k8s.cluster images   --registry R --tag T [--variants cpu,cuda] [--dry-run]
   python -m k8s.cluster apply    --overlay gpu [--registry R --tag T]
   python -m k8s.cluster token                   # refresh the torchserve-token Secret
-  python -m k8s.cluster loadtest --overlay gpu --profile quick [--deadline-s S]
+  python -m k8s.cluster loadtest --overlay gpu --profile quick [--workers N] [--deadline-s S]
   python -m k8s.cluster collect  --run-id loadtest-gpu-...  # resume an interrupted copy
   python -m k8s.cluster check-images [--overlay gpu]        # do the TF Serving tags exist?
 
@@ -57,6 +57,8 @@ SERVER_DEPLOYMENTS = tuple(s.k8s_deployment for s in all_stacks() if s.k8s_deplo
 ROLLOUT_TIMEOUT = "15m"
 
 LOADGEN_CRONJOB = "loadgen"
+# The Locust worker pods of the distributed generator (k8s/base/loadgen-workers.yaml).
+LOADGEN_WORKERS = "loadgen-worker"
 LOADGEN_CONTAINER = "locust"
 LOADGEN_RESULTS = "/results"
 TORCHSERVE_LABEL = "app.kubernetes.io/name=torchserve"
@@ -342,9 +344,11 @@ def renew_key_script(
 # --- the load-test Job ------------------------------------------------------------------
 
 
-def job_from_cronjob(cronjob: dict[str, Any], run_id: str, profile: str) -> dict[str, Any]:
-    """What `kubectl create job <run> --from=cronjob/loadgen` makes, plus this run's id
-    and profile in the Locust container's environment (the CronJob is only a template)."""
+def job_from_cronjob(cronjob: dict[str, Any], run_id: str, profile: str,
+                     workers: int = 0) -> dict[str, Any]:
+    """What `kubectl create job <run> --from=cronjob/loadgen` makes, plus this run's id,
+    profile and number of Locust workers (the worker pods its master waits for) in the
+    Locust container's environment (the CronJob is only a template)."""
     template = json.loads(json.dumps(cronjob["spec"]["jobTemplate"]))
     meta = template.setdefault("metadata", {})
     meta["name"] = run_id
@@ -354,7 +358,8 @@ def job_from_cronjob(cronjob: dict[str, Any], run_id: str, profile: str) -> dict
         meta.pop(key, None)
     containers = template["spec"]["template"]["spec"]["containers"]
     locust = next(c for c in containers if c["name"] == LOADGEN_CONTAINER)
-    run_env = {"LOADTEST_RUN_ID": run_id, "LOADTEST_PROFILE": profile}
+    run_env = {"LOADTEST_RUN_ID": run_id, "LOADTEST_PROFILE": profile,
+               "LOADTEST_WORKERS": str(workers)}
     env = [e for e in locust.get("env", []) if e["name"] not in run_env]
     locust["env"] = env + [{"name": k, "value": v} for k, v in run_env.items()]
     return {"apiVersion": "batch/v1", "kind": "Job", **template}
@@ -777,16 +782,39 @@ def job_deadline_s(job: dict[str, Any]) -> float:
     return float(job["spec"].get("activeDeadlineSeconds", 36000)) + COLLECT_GRACE_S
 
 
+def locust_workers(count: int | None) -> int:
+    """Scales the Locust worker Deployment to `count` (None: as applied), waits until
+    every worker runs, and returns how many there are.
+
+    Raises:
+        ClusterError: for no workers, or workers that never became ready.
+    """
+    target = f"deployment/{LOADGEN_WORKERS}"
+    if count is not None:
+        if count < 1:
+            raise ClusterError(f"LOADGEN_WORKERS={count}: the sweep needs at least one worker")
+        run_kubectl("scale", target, f"--replicas={count}")
+    replicas = int(json.loads(run_kubectl("get", target, "-o", "json"))["spec"]["replicas"])
+    if replicas < 1:
+        raise ClusterError(f"{target} is scaled to {replicas}: give the run workers "
+                           "(make k8s-loadtest LOADGEN_WORKERS=N)")
+    print(f"k8s: waiting for {replicas} Locust worker(s) ({target}) ...", flush=True)
+    run_kubectl("rollout", "status", target, f"--timeout={ROLLOUT_TIMEOUT}")
+    return replicas
+
+
 def loadtest(overlay: str, profile: str, results: Path = RESULTS,
-             deadline_s: float | None = None) -> Path:
+             deadline_s: float | None = None, workers: int | None = None) -> Path:
     """Runs the in-cluster sweep and builds the report under results/<run-id>/."""
     wait_for_servers()
+    count = locust_workers(workers)
     refresh_token()
     run_id = job_name(overlay, datetime.now(UTC))
     cronjob = json.loads(run_kubectl("get", "cronjob", LOADGEN_CRONJOB, "-o", "json"))
-    job = job_from_cronjob(cronjob, run_id, profile)
+    job = job_from_cronjob(cronjob, run_id, profile, count)
     run_kubectl("create", "-f", "-", stdin=json.dumps(job))
-    print(f"k8s: job/{run_id} created (profile {profile}); waiting for its pod", flush=True)
+    print(f"k8s: job/{run_id} created (profile {profile}, {count} Locust workers); waiting "
+          "for its pod", flush=True)  # fmt: skip
     return collect_run(run_id, job_deadline_s(job) if deadline_s is None else deadline_s,
                        results)  # fmt: skip
 
@@ -847,6 +875,8 @@ def main() -> int:
     load = sub.add_parser("loadtest", help="run the sweep in the cluster, copy it, report")
     load.add_argument("--overlay", choices=("cpu", "gpu"), required=True)
     load.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    load.add_argument("--workers", type=int, default=None,
+                      help="Locust worker pods to scale to (default: as applied)")
     collect_cmd = sub.add_parser("collect", help="resume bringing a run home, then report")
     collect_cmd.add_argument("--run-id", required=True, help="the Job's name (loadtest-...)")
     for cmd in (load, collect_cmd):
@@ -886,7 +916,8 @@ def main() -> int:
             deadline = 3600.0 + COLLECT_GRACE_S if args.deadline_s is None else args.deadline_s
             collect_run(args.run_id, deadline)
         else:
-            loadtest(args.overlay, args.profile, deadline_s=args.deadline_s)
+            loadtest(args.overlay, args.profile, deadline_s=args.deadline_s,
+                     workers=args.workers)
     except UnsupportedCudaFlavor as err:
         print(f"k8s: {err}", file=sys.stderr)
         return 2

@@ -131,7 +131,7 @@ POD_TEMPLATE_PATHS = {
 }
 BATCH_KINDS = {"Job", "CronJob"}
 # The pods whose loss ends or skews a measurement: servers and the load generator.
-BENCHMARK_COMPONENTS = {SERVER_COMPONENT, "loadgen"}
+BENCHMARK_COMPONENTS = {SERVER_COMPONENT, "loadgen", "loadgen-worker"}
 SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 
 
@@ -446,28 +446,33 @@ def probe_and_resource_problems(objects: list[dict[str, Any]]) -> list[str]:
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 if probe not in container:
                     problems.append(f"{where}: no {probe}")
-            if "preStop" not in container.get("lifecycle", {}):
+            # A pod that serves no port (a Locust worker only connects out) has no
+            # in-flight requests to keep while it leaves the Service endpoints.
+            if container.get("ports") and "preStop" not in container.get("lifecycle", {}):
                 problems.append(f"{where}: no preStop hook (in-flight requests would be cut)")
         if "terminationGracePeriodSeconds" not in pod.spec:
             problems.append(f"{pod.name}: no terminationGracePeriodSeconds")
     return problems
 
 
-# The in-cluster generator runs one Locust process per whole CPU of its limit
-# (loadtests.cluster.cgroup_cpus -> runner.generator_processes) and judges saturation per
-# process (runner.generator_saturated); at least this many, so no one process carries it.
+# The load generator's pod runs the Locust master, wrk beside each closed REST level and
+# the calibration's Locust (one process per whole CPU of its limit,
+# loadtests.cluster.cgroup_cpus -> runner.generator_processes): at least this many CPUs.
 MIN_GENERATOR_PROCESSES = 2
+LOADGEN_COMPONENT = "loadgen"
+# Locust's distributed mode: the users run in these pods, one process on one CPU each.
+WORKER_COMPONENT = "loadgen-worker"
 
 
 def loadgen_problems(objects: list[dict[str, Any]]) -> list[str]:
     """The load generator's CPU: a whole number of CPUs, at least MIN_GENERATOR_PROCESSES,
     requested as much as its limit (so each Locust process has a CPU of its own). A
     fractional limit runs int(limit) processes on more CPU than they can use (1.5 CPUs:
-    one process, whose saturation the pod's 135% gate never reaches); one CPU runs one
-    single-threaded process for the whole sweep."""
-    problems = []
+    one process, whose saturation the pod's 135% gate never reaches). And the load comes
+    from Locust worker pods (worker_problems): one process in one pod would carry it all."""
+    problems = worker_problems(objects)
     for pod in pod_templates(objects):
-        if pod.labels.get(COMPONENT_LABEL) != "loadgen":
+        if pod.labels.get(COMPONENT_LABEL) != LOADGEN_COMPONENT:
             continue
         for container in pod.containers(init=False):
             resources = container.get("resources", {})
@@ -481,12 +486,41 @@ def loadgen_problems(objects: list[dict[str, Any]]) -> list[str]:
                 problems.append(f"{where}: CPU limit {limit} is not a whole number of CPUs: "
                                 f"Locust would run {int(cpus)} process(es) on {cpus:g} CPUs")
             elif cpus < MIN_GENERATOR_PROCESSES:
-                problems.append(f"{where}: a single-process Locust (CPU limit {limit}): give "
-                                f"the generator at least {MIN_GENERATOR_PROCESSES} CPUs, one "
-                                "Locust process each")
+                problems.append(f"{where}: CPU limit {limit}: the master, wrk and the "
+                                "calibration's Locust would share one CPU; give the pod at "
+                                f"least {MIN_GENERATOR_PROCESSES}")
             if request is not None and quantity(request) != cpus:
                 problems.append(f"{where}: CPU request {request} differs from its limit "
                                 f"{limit}: its processes would share CPUs under contention")
+    return problems
+
+
+def worker_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Where there is an in-cluster load generator, its users run in Locust worker pods
+    (at least one replica) of one Locust process each: exactly one CPU, requested as
+    limited, so each worker's own CPU figure is the one that judges it."""
+    pods = list(pod_templates(objects))
+    if not any(p.labels.get(COMPONENT_LABEL) == LOADGEN_COMPONENT for p in pods):
+        return []
+    workers = [p for p in pods if p.labels.get(COMPONENT_LABEL) == WORKER_COMPONENT]
+    if not workers or all(_replicas(p) < 1 for p in workers):
+        return [f"no Locust worker pods ({COMPONENT_LABEL}={WORKER_COMPONENT}, at least one "
+                "replica): the in-cluster Locust would be a single process in the load "
+                "generator's pod, whose saturation nothing can judge"]
+    problems = []
+    for pod in workers:
+        for container in pod.containers(init=False):
+            resources = container.get("resources", {})
+            limit = resources.get("limits", {}).get("cpu")
+            request = resources.get("requests", {}).get("cpu")
+            where = f"{pod.name} container {container.get('name')}"
+            if limit is not None and quantity(limit) != 1:
+                problems.append(f"{where}: CPU limit {limit}: a worker pod runs one Locust "
+                                "process, single-threaded; give it exactly 1 CPU and scale "
+                                "the replicas instead")
+            if limit is not None and request is not None and quantity(request) != quantity(limit):
+                problems.append(f"{where}: CPU request {request} differs from its limit "
+                                f"{limit}: the worker would share its CPU under contention")
     return problems
 
 

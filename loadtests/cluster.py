@@ -8,7 +8,10 @@
       --secret-file torchserve=/var/run/secrets/digitnet/torchserve/inference-key
 
 Each target's client comes from its stack plugin (`remote_client`), and `--secret-file`
-hands a stack the credential its clients need (TorchServe's inference key).
+hands a stack the credential its clients need (TorchServe's inference key). With
+`--workers N` (LOADTEST_WORKERS) every window runs Locust's distributed mode: a master in
+this pod, the users in N worker processes, one per worker pod (k8s/base/loadgen.yaml,
+loadtests/worker.py), each judged for saturation on its own CPU (loadtests/distributed.py).
 
 The Job made from k8s/base/loadgen.yaml runs this (image: loadtests/Dockerfile). Each
 target gets the same phases as in `make bench` (loadtests.sweep.measure_targets: the same
@@ -35,10 +38,11 @@ from pathlib import Path
 
 from digitnet.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
 from digitnet.clients import Predictor
-from digitnet.env import env_float, env_str
+from digitnet.env import env_float, env_int, env_str
 from digitnet.spec import ModelSpec
 from harness.payload import PayloadSet, check_answer
 from loadtests import environment
+from loadtests.distributed import MASTER_PORT, Workers
 from loadtests.profiles import PROFILES
 from loadtests.runner import Progress, Target, model_block, target_for
 from loadtests.sweep import (
@@ -230,13 +234,18 @@ def sweep(args: argparse.Namespace, run_dir: Path) -> None:
     targets = [remote.target for remote in remotes]
     generator_cores = usable_cores()
     generator_cpus = cgroup_cpus() or float(len(generator_cores))
+    workers = (Workers(args.workers, port=args.master_port, bind_host=args.master_bind_host)
+               if args.workers else None)  # fmt: skip
     raw_dir = run_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
+    where = (f"{args.workers} Locust worker processes, one per worker pod (1 CPU each), "
+             f"their master in the Locust pod ({generator_cpus:g} CPUs, with wrk and the "
+             "calibration)" if workers else f"{generator_cpus:g} CPUs (the Locust pod's limit)")
     env_block = environment.describe(
         {
             "profile": profile.name,
             "server_cores": "their pods' CPU limits (Kubernetes)",
-            "generator_cores": f"{generator_cpus:g} CPUs (the Locust pod's limit)",
+            "generator_cores": where,
             "pinning": "Kubernetes: Locust pod on a node without server pods "
             "(podAntiAffinity), each server in its own pod with Guaranteed QoS",
             "warmup_s": profile.warmup_s,
@@ -262,14 +271,14 @@ def sweep(args: argparse.Namespace, run_dir: Path) -> None:
     progress = Progress(planned_points(profile, len(live)),
                         profile.warmup_s + profile.duration_s + 3)  # fmt: skip
     print(f"loadgen: about {progress.total} windows against {len(live)} targets, profile "
-          f"{profile.name}, Locust on {generator_cpus:g} CPUs", flush=True)  # fmt: skip
+          f"{profile.name}, Locust on {where}", flush=True)  # fmt: skip
     (run_dir / "points.jsonl").touch()
     # The same phases as `make bench` (interleaved levels, wrk beside each closed REST
     # level, the SLO capacity search).
     refresh = KeyRefresher(args.target, args.device, spec, secret_paths(args.secret_file),
                            secrets)
     run = Run(profile, paths, run_dir, [], generator_cores, progress,
-              generator_cpus=generator_cpus, refresh=refresh)  # fmt: skip
+              generator_cpus=generator_cpus, refresh=refresh, workers=workers)  # fmt: skip
     # The generator's floor, in this pod: Locust and wrk against the null server answering
     # each target's own reply (the image has nginx). It shares the pod's CPUs with the
     # generator (locally it has the server cores), so the floor is a little high, never low.
@@ -313,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="stack=path: the credential that stack's clients need")
     parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     parser.add_argument("--ready-timeout-s", type=float, default=READY_TIMEOUT_S)
+    parser.add_argument("--workers", type=int, default=env_int("LOADTEST_WORKERS", 0),
+                        help="Locust worker processes elsewhere (worker pods, "
+                        "loadtests.worker) for this pod's master; 0: Locust runs here")
+    parser.add_argument("--master-port", type=int, default=MASTER_PORT)
+    parser.add_argument("--master-bind-host", default="*",
+                        help="where the master listens (every address of the pod)")
     parser.add_argument("--hold-s", type=float,
                         default=env_float("LOADTEST_HOLD_S", 3600.0))  # fmt: skip
     args = parser.parse_args(argv)

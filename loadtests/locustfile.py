@@ -14,15 +14,19 @@ malformed answer is a failure, not a fast success.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 
 import gevent
 from locust import FastHttpUser, User, constant, events, task
 from locust.exception import StopUser
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 from digitnet.codec import BATCH_HEADER, INFERENCE_TIME_HEADER, JSON_CONTENT_TYPE
 from digitnet.spec import ModelSpec
 from harness.payload import PayloadSet, check_answer, check_json_reply
+from loadtests import distributed
 from loadtests.arrivals import ArrivalKind, ArrivalPlan, ArrivalSchedule
 from loadtests.records import RequestRecorder
 from loadtests.settings import LoadSettings, Mode
@@ -32,7 +36,6 @@ SPEC = ModelSpec.from_env()
 
 recorder = RequestRecorder(SETTINGS.records, SETTINGS.processes)
 events.request.add_listener(recorder.on_request)
-events.test_stop.add_listener(recorder.flush)
 
 _payloads: PayloadSet | None = None
 
@@ -127,17 +130,16 @@ class RestPredictUser(FastHttpUser):
     reply against the answer key."""
 
     wait_time = constant(0)
-    path = SETTINGS.path
-    headers = SETTINGS.headers
 
     @task
     def predict(self) -> None:
         batch = payloads().next()
         context = wait_for_slot()
+        # Read per request, not at import: a distributed worker learns them at its spawn.
         with self.client.post(
-            self.path,
+            SETTINGS.path,
             data=batch.body,
-            headers={"Content-Type": JSON_CONTENT_TYPE, **self.headers},
+            headers={"Content-Type": JSON_CONTENT_TYPE, **SETTINGS.headers},
             name=request_name(),
             context=context,
             catch_response=True,
@@ -168,23 +170,106 @@ def enable_grpc_under_gevent() -> None:
         _grpc_gevent_ready = True
 
 
+def load_grpc() -> None:
+    enable_grpc_under_gevent()
+    import tensorflow  # noqa: F401
+    from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: F401
+
+
+# A worker of a distributed run (`locust --worker`, loadtests.worker) learns its user
+# class only at its spawn, and is counted ready by the master as soon as it connects,
+# before the init event: gRPC's imports (seconds) are made here, before it connects,
+# rather than between the master's start and the first request.
+if "--worker" in sys.argv:
+    load_grpc()
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser) -> None:
+    parser.add_argument(distributed.SETTINGS_ARG, default="", include_in_web_ui=False,
+                        help="LOADTEST_* settings as JSON, from a distributed master to its "
+                        "workers (set by the master itself; loadtests/distributed.py)")
+
+
+collector = distributed.RecordCollector()
+clock = distributed.ProcessClock()
+
+
 @events.init.add_listener
 def prepare_before_the_clock_starts(environment, **_kwargs) -> None:
     """Loads the answer key, and for gRPC tensorflow and gevent's gRPC support, before
     Locust's run time starts: seconds of imports inside the first task would eat a short
     run and stall every user at once. Notes this process's index among the generator
-    processes (Locust's --processes workers), for its share of the arrival plan."""
+    processes (Locust's --processes workers), for its share of the arrival plan.
+
+    A distributed master (LOADTEST_DISTRIBUTED) sends the point's settings with its spawn
+    message and collects its workers' records; it runs no users itself."""
     global _process_index  # noqa: PLW0603
     _process_index = getattr(environment.runner, "worker_index", 0) or 0
+    runner = environment.runner
+    if SETTINGS.distributed and isinstance(runner, MasterRunner):
+        setattr(environment.parsed_options, distributed.SETTINGS_ATTR,
+                distributed.settings_payload(os.environ))
+        runner.register_message(distributed.MESSAGE, collector.on_message)
+        events.test_stop.add_listener(collect_from_workers)
+        return
+    if isinstance(runner, WorkerRunner) and "--worker" in sys.argv:
+        events.test_start.add_listener(adopt_the_masters_settings)
+        events.test_stop.add_listener(send_records_to_master)
+        # The stop runs in its own greenlet: stopping the users waits for them.
+        runner.register_message(distributed.FLUSH, lambda environment, **_: runner.stop(),
+                                concurrent=True)  # fmt: skip
+        return
+    events.test_stop.add_listener(recorder.flush)
     payloads()
     if any(cls.__name__ == "TfServingGrpcUser" for cls in environment.user_classes):
-        enable_grpc_under_gevent()
-        import tensorflow  # noqa: F401
-        from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: F401
+        load_grpc()
     # gevent's loop caches "now" and has not run during these seconds of imports: without
     # a refresh, Locust's --run-time timer (spawn_later) counts from the stale time and
     # ends the run that much early (a 3 s run measured 1.4 s here).
     gevent.get_hub().loop.update_now()
+
+
+def adopt_the_masters_settings(environment, **_kwargs) -> None:
+    """A distributed worker, at its spawn: the point's settings from the master's custom
+    argument, then the answer key for them, before any user starts."""
+    global SETTINGS, _payloads, _schedule, _process_index  # noqa: PLW0603
+    payload = getattr(environment.parsed_options, distributed.SETTINGS_ATTR, "")
+    if distributed.adopt_settings(payload):
+        SETTINGS = LoadSettings.from_env()
+        _payloads = _schedule = None
+        # Rows are kept here and sent at the stop; the path is the master's to write.
+        recorder.path, recorder.processes = SETTINGS.records, SETTINGS.processes
+    _process_index = getattr(environment.runner, "worker_index", 0) or 0
+    payloads()
+    clock.start()
+
+
+def send_records_to_master(environment, **_kwargs) -> None:
+    """A distributed worker, at its stop: its rows and its CPU to the master, before it
+    tells the master it stopped (messages from one worker arrive in order)."""
+    rows, recorder.rows = recorder.rows, []
+    distributed.forward(environment.runner.send_message, _process_index, rows,
+                        clock.cpu_pct())
+
+
+def collect_from_workers(environment, **_kwargs) -> None:
+    """The distributed master, at the end of its run time: tells its workers to stop and
+    send their records, waits for every worker's, then writes them
+    (loadtests.distributed.RecordCollector)."""
+    expected = environment.parsed_options.expect_workers
+    runner = environment.runner
+    runner.send_message(distributed.FLUSH)
+
+    def lost() -> set[int]:
+        return {runner.get_worker_index(c.id) for c in runner.clients.values()
+                if c.state == STATE_MISSING}  # fmt: skip
+
+    if not collector.wait(expected, lost=lost):
+        print(f"locust master: only {len(collector.done)} of {expected} workers sent their "
+              "records", file=sys.stderr, flush=True)
+    if SETTINGS.records is not None:
+        collector.write(SETTINGS.records, expected)
 
 
 class TfServingGrpcUser(User):

@@ -36,8 +36,9 @@ from harness.artifacts import ensure_artifacts
 from harness.lifecycle import RunningStack, skipped_reason, start_stack
 from harness.paths import timestamped_dir
 from harness.payload import PayloadSet
-from loadtests import analysis, devices, environment, gpu_telemetry
+from loadtests import analysis, devices, distributed, environment, gpu_telemetry
 from loadtests.dcgm import DCGM_URL_ENV, DEFAULT_NAMESPACE, NAMESPACE_ENV, DcgmSampler
+from loadtests.distributed import Workers
 from loadtests.gpu_telemetry import GpuSampler
 from loadtests.profiles import PROFILES, Profile
 from loadtests.records import record_files
@@ -214,6 +215,7 @@ def run_point(
     generator_cpus: float | None = None,
     neighbours: list[int] | None = None,
     label: str = "",
+    workers: Workers | None = None,
 ) -> dict:
     """One headless Locust run; returns its point record (figures after warm-up).
 
@@ -223,12 +225,15 @@ def run_point(
         neighbours: pids of other servers idling on the server cores meanwhile; their CPU
             is sampled, so the report can show they did not disturb this point.
         label: prefixes the raw file names (e.g. "floor" for the generator's floor runs).
+        workers: Locust's distributed mode: this process runs the master, the users run
+            in `workers.count` worker processes elsewhere (loadtests/distributed.py).
     """
     name = f"{target.stack}-{target.protocol}-{target.device}-{load.slug}-rep{repeat}"
     name = f"{label}-{name}" if label else name
     records = raw_dir / f"{name}.csv"
     run_s = profile.warmup_s + profile.duration_s
-    processes = generator_processes(generator_cores, generator_cpus)
+    processes = workers.count if workers else generator_processes(generator_cores,
+                                                                  generator_cpus)
     env = {
         **os.environ,
         **target.env,
@@ -243,7 +248,12 @@ def run_point(
         # Longer than the run: the schedule must not end before Locust's run time does.
         "LOADTEST_SCHEDULE_S": str(run_s + 30),
         "LOADTEST_PROCESSES": str(processes),
+        "LOADTEST_DISTRIBUTED": "1" if workers else "0",
     }
+    if workers:
+        spread = workers.master_args()
+    else:
+        spread = ["--processes", str(processes)] if processes > 1 else []
     command = [
         "taskset", "-c", ",".join(map(str, generator_cores)),
         str(Path(sys.executable).parent / "locust"),
@@ -253,7 +263,7 @@ def run_point(
         "-t", f"{math.ceil(run_s)}s", "--stop-timeout", "2",
         "--host", target.host,
         "--exit-code-on-error", "0",
-        *(["--processes", str(processes)] if processes > 1 else []),
+        *spread,
         target.user_class,
     ]  # fmt: skip
     # The null server of a generator floor computes nothing: no device to read back.
@@ -270,11 +280,25 @@ def run_point(
             sampler = gpu_sampler(target)
             gpu = sampling.enter_context(sampler) if sampler is not None else None
             idle = [sampling.enter_context(TreeSampler(pid)) for pid in neighbours or []]
-            code = locust.wait(timeout=run_s + 60)
+            # A master also waits for its workers, and then for their records.
+            wait_s = workers.wait_s + distributed.COLLECT_TIMEOUT_S if workers else 0.0
+            code = locust.wait(timeout=run_s + 60 + wait_s)
     after = scrape(target.metrics_url) if target.metrics_url else {}
     files = record_files(records)
+    if workers and code != 0 and distributed.WORKERS_MISSING in log.read_text(errors="replace"):
+        raise RuntimeError(f"{name}: the master's {workers.count} Locust workers did not all "
+                           f"connect within {workers.wait_s:g} s (are the worker processes "
+                           "running and able to reach the master? In a cluster: `kubectl get "
+                           "pods -l app.kubernetes.io/component=loadgen-worker`)")
     if code != 0 or not files:
         raise RuntimeError(f"locust failed ({code}) for {name}; see {log}")
+    spread_fields = {}
+    if workers:
+        summary = distributed.read_workers(records)
+        problem = distributed.workers_problem(summary)
+        if problem:
+            raise RuntimeError(f"{name}: {problem}; see {log}")
+        spread_fields = distributed_generator(summary, gen.samples)
     stats = analysis.point_stats(analysis.read_records(files), profile.warmup_s,
                                  load.batch_size, profile.duration_s)
     generator_capacity = 100.0 * (generator_cpus or len(generator_cores))
@@ -302,9 +326,28 @@ def run_point(
         "arrivals": profile.arrivals if load.mode is Mode.OPEN else None,
         "seed": profile.seed + repeat if load.mode is Mode.OPEN else None,
     }
+    point.update(spread_fields)
     point.update(gpu_fields(target, gpu))
     point.update(load_stack(target.stack).server_timings(before, after))
     return point
+
+
+def distributed_generator(summary: dict, master: ResourceSamples) -> dict:
+    """A distributed point's generator figures: every worker process's CPU as it reported
+    it (each on a CPU of its own: one Locust process per worker pod), the master's as
+    sampled here. Saturated when any worker, or the master, was busy
+    GENERATOR_SATURATED_PCT of a core: a single-threaded worker at 100% starves its users
+    whatever the others do."""
+    cpus = [w["cpu_pct"] or 0.0 for w in summary["workers"]]
+    busiest = max([*cpus, master.busiest_process_cpu()])
+    return {
+        "generator_cpu_pct": master.mean_cpu() + sum(cpus),
+        "generator_busiest_process_cpu_pct": busiest,
+        "generator_saturated": busiest >= analysis.GENERATOR_SATURATED_PCT,
+        "generator_master_cpu_pct": master.mean_cpu(),
+        "generator_workers": [{k: w[k] for k in ("index", "host", "cpu_pct", "requests")}
+                              for w in summary["workers"]],  # fmt: skip
+    }
 
 
 def generator_saturated(samples: ResourceSamples, capacity_pct: float) -> bool:

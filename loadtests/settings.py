@@ -50,6 +50,10 @@ class LoadSettings:
     # Send only the first batch (the generator-floor runs: the null server's fixed reply
     # is the right answer for that batch alone).
     single_batch: bool = False
+    # Locust's distributed mode across machines (worker pods in a cluster): the workers
+    # share no disk with the master, so their per-request records travel to it as
+    # messages (loadtests/distributed.py) instead of being written where they run.
+    distributed: bool = False
 
     @classmethod
     def from_env(cls) -> LoadSettings:
@@ -58,7 +62,7 @@ class LoadSettings:
         LOADTEST_RECORDS (per-request CSV; unset: none), LOADTEST_TARGET (stack/protocol),
         LOADTEST_PATH, LOADTEST_HEADERS (a JSON object), LOADTEST_GRPC_TARGET,
         LOADTEST_ARRIVALS (poisson|constant), LOADTEST_SEED (0), LOADTEST_SCHEDULE_S,
-        LOADTEST_PROCESSES (1), LOADTEST_SINGLE_BATCH (off)."""
+        LOADTEST_PROCESSES (1), LOADTEST_SINGLE_BATCH (off), LOADTEST_DISTRIBUTED (off)."""
         records = env_str("LOADTEST_RECORDS", "")
         headers = json.loads(env_str("LOADTEST_HEADERS", "{}"))
         if not isinstance(headers, dict):
@@ -79,4 +83,5 @@ class LoadSettings:
             schedule_s=env_float("LOADTEST_SCHEDULE_S", 3600.0),
             processes=env_int("LOADTEST_PROCESSES", 1),
             single_batch=env_bool("LOADTEST_SINGLE_BATCH", False),
+            distributed=env_bool("LOADTEST_DISTRIBUTED", False),
         )

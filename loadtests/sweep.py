@@ -57,6 +57,7 @@ from loadtests import (
     wrk,
 )
 from loadtests.calibration import GeneratorFloor
+from loadtests.distributed import Workers
 from loadtests.null_server import NullServer, capture_reply, nginx_available
 from loadtests.profiles import Profile
 from loadtests.runner import (
@@ -108,6 +109,9 @@ class Run:
     # (in a cluster, TorchServe's key is re-read from its mounted Secret, which changes
     # when a restart rotates the key). None: targets never change.
     refresh: Callable[[Target], Target] | None = None
+    # Locust's distributed mode: the windows' users run in worker processes elsewhere
+    # (worker pods), this process runs the master. None: Locust runs here.
+    workers: Workers | None = None
 
     def current(self, target: Target) -> Target:
         return self.refresh(target) if self.refresh else target
@@ -194,8 +198,11 @@ def calibrate(run: Run, targets: list[Target]) -> tuple[bool, str]:
             with NullServer(reply, folder, cores=run.server_cores) as null:
                 fake = null_target(target, null.url)
                 for load in floor_loads(run.profile, batch_size):
+                    # Locust here, also for a distributed run: the floor is the cost
+                    # of one Locust process's client, which the workers run too.
                     point = run_point(fake, load, short, run.paths, run.raw_dir,
-                                      run.generator_cores, 0, label="floor")
+                                      run.generator_cores, 0, run.generator_cpus,
+                                      label="floor")
                     floor = GeneratorFloor(
                         floor_key(target, batch_size), load.users,
                         load.rate if load.mode is Mode.OPEN else None,
@@ -224,7 +231,8 @@ def window(run: Run, target: Target, load: Load, profile: Profile, repeat: int,
     generator's share; appended to points.jsonl and returned."""
     def measure(target: Target) -> dict:
         return run_point(target, load, profile, run.paths, run.raw_dir, run.generator_cores,
-                         repeat, run.generator_cpus, neighbours=run.others(target))  # fmt: skip
+                         repeat, run.generator_cpus, neighbours=run.others(target),
+                         workers=run.workers)  # fmt: skip
 
     target = run.current(target)
     before = drift.read_drift(repeats=3)

@@ -38,7 +38,8 @@ IMAGES = {
         "not_needed": {},
     },
     "loadtests/Dockerfile": {
-        "entry": ["loadtests/cluster.py", "loadtests/locustfile.py"],
+        # The Job's entry point, the workers' (k8s/base/loadgen-workers.yaml), the users.
+        "entry": ["loadtests/cluster.py", "loadtests/worker.py", "loadtests/locustfile.py"],
         "not_needed": {},
     },
 }

@@ -229,3 +229,43 @@ def test_the_applied_overlay_can_add_the_gpu_feature_discovery_component(rendere
 def validate_servers(objects: list[dict]) -> dict[str, validate.PodTemplate]:
     return {p.owner["metadata"]["name"]: p for p in validate.pod_templates(objects)
             if p.is_server}  # fmt: skip
+
+
+class FakeWorkers:
+    """kubectl for the worker Deployment: scale sets the replicas, get reports them."""
+
+    def __init__(self, replicas: int) -> None:
+        self.replicas = replicas
+        self.calls: list[tuple[str, ...]] = []
+
+    def __call__(self, *args: str, **_kwargs) -> str:
+        self.calls.append(args)
+        if args[0] == "scale":
+            self.replicas = int(args[2].removeprefix("--replicas="))
+        if args[0] == "get":
+            return json.dumps({"spec": {"replicas": self.replicas}})
+        return ""
+
+
+def test_the_run_scales_the_locust_workers_and_its_job_expects_them(monkeypatch, rendered):
+    fake = FakeWorkers(2)
+    monkeypatch.setattr(cluster, "run_kubectl", fake)
+    assert cluster.locust_workers(None) == 2  # as applied
+    assert [c[0] for c in fake.calls] == ["get", "rollout"]
+    assert cluster.locust_workers(5) == 5
+    assert ("scale", "deployment/loadgen-worker", "--replicas=5") in fake.calls
+    assert fake.calls[-1][:3] == ("rollout", "status", "deployment/loadgen-worker")
+    with pytest.raises(cluster.ClusterError, match="at least one worker"):
+        cluster.locust_workers(0)
+    monkeypatch.setattr(cluster, "run_kubectl", FakeWorkers(0))
+    with pytest.raises(cluster.ClusterError, match="scaled to 0"):
+        cluster.locust_workers(None)
+    (cronjob,) = [o for o in rendered["cpu"] if o["kind"] == "CronJob"]
+    job = cluster.job_from_cronjob(cronjob, "loadtest-cpu-20260101-120000", "quick", 5)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert {"name": "LOADTEST_WORKERS", "value": "5"} in container["env"]
+    # The Deployment the run scales is the one the manifests declare.
+    (workers,) = [o for o in rendered["cpu"] if o["kind"] == "Deployment"
+                  and o["metadata"]["name"] == cluster.LOADGEN_WORKERS]  # fmt: skip
+    assert workers["spec"]["template"]["metadata"]["labels"][validate.COMPONENT_LABEL] == (
+        validate.WORKER_COMPONENT)

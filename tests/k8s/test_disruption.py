@@ -21,12 +21,14 @@ def benchmark_pods(objects: list[dict]) -> list[validate.PodTemplate]:
 def test_every_benchmark_pod_is_annotated_and_budgeted(rendered, overlay):
     objects = rendered[overlay]
     pods = benchmark_pods(objects)
-    assert {p.labels[validate.COMPONENT_LABEL] for p in pods} == {"server", "loadgen"}
+    assert {p.labels[validate.COMPONENT_LABEL] for p in pods} == {"server", "loadgen",
+                                                                  "loadgen-worker"}
     assert all(p.annotations[SAFE] == "false" for p in pods)
     budgets = {o["metadata"]["name"]: o["spec"] for o in objects
                if o["kind"] == "PodDisruptionBudget"}  # fmt: skip
     assert budgets["servers"]["minAvailable"] == "100%"
     assert budgets["loadgen"]["minAvailable"] == 1
+    assert budgets["loadgen-workers"]["maxUnavailable"] == 0
     assert validate.disruption_problems(objects) == []
 
 

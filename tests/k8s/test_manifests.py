@@ -171,6 +171,10 @@ def test_thread_splits_fit_the_cpu_limits(rendered):
 def test_no_service_exposes_a_management_port(rendered):
     for overlay in validate.OVERLAYS:
         services = by_kind(rendered[overlay], "Service")
+        # The Locust master's port for its workers (loadgen-workers.yaml), and the servers'.
+        master = services.pop("loadgen-master")
+        assert [p["port"] for p in master["spec"]["ports"]] == [5557]
+        assert master["spec"]["selector"][validate.COMPONENT_LABEL] == "loadgen"
         assert set(services) == SERVERS
         ports = {n: sorted(p["port"] for p in s["spec"]["ports"]) for n, s in services.items()}
         assert ports == {"tf-serving": [8500, 8501], "torchserve": [8080], "flask-torch": [8000],
@@ -209,8 +213,14 @@ def test_network_policies_admit_only_the_load_generator_on_inference_ports(rende
     for name, ports in expected.items():
         (rule,) = policies[f"{name}-inference"]["spec"]["ingress"]
         assert {p["port"] for p in rule["ports"]} == ports
+        # The load generator's pod and its Locust workers, both app.kubernetes.io/name=locust.
         assert rule["from"] == [{"podSelector": {"matchLabels": {
-            "app.kubernetes.io/component": "loadgen"}}}]  # fmt: skip
+            "app.kubernetes.io/name": "locust"}}}]  # fmt: skip
+    # Only the workers reach the master, only on its port.
+    (rule,) = policies["loadgen-master"]["spec"]["ingress"]
+    assert rule == {"from": [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/component": "loadgen-worker"}}}],
+        "ports": [{"port": 5557, "protocol": "TCP"}]}  # fmt: skip
 
 
 def test_load_generator_stays_off_the_servers_nodes_and_targets_their_services(rendered):

@@ -214,13 +214,36 @@ PLANTED = [
         "            httpGet:\n              path: /ping\n              port: 8080\n",
         "container torchserve: livenessProbe httpGet on inference port 8080",
         id="torchserve-liveness-on-http-port"),
-    # Issue 13: a single-process in-cluster Locust.
+    # Issue 13: a single-process in-cluster Locust: no worker pods, or none scaled.
+    pytest.param(
+        "cpu", "base/kustomization.yaml", "  - loadgen-workers.yaml\n", "",
+        "no Locust worker pods (app.kubernetes.io/component=loadgen-worker, at least one "
+        "replica): the in-cluster Locust would be a single process", id="single-process-locust"),
+    pytest.param(
+        "gpu", "base/loadgen-workers.yaml", "  replicas: 2\n", "  replicas: 0\n",
+        "no Locust worker pods", id="no-locust-workers-scaled"),
+    pytest.param(
+        "cpu", "base/loadgen-workers.yaml", '            limits: {cpu: "1", memory: 2Gi}\n',
+        '            limits: {cpu: "2", memory: 2Gi}\n',
+        "container locust-worker: CPU limit 2: a worker pod runs one Locust process",
+        id="locust-worker-two-cpus"),
+    pytest.param(
+        "cpu", "base/loadgen-workers.yaml", '            requests: {cpu: "1", memory: 2Gi}\n',
+        '            requests: {cpu: 500m, memory: 2Gi}\n',
+        "container locust-worker: CPU request 500m differs from its limit 1",
+        id="locust-worker-shares-cpu"),
     pytest.param(
         "cpu", "base/loadgen.yaml", '                requests: {cpu: "2", memory: 2Gi}\n'
         '                limits: {cpu: "2", memory: 2Gi}\n',
         '                requests: {cpu: "1", memory: 2Gi}\n'
         '                limits: {cpu: "1", memory: 2Gi}\n',
-        "container locust: a single-process Locust (CPU limit 1)", id="single-process-locust"),
+        "container locust: CPU limit 1: the master, wrk and the calibration's Locust would "
+        "share one CPU", id="loadgen-pod-one-cpu"),
+    pytest.param(
+        "cpu", "base/disruption-budgets.yaml",
+        "      app.kubernetes.io/component: loadgen-worker\n",
+        "      app.kubernetes.io/component: loadgen-workers\n",
+        "loadgen-worker: no PodDisruptionBudget selects it", id="locust-workers-evictable"),
     pytest.param(
         "gpu", "base/loadgen.yaml", '                requests: {cpu: "2", memory: 2Gi}\n'
         '                limits: {cpu: "2", memory: 2Gi}\n',

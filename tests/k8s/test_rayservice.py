@@ -183,7 +183,8 @@ def test_network_policies_admit_the_load_generator_on_the_inference_port_only(ob
     policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
     rules = policies[NAME]["spec"]["ingress"]
     by_source = {yaml.safe_dump(rule["from"]): rule.get("ports") for rule in rules}
-    loadgen = [{"podSelector": {"matchLabels": {validate.COMPONENT_LABEL: "loadgen"}}}]
+    # The load generator's pod and its Locust workers.
+    loadgen = [{"podSelector": {"matchLabels": {validate.NAME_LABEL: "locust"}}}]
     assert by_source[yaml.safe_dump(loadgen)] == [
         {"port": STACK.default_ports["http"], "protocol": "TCP"}]
     # Without ports only among the Ray pods themselves.

@@ -25,7 +25,8 @@ from loadtests.records import record_files
 from loadtests.report import write_report
 from loadtests.runner import Load
 from loadtests.settings import Mode
-from services.process import usable_cores
+from services.process import free_port, usable_cores
+from tests.loadtests.locust_workers import supervised_workers
 
 
 def test_targets_are_parsed_like_the_job_passes_them(spec):
@@ -121,7 +122,7 @@ def key_file_of(running) -> str:
 
 
 def sweep_in_cluster(servers, artifacts, tmp_path, run_id: str, device: str,
-                     *extra_targets: str) -> tuple[int, str]:
+                     *extra_targets: str, options: tuple[str, ...] = ()) -> tuple[int, str]:
     """cluster.main against the local flask_torch and torchserve as if they were pods,
     TorchServe's real inference key in the Secret's file; (exit code, the key)."""
     (flask,) = runner.targets_of(servers["flask_torch"])
@@ -136,7 +137,7 @@ def sweep_in_cluster(servers, artifacts, tmp_path, run_id: str, device: str,
         "--out", str(tmp_path / "results"), "--run-id", run_id, "--profile", "smoke",
         "--device", device, *[arg for t in targets for arg in ("--target", t)],
         "--secret-file", f"torchserve={token_file}", "--artifacts", str(artifacts.root),
-        "--ready-timeout-s", "2", "--hold-s", "0",
+        "--ready-timeout-s", "2", "--hold-s", "0", *options,
     ])  # fmt: skip
     return code, key
 
@@ -184,6 +185,34 @@ def test_a_smoke_sweep_writes_what_the_report_needs(servers, artifacts, tmp_path
     assert {h["target"] for h in summary["headline"]} == {"flask_torch/rest/cpu",
                                                          "torchserve/rest/cpu"}  # fmt: skip
     assert "tf_serving/rest/cpu | **skipped**" in report
+
+
+@pytest.mark.integration
+def test_a_distributed_sweep_runs_its_windows_on_the_workers(servers, artifacts, tmp_path):
+    """--workers: every window's users run in the worker processes (two loops of
+    loadtests.worker on loopback, as the worker pods), TorchServe's key travelling to them
+    with the settings; each point names its workers and their CPU."""
+    port = free_port()
+    with supervised_workers(2, port, tmp_path):
+        code, _key = sweep_in_cluster(
+            servers, artifacts, tmp_path, "k8s-distributed", "cpu",
+            options=("--workers", "2", "--master-port", str(port),
+                     "--master-bind-host", "127.0.0.1"))  # fmt: skip
+    assert code == 0
+    run_dir = tmp_path / "results" / "k8s-distributed"
+    points = [json.loads(line) for line in (run_dir / "points.jsonl").read_text().splitlines()]
+    assert {p["stack"] for p in points} == {"flask_torch", "torchserve"}
+    for point in points:
+        assert point["requests"] > 0 and point["failures"] == 0, point
+        assert point["generator_processes"] == 2
+        workers = point["generator_workers"]
+        assert len(workers) == 2 and sum(w["requests"] for w in workers) >= point["requests"]
+        assert point["generator_busiest_process_cpu_pct"] >= max(w["cpu_pct"] for w in workers)
+        assert {f.name.rsplit(".", 2)[1] for f in record_files(run_dir / "raw" / point["raw"])
+                if f.name.count(".") == 2} <= {"w0", "w1"}  # fmt: skip
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert "2 Locust worker processes" in env["generator_cores"]
+    write_report(run_dir)
 
 
 @pytest.mark.integration
