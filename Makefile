@@ -53,7 +53,7 @@ export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 .PHONY: help venv tools artifacts configs deploy-local stop status parity bench coldstart floors loadtest \
 	report baselines codecs sizes batching fair test test-fast lint clean
 .PHONY: robustness faults soak overload floods audit
-.PHONY: gpu-check gpu-bench
+.PHONY: gpu-check gpu-bench device-bundle
 
 .PHONY: k8s-validate images k8s-apply k8s-loadtest k8s-delete k8s-lint-venv k8s-engine \
 	k8s-kubectl k8s-check-images k8s-collect
@@ -109,6 +109,9 @@ gpu-check: venv ## Can this machine run gpu-bench? CUDA torch that sees a GPU, a
 gpu-bench: gpu-check artifacts tools ## Torch stacks on CUDA (~8 min, profile gpu), GPU telemetry, card-labelled report [GPU_SERVER_CPUS=]
 	$(PY) -m loadtests.gpu_bench --stacks $(GPU_STACKS) --artifacts $(ARTIFACTS) \
 		$(if $(GPU_SERVER_CPUS),--server-cpus $(GPU_SERVER_CPUS))
+
+device-bundle: venv artifacts ## Wheels, a Java runtime and the artifacts to carry to the lent GPU machine (.device/, sizes per device call)
+	$(PY) -m tools.device_bundle --artifacts $(ARTIFACTS)
 
 sizes: venv tools ## Model-size sweep (4 sizes, 35 us to ~5 ms in-process): served p50, capacity, overhead share per stack; ~12 min [RUN=]
 	$(PY) -m loadtests.sizes --root $(SIZES_ROOT) $(if $(RUN),--out $(RUN)) $(STACKS_ARG)
