@@ -37,6 +37,12 @@ attributed stage by stage, each from its own measurement:
                           need not add up: shown, never hidden)
 
 One connection, because the split is about one request's latency, not about queueing.
+Where the attribution applies it is measured again near capacity, at NEAR_CAPACITY
+connections (the quick profile's top batch-1 level, past every stack's throughput knee
+on a 2-core box): the same runs and timings at that concurrency, where the queue stage
+(the admission gate's wait for the worker's turn) and the wait before the app (requests
+read but not yet dispatched, inside "HTTP server") take their shares
+(`near_capacity` in the record).
 Written to framework_floor.jsonl (floors.jsonl is the load generator's floor); the sweep
 runs it right after the levels of each device (loadtests/sweep.py), the report renders it
 (`markdown`).
@@ -71,6 +77,8 @@ from services.stack import CPU, REST
 
 FLOOR_FILE = "framework_floor.jsonl"
 CONNECTIONS = 1
+# The second attribution's concurrency: the quick profile's largest batch-1 closed level.
+NEAR_CAPACITY = 16
 # One discarded second per path before the timed runs: the twin has not answered yet
 # (TorchServe's twin workers, Ray's twin batch queue) while the predict path is warm.
 WARMUP_S = 1
@@ -245,12 +253,13 @@ def probe(url: str, body: bytes, headers: dict[str, str]) -> str | None:
 
 
 def interleaved(urls: tuple[str, ...], body: bytes, headers: dict[str, str], plan: FloorPlan,
-                script_dir: Path) -> tuple[list[dict], ...]:  # fmt: skip
+                script_dir: Path,
+                connections: int = CONNECTIONS) -> tuple[list[dict], ...]:  # fmt: skip
     """wrk runs alternating between the URLs, after a discarded warm-up on each: plan.runs
     runs per URL, in the URLs' order."""
 
     def one(url: str, seconds: int) -> dict:
-        return wrk.run_wrk(url, body, headers, CONNECTIONS, seconds, cores=plan.cores,
+        return wrk.run_wrk(url, body, headers, connections, seconds, cores=plan.cores,
                            script_dir=script_dir).to_json()  # fmt: skip
 
     for url in reversed(urls):
@@ -288,19 +297,47 @@ def measure_stack(running: RunningStack, device: str, baselines: Sequence[dict],
     served = served_timings(target.url, body, headers)
     under_wrk: tuple[dict, dict] = ({}, {})
     null: list[dict] = []
+    near = None
     if served["app_ms"] is not None:
-        under_wrk = tuple(wrk.server_timings(url, body, headers, CONNECTIONS, plan.duration_s,
-                                             cores=plan.cores, script_dir=script_dir)
-                          for url in urls)  # fmt: skip
-        null = null_runs(target.url, body, headers, plan, script_dir)
-    return record(stack.name, device, (target.path, noop_path), predict, noop,
-                  model_ms(baselines, stack.floor_path, device), stack.floor_path, plan,
-                  served, under_wrk, null)  # fmt: skip
+        under_wrk, null = attribution_runs(urls, body, headers, plan, script_dir, CONNECTIONS)
+        near = near_capacity(urls, body, headers, plan, script_dir)
+    got = record(stack.name, device, (target.path, noop_path), predict, noop,
+                 model_ms(baselines, stack.floor_path, device), stack.floor_path, plan,
+                 served, under_wrk, null)  # fmt: skip
+    return {**got, "near_capacity": near}
+
+
+def attribution_runs(urls: tuple[str, str], body: bytes, headers: dict[str, str],
+                     plan: FloorPlan, script_dir: Path,
+                     connections: int) -> tuple[tuple[dict, dict], list[dict]]:  # fmt: skip
+    """The server's timings under wrk on the predict and no-op paths, and wrk's runs
+    against the null server, at `connections`."""
+    under_wrk = tuple(wrk.server_timings(url, body, headers, connections, plan.duration_s,
+                                         cores=plan.cores, script_dir=script_dir)
+                      for url in urls)  # fmt: skip
+    return under_wrk, null_runs(urls[0], body, headers, plan, script_dir, connections)
+
+
+def near_capacity(urls: tuple[str, str], body: bytes, headers: dict[str, str],
+                  plan: FloorPlan, script_dir: Path,
+                  connections: int = NEAR_CAPACITY) -> dict:  # fmt: skip
+    """The predict p50 attributed again at `connections` (see the module docstring)."""
+    predict, noop = interleaved(urls, body, headers, plan, script_dir, connections)
+    under_wrk, null = attribution_runs(urls, body, headers, plan, script_dir, connections)
+    got, noop_got = summarize_runs(predict), summarize_runs(noop)
+    null_got = summarize_runs(null) if null else None
+    predict_timed, noop_timed = ({k: v[0] for k, v in t.items()} for t in under_wrk)
+    app_ms = predict_timed.pop(APP_STAGE, None)
+    return {"connections": connections, "predict": got, "noop": noop_got, "null": null_got,
+            "timings_under_wrk": {"predict": under_wrk[0], "noop": under_wrk[1]},
+            "attribution": attribution(got["p50_ms"], noop_got["p50_ms"],
+                                       null_got["p50_ms"] if null_got else None,
+                                       noop_timed.get(APP_STAGE), app_ms, predict_timed)}
 
 
 def null_runs(url: str, body: bytes, headers: dict[str, str], plan: FloorPlan,
-              script_dir: Path) -> list[dict]:
-    """wrk at one connection against the null server answering the stack's own reply
+              script_dir: Path, connections: int = CONNECTIONS) -> list[dict]:
+    """wrk at `connections` against the null server answering the stack's own reply
     (client and network, with a minimal C server), plan.runs times; none without nginx."""
     ok, _why = nginx_available()
     if not ok:
@@ -308,7 +345,7 @@ def null_runs(url: str, body: bytes, headers: dict[str, str], plan: FloorPlan,
     reply = capture_reply(url, body, headers)
     with NullServer(reply, script_dir / "null-server-floor", cores=plan.server_cores) as null:
         (runs,) = interleaved((null.url + urlsplit(url).path,), body, headers, plan,
-                              script_dir)
+                              script_dir, connections)
     return runs
 
 
@@ -333,14 +370,28 @@ def _row(r: dict) -> str:
             f"| {spread} | {errors} |")  # fmt: skip
 
 
+def _attributed(whole: dict) -> str:
+    parts = ", ".join(f"{name} {ms:.3f}" for name, ms in whole["stages_ms"].items())
+    return (f"{parts}; unattributed {whole['unattributed_ms']:+.3f}: "
+            f"{whole['named_share']:.0%} named")
+
+
+def _near_line(r: dict) -> str | None:
+    near = r.get("near_capacity")
+    if not near or not near.get("attribution"):
+        return None
+    return (f"- {r['stack']}/{r['device']} near capacity, at {near['connections']} "
+            f"connections: predict p50 {near['predict']['p50_ms']:.3f} "
+            f"({near['predict']['rps']:.0f} req/s; no-op {near['noop']['p50_ms']:.3f}) "
+            f"attributed the same way: {_attributed(near['attribution'])}.")
+
+
 def _stages_line(r: dict) -> str | None:
     whole = r.get("attribution")
     if whole:
-        parts = ", ".join(f"{name} {ms:.3f}" for name, ms in whole["stages_ms"].items())
         return (f"- {r['stack']}/{r['device']}, the predict p50 {r['predict']['p50_ms']:.3f} "
                 f"attributed (ms; the server's own timings are medians under wrk at one "
-                f"connection): {parts}; unattributed {whole['unattributed_ms']:+.3f}: "
-                f"{whole['named_share']:.0%} named.")
+                f"connection): {_attributed(whole)}.")
     stages = r.get("served_stages_ms")
     if not stages:
         return None
@@ -385,7 +436,7 @@ def markdown(records: Sequence[dict]) -> list[str]:
                "| spread | errors |",
                "|" + " --- |" * 12]  # fmt: skip
         md += [_row(r) for r in measured]
-        md += [line for line in map(_stages_line, measured) if line]
+        md += [line for r in measured for line in (_stages_line(r), _near_line(r)) if line]
     for r in measured:
         if r["model_ms"] is None:
             md.append(f"- {r['stack']}/{r['device']}: no model figure, so no split: "

@@ -165,6 +165,18 @@ def test_the_phase_measures_a_real_flask_server_and_its_twin(artifacts, tmp_path
         assert 0.0 < whole["named_share"] <= 1.0
     else:
         assert whole is None
+    # Again near capacity: the same runs and timings at NEAR_CAPACITY connections.
+    near = record["near_capacity"]
+    assert near["connections"] == framework_floor.NEAR_CAPACITY
+    assert near["predict"]["runs"] == near["noop"]["runs"] == 2
+    assert near["predict"]["errors"] == near["noop"]["errors"] == 0
+    assert set(near["timings_under_wrk"]["predict"]) == set(timed["predict"])
+    if nginx_available()[0]:
+        assert near["null"]["runs"] == 2
+        assert near["attribution"]["stages_ms"]["queue"] >= 0.0
+        md = "\n".join(framework_floor.markdown([record]))
+        assert (f"- flask_torch/cpu near capacity, at {framework_floor.NEAR_CAPACITY} "
+                "connections: predict p50") in md
 
 
 @pytest.mark.integration
