@@ -45,7 +45,7 @@ from loadtests.records import record_files
 from loadtests.sampler import ResourceSamples, TreeSampler
 from loadtests.server_metrics import scrape
 from loadtests.settings import Mode
-from services.process import usable_cores
+from services.process import LOOPBACK, free_port, usable_cores
 from services.registry import load_stack, parse_stacks, stack_names
 from services.stack import CPU, CUDA, GRPC, REST, ServingStack
 
@@ -204,6 +204,21 @@ def generator_processes(generator_cores: list[int], generator_cpus: float | None
     return max(1, int(generator_cpus) if generator_cpus else len(generator_cores))
 
 
+def spread_args(processes: int, workers: Workers | None = None) -> list[str]:
+    """Locust's arguments for its processes: a master for `workers` elsewhere, or
+    `processes` local ones (--processes) whose master listens on a free loopback port
+    only. Locust's own default is every address on 5557: in the load generator's pod,
+    the worker pods (which connect to that port between windows) would join a local run,
+    such as the calibration's, and send its load from their pods."""
+    if workers:
+        return workers.master_args()
+    if processes <= 1:
+        return []
+    port = str(free_port())
+    return ["--processes", str(processes), "--master-bind-host", LOOPBACK,
+            "--master-bind-port", port, "--master-port", port]  # fmt: skip
+
+
 def run_point(
     target: Target,
     load: Load,
@@ -250,10 +265,7 @@ def run_point(
         "LOADTEST_PROCESSES": str(processes),
         "LOADTEST_DISTRIBUTED": "1" if workers else "0",
     }
-    if workers:
-        spread = workers.master_args()
-    else:
-        spread = ["--processes", str(processes)] if processes > 1 else []
+    spread = spread_args(processes, workers)
     command = [
         "taskset", "-c", ",".join(map(str, generator_cores)),
         str(Path(sys.executable).parent / "locust"),

@@ -182,3 +182,16 @@ def test_a_master_whose_workers_never_come_says_so(artifacts, tmp_path):
         with pytest.raises(RuntimeError, match="workers did not all connect within 2 s"):
             runner.run_point(target, runner.Load(Mode.CLOSED, 1, 1), SMOKE, artifacts, raw,
                              usable_cores()[-1:], repeat=0, workers=workers)
+
+
+def test_local_processes_listen_on_loopback_only_and_a_distributed_master_everywhere():
+    """A local --processes run's master must not take the worker pods that connect to the
+    load generator's pod between windows."""
+    assert runner.spread_args(1) == []
+    local = runner.spread_args(2)
+    assert local[:4] == ["--processes", "2", "--master-bind-host", LOOPBACK]
+    bind = local[local.index("--master-bind-port") + 1]
+    assert local[local.index("--master-port") + 1] == bind != str(distributed.MASTER_PORT)
+    remote = runner.spread_args(2, distributed.Workers(3))
+    assert remote[remote.index("--master-bind-host") + 1] == "*"
+    assert remote[remote.index("--expect-workers") + 1] == "3"
