@@ -53,7 +53,8 @@ class Profile:
     coldstart_repeats: int = 5
     # Framework floor after each device's levels (loadtests/framework_floor.py): wrk at one
     # connection, this many runs of this many seconds per path (predict, no-op twin),
-    # interleaved; 0 runs: the phase is off and the stacks start without their twins.
+    # interleaved, and as many near capacity on the predict path where the stack times its
+    # app; 0 runs: the phase is off and the stacks start without their twins.
     framework_floor_runs: int = 3
     framework_floor_s: int = 3
 
