@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import threading
 import time
 from contextlib import ExitStack
@@ -124,7 +125,7 @@ def test_points_run_on_two_workers_with_their_records_and_cpu(artifacts, tmp_pat
     assert closed["batch_size"] == 1 and opened["batch_size"] == 2
     # Open loop: each worker took half the rate (seed + its index), so together they
     # offered the whole: 60/s over the point's window, within Poisson's spread.
-    window = SMOKE.warmup_s + SMOKE.duration_s
+    window = math.ceil(SMOKE.warmup_s + SMOKE.duration_s)  # Locust's --run-time
     offered = len(read_records(record_files(raw / "flask_torch-rest-cpu-open-b2-r60-rep1.csv")).ok)
     assert 0.6 * 60 * window < offered < 1.4 * 60 * window
 
