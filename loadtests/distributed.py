@@ -21,7 +21,6 @@ worker process running in each worker pod.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import socket
@@ -33,7 +32,7 @@ from pathlib import Path
 import gevent
 import psutil
 
-from loadtests.records import COLUMNS
+from loadtests.records import write_records
 
 # The custom argument carrying the settings (argparse turns its dashes into underscores).
 SETTINGS_ARG = "--digitnet-settings"
@@ -179,10 +178,7 @@ class RecordCollector:
         workers = []
         for index in sorted(set(self.rows) | set(self.done)):
             rows = self.rows.get(index, [])
-            with open(worker_records_file(records, index), "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(COLUMNS)
-                writer.writerows(rows)
+            write_records(worker_records_file(records, index), rows)
             marker = self.done.get(index, {})
             workers.append({
                 "index": index,

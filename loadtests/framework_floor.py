@@ -304,7 +304,6 @@ def measure_stack(running: RunningStack, device: str, baselines: Sequence[dict],
     served = served_timings(target.url, body, headers)
     under_wrk: tuple[dict, dict] = ({}, {})
     null: list[dict] = []
-    near = None
     if served["app_ms"] is not None:
         under_wrk = tuple(wrk.server_timings(url, body, headers, CONNECTIONS, plan.duration_s,
                                              cores=plan.cores, script_dir=script_dir)
@@ -313,6 +312,7 @@ def measure_stack(running: RunningStack, device: str, baselines: Sequence[dict],
     got = record(stack.name, device, (target.path, noop_path), predict, noop,
                  model_ms(baselines, stack.floor_path, device), stack.floor_path, plan,
                  served, under_wrk, null)  # fmt: skip
+    near = None
     if got["attribution"] is not None:
         near = near_capacity(target.url, body, headers, plan, script_dir,
                              got["attribution"]["stages_ms"]["HTTP server"])  # fmt: skip

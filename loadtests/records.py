@@ -69,12 +69,18 @@ class RequestRecorder:
     def flush(self, **_kwargs) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.file_for(os.getpid()), "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            writer.writerows(self.rows)
+        write_records(self.file_for(os.getpid()), self.rows)
         self.rows = []
+
+
+def write_records(path: Path, rows: list) -> None:
+    """A records CSV: the COLUMNS header, then `rows` (a process's own, or those a
+    distributed worker sent its master, loadtests/distributed.py)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
 
 
 def record_files(path: Path) -> list[Path]:

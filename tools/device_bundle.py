@@ -173,8 +173,8 @@ def carry_plan(out: Path, tree: int) -> list[dict]:
          "command": "bash scripts/device_gpu_bench.sh torchserve"},
     ]  # fmt: skip
     for call in calls:
-        total = tree + sum(size(ROOT / c if not Path(c).is_absolute() else Path(c))
-                           for c in call["carry"])  # fmt: skip
+        # An absolute `c` (an --out outside the tree) replaces ROOT in the join.
+        total = tree + sum(size(ROOT / c) for c in call["carry"])
         call["bytes"] = total
         call["fits"] = total <= CARRY_LIMIT
     return calls
