@@ -46,6 +46,12 @@ LOADGEN_WORKERS ?=
 RUN_ID      ?=
 K8S_DIR     ?= k8s
 K8S_LINT_VENV ?= $(VENV)/k8s-lint
+# A named batching policy for every stack started from here (BATCHING_PRESETS in
+# digitnet/spec.py: default, latency, throughput); empty: the default, 8 x 5 ms.
+BATCHING    ?=
+ifneq ($(strip $(BATCHING)),)
+export DIGITNET_BATCHING_PRESET := $(BATCHING)
+endif
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DIGITNET_ARTIFACTS := $(ARTIFACTS)
 
@@ -81,7 +87,7 @@ $(ARTIFACTS)/metrics.json: $(VENV)/.ready $(MODEL_SOURCES)
 configs: venv ## Regenerate the committed configs each stack generates from digitnet/spec.py's defaults
 	$(PY) -m tools.configs
 
-deploy-local: artifacts ## Start every stack this machine can run, wait until ready, predict once each
+deploy-local: artifacts ## Start every stack this machine can run, wait until ready, predict once each [BATCHING=latency|throughput]
 	$(PY) -m tools.deploy_local up --artifacts $(ARTIFACTS)
 
 stop: ## Stop everything deploy-local started
@@ -95,7 +101,7 @@ parity: artifacts ## Compare logits of every in-process and served path on the t
 
 STACKS_ARG = $(if $(filter all,$(STACKS)),,--stacks $(STACKS))
 
-bench: artifacts tools ## Whole comparison: sweep every stack/protocol (PROFILE=quick|full), write results/<run>/REPORT.md; PROFILE=fair|batching|sizes|codecs runs that split alone
+bench: artifacts tools ## Whole comparison: sweep every stack/protocol (PROFILE=quick|full), write results/<run>/REPORT.md; PROFILE=fair|batching|sizes|codecs runs that split alone; BATCHING=latency|throughput
 ifneq ($(filter $(PROFILE),$(SPLIT_PROFILES)),)
 	$(MAKE) --no-print-directory $(PROFILE)
 else

@@ -30,7 +30,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.spec import BatchingPolicy, ModelSpec
+from digitnet.spec import BatchingPolicy, ModelSpec, preset_of
 from harness.lifecycle import skipped_reason, start_stack
 from loadtests import splits
 from loadtests.closed_wrk import (
@@ -122,6 +122,14 @@ def measure_policy(name: str, policy: BatchingPolicy, paths: ArtifactPaths,
     }  # fmt: skip
 
 
+def policy_label(record: Mapping) -> str:
+    """The record's policy, with the name of the preset it is (`make ... BATCHING=`)."""
+    policy = BatchingPolicy(enabled=record["enabled"], max_batch_size=record["max_batch_size"],
+                            max_delay_ms=record["max_delay_ms"])  # fmt: skip
+    preset = preset_of(policy)
+    return record["policy"] if preset is None else f"{record['policy']} (`{preset}`)"
+
+
 def _read_back(config: Mapping) -> str:
     return ", ".join(f"{k} {v}" for k, v in config.items()) if config else "not reported"
 
@@ -131,7 +139,9 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str]) -> list[str
           "Closed-loop wrk at 1, 4, 16 and 32 connections, batch 1 per request. Capacity: the "
           f"most req/s of a level whose p99 ≤ {SLO_P99_MS:g} ms (a closed-loop lower bound of "
           "the open-loop SLO capacity). ★: on the Pareto front of p99 at one connection "
-          f"against capacity.", "", f"![p99 against capacity per policy]({PLOT_FILE})",
+          f"against capacity. In brackets: the preset that policy is (`make ... BATCHING=` "
+          "or DIGITNET_BATCHING_PRESET picks it for every stack; digitnet/spec.py).", "",
+          f"![p99 against capacity per policy]({PLOT_FILE})",
           ""]  # fmt: skip
     for name in dict.fromkeys(r["stack"] for r in records):
         mine = [r for r in records if r["stack"] == name]
@@ -142,13 +152,13 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str]) -> list[str
         for r in mine:
             cap = capacity_cell(r)
             tails = " / ".join(f"{lv['p99_ms']:.1f}" for lv in r["levels"][1:])
-            md.append(f"| {r['policy']} | {r['p50_1_ms']:.3f} | {r['p99_1_ms']:.3f} | {cap} "
+            md.append(f"| {policy_label(r)} | {r['p50_1_ms']:.3f} | {r['p99_1_ms']:.3f} | {cap} "
                       f"| {tails} | {'★' if id(r) in front else ''} "
                       f"| {_read_back(r.get('config_read_back', {}))} |")  # fmt: skip
         md.append("")
         for objective, pick in picks(mine).items():
             md.append(f"- {objective}: " + ("no policy meets the objective" if pick is None
-                      else f"**{pick['policy']}** (p50 {pick['p50_1_ms']:.3f} ms at one "
+                      else f"**{policy_label(pick)}** (p50 {pick['p50_1_ms']:.3f} ms at one "
                            f"connection, {pick['capacity_rps']:.0f} req/s)"))  # fmt: skip
         md.append("")
     md += [f"- {name}: **not run**: {why}" for name, why in skipped.items()]

@@ -43,6 +43,12 @@ on a 2-core box): wrk on the predict path, the server's timings and the null ser
 that concurrency, where the queue stage (the admission gate's wait for the worker's turn)
 takes its share; the HTTP server's is its per-request work from the one-connection
 attribution (`near_capacity` in the record).
+Where a stack batches across requests (ServingStack.server_batching), its twin waits for
+a batch as its predict path does, so the default policy's floor is mostly that wait. The
+stack is then started again, twin included, under the `latency` batching preset
+(digitnet.spec.BATCHING_PRESETS: batching off) and measured the same way: the record
+carries "preset", and the report holds its p50 against its own no-op floor
+(LATENCY_FLOOR_GOAL: TorchServe's latency preset should answer within 2x of it).
 Written to framework_floor.jsonl (floors.jsonl is the load generator's floor); the sweep
 runs it right after the levels of each device (loadtests/sweep.py), the report renders it
 (`markdown`).
@@ -61,6 +67,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from digitnet.artifacts import ArtifactPaths
 from digitnet.codec import (
     APP_STAGE,
     INFERENCE_TIME_HEADER,
@@ -68,12 +75,14 @@ from digitnet.codec import (
     STAGE_HEADER,
     parse_server_timing,
 )
-from harness.lifecycle import RunningStack
+from digitnet.spec import batching_preset
+from harness.lifecycle import RunningStack, start_stack
 from harness.payload import PayloadSet
 from loadtests import wrk
+from loadtests.batching import environment
 from loadtests.null_server import NullServer, capture_reply, nginx_available
 from loadtests.runner import targets_of
-from services.stack import CPU, REST
+from services.stack import CPU, REST, ServingStack
 
 FLOOR_FILE = "framework_floor.jsonl"
 CONNECTIONS = 1
@@ -87,6 +96,11 @@ PROBE_TIMEOUT_S = 10.0
 # first SERVED_SKIP are discarded (a fresh connection, the first after wrk's).
 SERVED_PROBES = 300
 SERVED_SKIP = 20
+# The batching preset a batching stack is measured under again, and the goal for its p50
+# against its own no-op floor there (the fair-fight issue: "TorchServe's latency preset
+# should answer at one user within 2x its own no-op floor").
+LATENCY_PRESET = "latency"
+LATENCY_FLOOR_GOAL = 2.0
 
 
 @dataclass(frozen=True)
@@ -319,6 +333,36 @@ def measure_stack(running: RunningStack, device: str, baselines: Sequence[dict],
     return {**got, "near_capacity": near}
 
 
+def measure_preset(stack: ServingStack, paths: ArtifactPaths, baselines: Sequence[dict],
+                   plan: FloorPlan, script_dir: Path, server_dir: Path,
+                   preset: str = LATENCY_PRESET, device: str = CPU) -> dict:  # fmt: skip
+    """The stack started afresh with its twin under the batching preset `preset` on
+    plan.server_cores, measured as measure_stack does; its record carries "preset"."""
+    from contextlib import ExitStack
+
+    env = {**dict(stack.noop_env or {}), **stack.device_env(device)}
+    # The launchers read the policy from this process's environment (batching.environment).
+    with ExitStack() as exits, environment(batching_preset(preset).env()):
+        try:
+            running = start_stack(stack, paths, server_dir / f"{stack.name}-{preset}", exits,
+                                  cores=plan.server_cores, env=env)  # fmt: skip
+        except (RuntimeError, TimeoutError, OSError, ValueError) as err:
+            got = skipped(stack.name, device, f"did not start under the {preset!r} "
+                                              f"batching preset: {err}")  # fmt: skip
+        else:
+            got = measure_stack(running, device, baselines, plan, script_dir)
+    return {**got, "preset": preset}
+
+
+def preset_floors(stacks: Sequence[ServingStack], paths: ArtifactPaths,
+                  baselines: Sequence[dict], plan: FloorPlan, script_dir: Path,
+                  server_dir: Path, device: str = CPU) -> list[dict]:  # fmt: skip
+    """measure_preset for each of `stacks` that batches across requests and has a twin."""
+    batching = [s for s in stacks if s.server_batching and s.noop_env is not None]
+    return [measure_preset(stack, paths, baselines, plan, script_dir, server_dir,
+                           device=device) for stack in batching]  # fmt: skip
+
+
 def near_capacity(url: str, body: bytes, headers: dict[str, str], plan: FloorPlan,
                   script_dir: Path, http_server_ms: float,
                   connections: int = NEAR_CAPACITY) -> dict:  # fmt: skip
@@ -364,6 +408,23 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _label(r: dict) -> str:
+    preset = r.get("preset")
+    return r["stack"] if preset is None else f"{r['stack']} (`{preset}` batching preset)"
+
+
+def _preset_line(r: dict) -> str | None:
+    """The preset's p50 against its own no-op floor, and the goal."""
+    if r.get("preset") != LATENCY_PRESET or not r.get("framework_floor_ms"):
+        return None
+    ratio = r["predict"]["p50_ms"] / r["framework_floor_ms"]
+    verdict = "met" if ratio <= LATENCY_FLOOR_GOAL else "**not met**"
+    return (f"- {r['stack']}/{r['device']} under the `{LATENCY_PRESET}` batching preset "
+            f"(no batching): predict p50 {r['predict']['p50_ms']:.3f} ms at one connection, "
+            f"{ratio:.2f}× its own no-op floor under the same preset "
+            f"({r['framework_floor_ms']:.3f} ms); goal ≤ {LATENCY_FLOOR_GOAL:g}×: {verdict}.")
+
+
 def _row(r: dict) -> str:
     p, n = r["predict"], r["noop"]
     ours = _ms(r["our_code_ms"])
@@ -371,7 +432,7 @@ def _row(r: dict) -> str:
         ours += f" (raw {r['our_code_raw_ms']:+.3f}: floor + model exceed the prediction)"
     spread = "/".join("–" if s["spread"] is None else f"{s['spread']:.0%}" for s in (p, n))
     errors = p["errors"] + n["errors"]
-    return (f"| {r['stack']} | {r['device']} | {_ms(p['p50_ms'])} ({_ms(p['p99_ms'])}) "
+    return (f"| {_label(r)} | {r['device']} | {_ms(p['p50_ms'])} ({_ms(p['p99_ms'])}) "
             f"| {_ms(n['p50_ms'])} ({_ms(n['p99_ms'])}) | {_ms(r['framework_floor_ms'])} "
             f"| {ours} | {_ms(r['model_ms'])} | {_ms(r.get('our_code_served_ms'))} "
             f"| {_ms(r.get('model_served_ms'))} | {p['runs']} × {r['duration_s']} s "
@@ -388,7 +449,7 @@ def _near_line(r: dict) -> str | None:
     near = r.get("near_capacity")
     if not near or not near.get("attribution"):
         return None
-    return (f"- {r['stack']}/{r['device']} near capacity, at {near['connections']} "
+    return (f"- {_label(r)}/{r['device']} near capacity, at {near['connections']} "
             f"connections: predict p50 {near['predict']['p50_ms']:.3f} "
             f"({near['predict']['rps']:.0f} req/s) attributed the same way, the HTTP "
             f"server's share its work at one connection: {_attributed(near['attribution'])}.")
@@ -397,7 +458,7 @@ def _near_line(r: dict) -> str | None:
 def _stages_line(r: dict) -> str | None:
     whole = r.get("attribution")
     if whole:
-        return (f"- {r['stack']}/{r['device']}, the predict p50 {r['predict']['p50_ms']:.3f} "
+        return (f"- {_label(r)}/{r['device']}, the predict p50 {r['predict']['p50_ms']:.3f} "
                 f"attributed (ms; the server's own timings are medians under wrk at one "
                 f"connection): {_attributed(whole)}.")
     stages = r.get("served_stages_ms")
@@ -405,7 +466,7 @@ def _stages_line(r: dict) -> str | None:
         return None
     named = sum(stages.values())
     parts = ", ".join(f"{name} {ms:.3f}" for name, ms in stages.items())
-    return (f"- {r['stack']}/{r['device']}: the server's own stages (median ms over "
+    return (f"- {_label(r)}/{r['device']}: the server's own stages (median ms over "
             f"{r['served_probes']} requests): {parts}; {named:.3f} of the predict p50's "
             f"{r['predict']['p50_ms']:.3f} ({named / r['predict']['p50_ms']:.0%}) named, the "
             "rest is the framework's and the network's.")
@@ -444,14 +505,15 @@ def markdown(records: Sequence[dict]) -> list[str]:
                "| spread | errors |",
                "|" + " --- |" * 12]  # fmt: skip
         md += [_row(r) for r in measured]
-        md += [line for r in measured for line in (_stages_line(r), _near_line(r)) if line]
+        md += [line for r in measured
+               for line in (_stages_line(r), _near_line(r), _preset_line(r)) if line]
     for r in measured:
         if r["model_ms"] is None:
             md.append(f"- {r['stack']}/{r['device']}: no model figure, so no split: "
                       f"{r['model_reason']}.")
     for r in records:
         if r.get("skipped"):
-            md.append(f"- {r['stack']}/{r['device']}: **not measured**: {r['skipped']}")
+            md.append(f"- {_label(r)}/{r['device']}: **not measured**: {r['skipped']}")
     return md
 
 
@@ -506,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             records.append(measure_stack(running, CPU, baselines, plan, out / "raw"))
         print(f"floors: {name} done", flush=True)
+    for got in preset_floors([load_stack(name) for name in args.stacks], paths, baselines,
+                             plan, out / "raw", out / "servers" / "floors"):  # fmt: skip
+        records.append(got)
+        print(f"floors: {got['stack']} under the {got['preset']!r} batching preset done",
+              flush=True)  # fmt: skip
     records = [{**r, "made": f"`make floors`: {made}"} for r in records]
     (out / FLOOR_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     print("\n".join(markdown(records)))

@@ -428,6 +428,16 @@ def measure_floors(run: Run, running: list[RunningStack], device: str) -> None:
         print(f"bench: framework floor {started.name}/{device}: predict p50 "
               f"{record['predict']['p50_ms']:.3f} ms, no-op {record['framework_floor_ms']:.3f} "
               f"ms, our code {'–' if ours is None else f'{ours:.3f}'} ms", flush=True)
+    # A stack that batches is started again under the latency preset, beside the others
+    # (idle meanwhile): its floor without the batch wait.
+    for record in framework_floor.preset_floors(
+            [started.stack for started in running], run.paths, baselines, plan, run.raw_dir,
+            run.run_dir / "servers" / device, device):  # fmt: skip
+        run.append(framework_floor.FLOOR_FILE, record)
+        print(f"bench: framework floor {record['stack']}/{device} ({record['preset']} preset): "
+              + (f"not measured: {record['skipped']}" if record["skipped"] else
+                 f"predict p50 {record['predict']['p50_ms']:.3f} ms, no-op "
+                 f"{record['framework_floor_ms']:.3f} ms"), flush=True)  # fmt: skip
 
 
 def served_on_their_device(paths: ArtifactPaths, targets: list[Target]

@@ -15,18 +15,24 @@ from services.process import usable_cores
 from services.registry import all_stacks
 
 
-def point(policy: str, p50: float, p99: float, capacity: float | None) -> dict:
-    return {"stack": "torchserve", "policy": policy, "p50_1_ms": p50, "p99_1_ms": p99,
+def point(policy: BatchingPolicy, p50: float, p99: float, capacity: float | None) -> dict:
+    return {"stack": "torchserve", "policy": policy.label, "enabled": policy.enabled,
+            "max_batch_size": policy.max_batch_size, "max_delay_ms": policy.max_delay_ms,
+            "p50_1_ms": p50, "p99_1_ms": p99,
             "capacity_rps": capacity, "capacity_connections": None if capacity is None else 16,
             "levels": [{"p99_ms": p99}, {"p99_ms": 5.0}, {"p99_ms": 9.0}, {"p99_ms": 30.0}],
             "config_read_back": {"batch_size": 1}}  # fmt: skip
 
 
-OFF = point("off", 1.5, 3.0, 1500.0)
-SMALL = point("4 x 1 ms", 2.5, 4.0, 2500.0)
-WORSE = point("8 x 2 ms", 3.0, 5.0, 2400.0)  # slower and less capacity than SMALL
-BIG = point("16 x 10 ms", 11.0, 14.0, 4000.0)
-NONE = point("16 x 5 ms", 0.9, 1.0, None)  # fastest, but no level met the objective
+def policy(size: int, delay_ms: float) -> BatchingPolicy:
+    return BatchingPolicy(max_batch_size=size, max_delay_ms=delay_ms)
+
+
+OFF = point(BatchingPolicy(enabled=False), 1.5, 3.0, 1500.0)
+SMALL = point(policy(4, 1.0), 2.5, 4.0, 2500.0)
+WORSE = point(policy(8, 2.0), 3.0, 5.0, 2400.0)  # slower and less capacity than SMALL
+BIG = point(policy(16, 10.0), 11.0, 14.0, 4000.0)
+NONE = point(policy(16, 5.0), 0.9, 1.0, None)  # fastest, but no level met the objective
 
 
 def test_the_front_keeps_only_policies_no_other_beats_on_both_axes() -> None:
@@ -54,10 +60,12 @@ def test_the_policy_environment_is_set_inside_the_block_only(monkeypatch) -> Non
 def test_the_report_marks_the_front_and_names_the_picks() -> None:
     md = "\n".join(batching.markdown([OFF, SMALL, WORSE, BIG, NONE], {"tf_serving": "no binary"}))
     assert "## torchserve" in md
-    assert "| off | 1.500 | 3.000 | 1500 (16) | 5.0 / 9.0 / 30.0 | ★ | batch_size 1 |" in md
+    # Each policy that is a preset says which (`make ... BATCHING=`).
+    assert ("| off (`latency`) | 1.500 | 3.000 | 1500 (16) | 5.0 / 9.0 / 30.0 | ★ "
+            "| batch_size 1 |") in md
     assert "| 8 x 2 ms | 3.000 | 5.000 | 2400 (16) | 5.0 / 9.0 / 30.0 |  |" in md
-    assert "| 16 x 5 ms | 0.900 | 1.000 | none meets the objective |" in md
-    assert "- lowest latency at low load: **off**" in md
+    assert "| 16 x 5 ms (`throughput`) | 0.900 | 1.000 | none meets the objective |" in md
+    assert "- lowest latency at low load: **off (`latency`)**" in md
     assert "- most capacity under the objective: **16 x 10 ms**" in md
     assert "- tf_serving: **not run**: no binary" in md
 

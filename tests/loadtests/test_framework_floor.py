@@ -130,6 +130,27 @@ def test_the_report_section_has_one_row_per_stack_and_says_what_was_skipped() ->
     assert "- tf_serving/cpu: **not measured**: no twin here" in md
 
 
+def test_the_latency_preset_is_held_against_its_own_floor_in_the_report() -> None:
+    plan = FloorPlan(runs=1, duration_s=3)
+    paths = ("/predictions/digitnet", "/predictions/digitnet-noop")
+    near = framework_floor.record("torchserve", "cpu", paths, [wrk_run(1.2, 7.0)],
+                                  [wrk_run(0.8, 6.0)], (0.03, ""), "TorchScript", plan)
+    far = framework_floor.record("torchserve", "cpu", paths, [wrk_run(2.5, 7.0)],
+                                 [wrk_run(1.0, 6.0)], (0.03, ""), "TorchScript", plan)
+    default = framework_floor.record("torchserve", "cpu", paths, [wrk_run(7.0, 12.0)],
+                                     [wrk_run(6.2, 11.0)], (0.03, ""), "TorchScript", plan)
+    md = "\n".join(framework_floor.markdown([default, {**near, "preset": "latency"}]))
+    assert "| torchserve | cpu | 7.000 (12.000) |" in md
+    assert "| torchserve (`latency` batching preset) | cpu | 1.200 (7.000) |" in md
+    assert ("- torchserve/cpu under the `latency` batching preset (no batching): predict p50 "
+            "1.200 ms at one connection, 1.50× its own no-op floor under the same preset "
+            "(0.800 ms); goal ≤ 2×: met.") in md
+    md = "\n".join(framework_floor.markdown([{**far, "preset": "latency"}]))
+    assert "2.50× its own no-op floor" in md and "goal ≤ 2×: **not met**" in md
+    # Only the latency preset's row is held to the goal.
+    assert "goal" not in "\n".join(framework_floor.markdown([default]))
+
+
 def test_every_stack_declares_a_twin_or_why_not() -> None:
     with_twin = {name for name in ("flask_torch", "flask_tf", "torchserve", "ray_serve",
                                    "tf_serving") if load_stack(name).noop_env is not None}
@@ -198,3 +219,26 @@ def test_a_server_started_without_its_twin_is_skipped_with_the_reason(artifacts,
         record = framework_floor.measure_stack(running, "cpu", BASELINES,
                                                FloorPlan(1, 1), tmp_path)  # fmt: skip
     assert "without its no-op twin" in record["skipped"]
+
+
+@pytest.mark.integration
+def test_a_batching_stack_is_measured_again_under_the_latency_preset(artifacts,
+                                                                      tmp_path) -> None:
+    ok, why = wrk_available()
+    if not ok:
+        pytest.skip(why)
+    plan = FloorPlan(runs=1, duration_s=1, cores=None, server_cores=usable_cores()[:1])
+    stacks = [load_stack("flask_torch"), load_stack("torchserve")]
+    # The servers' folder is tmp_path itself: TorchServe's socket path has a length limit.
+    (record,) = framework_floor.preset_floors(stacks, artifacts, BASELINES, plan,
+                                              tmp_path / "raw", tmp_path)  # fmt: skip
+    # Flask never batches across requests, so only TorchServe runs again, twin included.
+    assert record["stack"] == "torchserve" and record["preset"] == "latency"
+    assert record["skipped"] is None, record["skipped"]
+    assert record["noop_path"] != record["predict_path"]
+    for side in ("predict", "noop"):
+        assert record[side]["runs"] == 1 and record[side]["errors"] == 0
+    assert record["framework_floor_ms"] == record["noop"]["p50_ms"] > 0
+    # The server ran under the preset: batching off in the registration it was given.
+    config = (tmp_path / "torchserve-latency" / "config.properties").read_text()
+    assert '"batchSize":1' in config.replace(" ", ""), config

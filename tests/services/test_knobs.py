@@ -95,9 +95,22 @@ def test_batching_off_reaches_every_batching_stack(monkeypatch, paths, tmp_path)
     assert (entry["batchSize"], entry["maxBatchDelay"]) == (1, 0)
 
 
+def test_a_batching_preset_reaches_every_batching_stack(monkeypatch, paths, tmp_path) -> None:
+    monkeypatch.setenv("DIGITNET_BATCHING_PRESET", "throughput")
+    batching, flags = tf_serving_batching(paths, tmp_path)
+    assert batching.batch_timeout_micros.value == 5000
+    entry = registration(torchserve_config(paths))
+    assert (entry["batchSize"], entry["maxBatchDelay"]) == (16, 5)
+    monkeypatch.setenv("DIGITNET_BATCHING_PRESET", "latency")
+    _, flags = tf_serving_batching(paths, tmp_path / "latency")
+    assert flag_value(flags, "enable_batching") == "false"
+    entry = registration(torchserve_config(paths))
+    assert (entry["batchSize"], entry["maxBatchDelay"]) == (1, 0)
+
+
 def test_committed_configs_are_generated_from_the_spec_defaults(monkeypatch) -> None:
     for name in ("DIGITNET_MAX_BATCH", "DIGITNET_MAX_BODY_BYTES", "DIGITNET_BATCHING",
-                 "DIGITNET_BATCH_SIZE", "DIGITNET_BATCH_DELAY_MS"):
+                 "DIGITNET_BATCH_SIZE", "DIGITNET_BATCH_DELAY_MS", "DIGITNET_BATCHING_PRESET"):
         monkeypatch.delenv(name, raising=False)
     assert stale_files() == {}, "run `make configs`"
 
