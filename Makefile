@@ -47,7 +47,7 @@ RUN_ID      ?=
 K8S_DIR     ?= k8s
 K8S_LINT_VENV ?= $(VENV)/k8s-lint
 # A named batching policy for every stack started from here (BATCHING_PRESETS in
-# digitnet/spec.py: default, latency, throughput); empty: the default, 8 x 5 ms.
+# digitnet/spec.py: default, latency, throughput); empty: the default, 8 x 2 ms.
 BATCHING    ?=
 ifneq ($(strip $(BATCHING)),)
 export DIGITNET_BATCHING_PRESET := $(BATCHING)

@@ -215,8 +215,10 @@ class BatchingPolicy:
     enabled: bool = True
     max_batch_size: int = 8
     # How long the first request of a batch waits for company: short against a network
-    # round trip, long enough to merge requests that arrive together under load.
-    max_delay_ms: float = 5.0
+    # round trip, long enough to merge requests that arrive together under load. At low
+    # load the whole delay is paid (the batch never fills): 2 ms, not the 5 it was, from
+    # the batching sweep (see BATCHING_PRESETS).
+    max_delay_ms: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -267,14 +269,14 @@ BATCHING_PRESET_ENV = "DIGITNET_BATCHING_PRESET"
 DEFAULT_BATCHING_PRESET = "default"
 # Named policies, one variable away (DIGITNET_BATCHING_PRESET, `make ... BATCHING=`), from
 # the batching sweep's Pareto front of p99 at one connection against capacity on a 2-core
-# box (docs/reference-run/BATCHING.md, TorchServe): off answered at one connection in 1.2
-# ms against 7.4 ms for 8 x 5 ms, which TorchServe spends waiting for a batch that never
-# fills at low load; 16 x 5 ms took the most requests under the objective (6318 req/s
-# against 4317 for 8 x 5 ms at about the same p50; the same order in the other sweep kept
-# in results/). The default stays 8 x 5 ms until a whole reference run measures a change:
-# in both sweeps 8 x 2 ms answered in half its p50 with at least its capacity.
+# box (loadtests/batching.py; TorchServe, two sweeps: results 20261205-093608 and ff-1).
+# Off answered at one connection in 1.2-1.3 ms, where 8 x 5 ms (the default until then)
+# took 7.4-8.7 ms waiting for a batch that never fills at low load; 8 x 2 ms answered in
+# 3.5-4.1 ms with at least 8 x 5 ms's capacity (4528 and 4206 against 4317 and 4110
+# req/s), so it became the default; 16 x 5 ms took the most requests under the objective
+# (6318 and 5685 req/s) at 8 x 5 ms's p50.
 BATCHING_PRESETS: dict[str, BatchingPolicy] = {
-    DEFAULT_BATCHING_PRESET: BatchingPolicy(),
+    DEFAULT_BATCHING_PRESET: BatchingPolicy(),  # 8 x 2 ms
     "latency": BatchingPolicy(enabled=False),
     "throughput": BatchingPolicy(max_batch_size=16, max_delay_ms=5.0),
 }

@@ -41,8 +41,8 @@ def test_a_batching_preset_is_the_base_the_variables_override(no_batching_env) -
     assert BatchingPolicy.from_env().requests_per_batch == 1
     no_batching_env.setenv("DIGITNET_BATCHING_PRESET", "throughput")
     assert BatchingPolicy.from_env() == BatchingPolicy(max_batch_size=16, max_delay_ms=5.0)
-    no_batching_env.setenv("DIGITNET_BATCH_DELAY_MS", "2")
-    assert BatchingPolicy.from_env() == BatchingPolicy(max_batch_size=16, max_delay_ms=2.0)
+    no_batching_env.setenv("DIGITNET_BATCH_DELAY_MS", "3")
+    assert BatchingPolicy.from_env() == BatchingPolicy(max_batch_size=16, max_delay_ms=3.0)
 
 
 def test_an_unknown_preset_is_refused_with_the_names(no_batching_env) -> None:
@@ -57,6 +57,6 @@ def test_a_policy_names_its_preset_and_off_is_off_whatever_its_size() -> None:
     assert preset_of(BatchingPolicy(enabled=False, max_batch_size=32)) == "latency"
     assert preset_of(BatchingPolicy(max_batch_size=16, max_delay_ms=5.0)) == "throughput"
     assert preset_of(BatchingPolicy()) == "default"
-    assert preset_of(BatchingPolicy(max_batch_size=8, max_delay_ms=2.0)) is None
+    assert preset_of(BatchingPolicy(max_batch_size=8, max_delay_ms=5.0)) is None
     for name, policy in BATCHING_PRESETS.items():
         assert preset_of(policy) == name

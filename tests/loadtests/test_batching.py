@@ -63,7 +63,7 @@ def test_the_report_marks_the_front_and_names_the_picks() -> None:
     # Each policy that is a preset says which (`make ... BATCHING=`).
     assert ("| off (`latency`) | 1.500 | 3.000 | 1500 (16) | 5.0 / 9.0 / 30.0 | ★ "
             "| batch_size 1 |") in md
-    assert "| 8 x 2 ms | 3.000 | 5.000 | 2400 (16) | 5.0 / 9.0 / 30.0 |  |" in md
+    assert "| 8 x 2 ms (`default`) | 3.000 | 5.000 | 2400 (16) | 5.0 / 9.0 / 30.0 |  |" in md
     assert "| 16 x 5 ms (`throughput`) | 0.900 | 1.000 | none meets the objective |" in md
     assert "- lowest latency at low load: **off (`latency`)**" in md
     assert "- most capacity under the objective: **16 x 10 ms**" in md

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 
 ATOL = 1e-5
 HTTP_TIMEOUT_S = 30.0
-# Not the spec's defaults (8 requests, 5 ms), so that seeing them in the replica proves
+# Not the spec's defaults (8 requests, 2 ms), so that seeing them in the replica proves
 # they came from the environment.
 BATCH_SIZE = 3
 BATCH_DELAY_MS = 7.0
