@@ -492,7 +492,11 @@ def markdown(records: Sequence[dict]) -> list[str]:
         "network (wrk against the null server answering the same reply), HTTP server (the "
         "twin's p50 less that and the twin's own app time), the app outside its stages, "
         "and the app's stages, the server's timings read under wrk at one connection; "
-        "what is left is shown as unattributed.",
+        "what is left is shown as unattributed. A stack that batches across requests "
+        "waits for a batch on its twin too, so it is started again under the "
+        f"`{LATENCY_PRESET}` batching preset (batching off, twin included) and measured "
+        "the same way: its own row, and a line holding its p50 against that floor "
+        f"(goal ≤ {LATENCY_FLOOR_GOAL:g}×).",
         "",
     ]
     made = next((r["made"] for r in records if r.get("made")), None)
