@@ -61,6 +61,7 @@ import json
 import statistics
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -338,8 +339,6 @@ def measure_preset(stack: ServingStack, paths: ArtifactPaths, baselines: Sequenc
                    preset: str = LATENCY_PRESET, device: str = CPU) -> dict:  # fmt: skip
     """The stack started afresh with its twin under the batching preset `preset` on
     plan.server_cores, measured as measure_stack does; its record carries "preset"."""
-    from contextlib import ExitStack
-
     env = {**dict(stack.noop_env or {}), **stack.device_env(device)}
     # The launchers read the policy from this process's environment (batching.environment).
     with ExitStack() as exits, environment(batching_preset(preset).env()):
@@ -529,11 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     and attribution, as `make bench` does after its levels; with --into-run, its
     framework_floor.jsonl is replaced (the run's baselines.json gives the model figure) and
     `make report RUN=` renders it."""
-    from contextlib import ExitStack
-
     from digitnet.artifacts import DEFAULT_ARTIFACTS
     from harness.artifacts import ensure_artifacts
-    from harness.lifecycle import start_stack
     from harness.paths import timestamped_dir
     from loadtests.environment import provenance
     from loadtests.profiles import PROFILES
