@@ -23,26 +23,37 @@ the split is given twice where a stack reports them:
     context penalty     = model as served - in-process p50 (the hot loop's optimism)
 
 Where a stack times its whole app too (APP_STAGE: our Flask app), the served p50 is then
-attributed stage by stage, each from its own measurement:
+attributed stage by stage, each from its own measurement. Where its HTTP server times
+itself as well (HTTP_STAGES: the Flask stacks' gunicorn worker, services/flask_torch/
+http_timing.py: from the kernel's receipt of the request to its reply's last bytes sent),
+the method is MEASURED:
 
-    client and network  = wrk at one connection against the null server (nginx answering
-                          the same reply from C: wrk's own cost, loopback, a minimal
-                          HTTP server)
-    HTTP server         = no-op p50 - client and network - the twin's app time (gunicorn
-                          and gevent: accept, parse, write)
-    app outside stages  = the app's time - its named stages (Flask's dispatch and hooks,
-                          our untimed code: reading the body, headers)
+    client and network  = the twin's p50 - the twin's own span (http-read + app +
+                          app-after + http-write): what lies outside any server's work,
+                          wrk's own cost and the loopback, which know nothing of the path
+    HTTP server         = http-read + http-write on the predict path itself (gunicorn and
+                          gevent: the wait for the worker and its wake-up, the recv,
+                          parse and environ; the status line, headers and sendall)
+    app outside stages  = the app's time + app-after - its named stages (Flask's dispatch,
+                          hooks and teardown, our untimed code: reading the body, headers)
     decode, queue, convert, model, encode   the app's own stage timers
     unattributed        = predict p50 - all of the above (medians of different requests
                           need not add up: shown, never hidden)
+
+The null server (nginx answering the same reply from C) is measured beside it: its p50
+holds wrk's cost and the loopback and also nginx's own span (the wake-up of the server's
+idle core among it), which on the predict path is the HTTP server's stage, so it bounds
+the client's share from above. Without the HTTP stages (FROM_TWIN), the client's share is
+the null server's p50 and the HTTP server's the twin's p50 less that and the twin's app
+time, which missed the predict path's costlier HTTP work (http_timing's docstring).
 
 One connection, because the split is about one request's latency, not about queueing.
 Where the attribution applies it is measured again near capacity, at NEAR_CAPACITY
 connections (the quick profile's top batch-1 level, past every stack's throughput knee
 on a 2-core box): wrk on the predict path, the server's timings and the null server at
 that concurrency, where the queue stage (the admission gate's wait for the worker's turn)
-takes its share; the HTTP server's is its per-request work from the one-connection
-attribution (`near_capacity` in the record).
+takes its share; the client's share is the null server's p50 there, the HTTP server's its
+own stages there (`near_capacity` in the record).
 Where a stack batches across requests (ServingStack.server_batching), its twin waits for
 a batch as its predict path does, so the default policy's floor is mostly that wait. The
 stack is then started again, twin included, under the `latency` batching preset
@@ -70,7 +81,11 @@ import requests
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.codec import (
+    APP_AFTER_STAGE,
     APP_STAGE,
+    HTTP_READ_STAGE,
+    HTTP_STAGES,
+    HTTP_WRITE_STAGE,
     INFERENCE_TIME_HEADER,
     JSON_CONTENT_TYPE,
     STAGE_HEADER,
@@ -102,6 +117,13 @@ SERVED_SKIP = 20
 # should answer at one user within 2x its own no-op floor").
 LATENCY_PRESET = "latency"
 LATENCY_FLOOR_GOAL = 2.0
+# How an attribution got its client's and HTTP server's shares (its "method"): the
+# server's own HTTP stages on the path (MEASURED), the twin's p50 less the null server's
+# and the twin's app time (FROM_TWIN, where the server does not time its HTTP stages), or,
+# near capacity, its HTTP work at one connection (FROM_ONE_CONNECTION).
+MEASURED = "measured"
+FROM_TWIN = "from the twin"
+FROM_ONE_CONNECTION = "from one connection"
 
 
 @dataclass(frozen=True)
@@ -171,29 +193,60 @@ def served_timings(url: str, body: bytes, headers: dict[str, str],
             for name, ms in parse_server_timing(reply.headers.get(STAGE_HEADER)).items():
                 stages.setdefault(name, []).append(ms)
     app = stages.pop(APP_STAGE, [])
+    for name in HTTP_STAGES:
+        stages.pop(name, None)
     return {"model_ms": statistics.median(model) if model else None,
             "stages_ms": {name: statistics.median(v) for name, v in stages.items()},
             "app_ms": statistics.median(app) if app else None,
             "probes": max(len(model), len(app))}  # fmt: skip
 
 
-def attribution(predict_p50_ms: float, noop_p50_ms: float, null_p50_ms: float | None,
-                noop_app_ms: float | None, app_ms: float | None,
-                stages_ms: dict[str, float]) -> dict | None:
-    """The served p50 stage by stage (see the module docstring), in ms, with what is left
-    unattributed and the share named; None without the app's time, the twin's or the null
-    server's (a stack that does not time its whole app)."""
-    if app_ms is None or noop_app_ms is None or null_p50_ms is None:
+def split_timings(timed: dict[str, float]) -> tuple[float | None, dict[str, float],
+                                                  dict[str, float]]:  # fmt: skip
+    """A path's server timings (stage -> ms) as the app's whole time (None: not timed),
+    the app's named stages and the HTTP server's own (HTTP_STAGES)."""
+    stages = dict(timed)
+    app = stages.pop(APP_STAGE, None)
+    http = {name: stages.pop(name) for name in HTTP_STAGES if name in stages}
+    return app, stages, http
+
+
+def server_span(app_ms: float | None, http: dict[str, float]) -> float | None:
+    """The server's own span of a request (ms), the kernel's receipt of it to its reply's
+    last bytes sent: http-read + app + app-after + http-write; None without them all."""
+    if app_ms is None or any(name not in http for name in HTTP_STAGES):
         return None
-    return attributed(predict_p50_ms, null_p50_ms, noop_p50_ms - null_p50_ms - noop_app_ms,
-                      app_ms, stages_ms)  # fmt: skip
+    return app_ms + sum(http[name] for name in HTTP_STAGES)
 
 
-def attributed(predict_p50_ms: float, null_p50_ms: float, http_server_ms: float,
+def attribution(predict_p50_ms: float, noop_p50_ms: float, null_p50_ms: float | None,
+                predict_timed: dict[str, float], noop_timed: dict[str, float]) -> dict | None:
+    """The served p50 stage by stage (see the module docstring), in ms, with what is left
+    unattributed, the share named and the method; None where the server does not time
+    its whole app, or (without its HTTP stages) the twin's or the null server's is missing.
+
+    Args:
+        predict_timed, noop_timed: each path's server timings under wrk, stage -> ms."""
+    app, stages, http = split_timings(predict_timed)
+    noop_app, _, noop_http = split_timings(noop_timed)
+    span, noop_span = server_span(app, http), server_span(noop_app, noop_http)
+    if span is not None and noop_span is not None:
+        got = attributed(predict_p50_ms, noop_p50_ms - noop_span,
+                         http[HTTP_READ_STAGE] + http[HTTP_WRITE_STAGE],
+                         app + http[APP_AFTER_STAGE], stages)  # fmt: skip
+        return {**got, "method": MEASURED, "http_ms": http, "null_p50_ms": null_p50_ms}
+    if app is None or noop_app is None or null_p50_ms is None:
+        return None
+    got = attributed(predict_p50_ms, null_p50_ms, noop_p50_ms - null_p50_ms - noop_app,
+                     app, stages)  # fmt: skip
+    return {**got, "method": FROM_TWIN}
+
+
+def attributed(predict_p50_ms: float, client_ms: float, http_server_ms: float,
                app_ms: float, stages_ms: dict[str, float]) -> dict:  # fmt: skip
-    """attribution()'s arithmetic, with the HTTP server's share given."""
+    """attribution()'s arithmetic, with the client's and the HTTP server's shares given."""
     stages = {
-        "client and network": null_p50_ms,
+        "client and network": client_ms,
         "HTTP server": http_server_ms,
         "app outside stages": app_ms - sum(stages_ms.values()),
         **stages_ms,
@@ -243,12 +296,11 @@ def record(stack: str, device: str, paths: tuple[str, str], predict: Sequence[di
     null_got = summarize_runs(null) if null else None
     served = served or {}
     predict_timed, noop_timed = ({k: v[0] for k, v in t.items()} for t in under_wrk)
-    app_ms, noop_app_ms = predict_timed.pop(APP_STAGE, None), noop_timed.get(APP_STAGE)
     return {
         "null": null_got, "timings_under_wrk": {"predict": under_wrk[0], "noop": under_wrk[1]},
         "attribution": attribution(got["p50_ms"], noop_got["p50_ms"],
                                    null_got["p50_ms"] if null_got else None,
-                                   noop_app_ms, app_ms, predict_timed),
+                                   predict_timed, noop_timed),
         "stack": stack, "protocol": REST, "device": device, "connections": CONNECTIONS,
         "duration_s": plan.duration_s, "predict_path": paths[0], "noop_path": paths[1],
         "predict": got, "noop": noop_got, "model_path": floor_path,
@@ -366,21 +418,29 @@ def near_capacity(url: str, body: bytes, headers: dict[str, str], plan: FloorPla
                   script_dir: Path, http_server_ms: float,
                   connections: int = NEAR_CAPACITY) -> dict:  # fmt: skip
     """The predict p50 attributed again at `connections`: wrk's runs on the predict path,
-    the server's timings under wrk and the null server, all at that concurrency. The HTTP
-    server's share is its per-request work at one connection (`http_server_ms`): the twin
-    has no admission gate, so at this concurrency it queues unfairly under gevent (a p50
-    of 0.3 ms beside a p99 of 200 ms, measured) and its p50 says nothing of the work."""
+    the server's timings under wrk and the null server, all at that concurrency. The
+    client's share is the null server's p50 there (nginx's own work included: an upper
+    bound); the HTTP server's is its own stages at that concurrency where it times them
+    (http-read then holds the wait in the socket for the busy worker), else its work at
+    one connection (`http_server_ms`): the twin has no admission gate, so at this
+    concurrency it queues unfairly under gevent (a p50 of 0.3 ms beside a p99 of 200 ms,
+    measured) and its p50 says nothing of the work."""
     (predict,) = interleaved((url,), body, headers, plan, script_dir, connections)
     timed = wrk.server_timings(url, body, headers, connections, plan.duration_s,
                                cores=plan.cores, script_dir=script_dir)  # fmt: skip
     null = null_runs(url, body, headers, plan, script_dir, connections)
     got = summarize_runs(predict)
     null_got = summarize_runs(null) if null else None
-    stages = {k: v[0] for k, v in timed.items()}
-    app_ms = stages.pop(APP_STAGE, None)
+    app_ms, stages, http = split_timings({k: v[0] for k, v in timed.items()})
+    method = FROM_ONE_CONNECTION
+    if server_span(app_ms, http) is not None:
+        http_server_ms = http[HTTP_READ_STAGE] + http[HTTP_WRITE_STAGE]
+        app_ms += http[APP_AFTER_STAGE]
+        method = MEASURED
     whole = None
     if app_ms is not None and null_got is not None:
-        whole = attributed(got["p50_ms"], null_got["p50_ms"], http_server_ms, app_ms, stages)
+        whole = {**attributed(got["p50_ms"], null_got["p50_ms"], http_server_ms, app_ms,
+                              stages), "method": method, "http_ms": http}  # fmt: skip
     return {"connections": connections, "predict": got, "null": null_got,
             "timings_under_wrk": {"predict": timed}, "http_server_ms": http_server_ms,
             "attribution": whole}  # fmt: skip
@@ -440,8 +500,19 @@ def _row(r: dict) -> str:
 
 def _attributed(whole: dict) -> str:
     parts = ", ".join(f"{name} {ms:.3f}" for name, ms in whole["stages_ms"].items())
+    http = whole.get("http_ms") or {}
+    how = {MEASURED: "the HTTP server's own stages", FROM_TWIN: "the HTTP server from the twin",
+           FROM_ONE_CONNECTION: "the HTTP server's work at one connection"}  # fmt: skip
+    notes = [how[whole["method"]]] if whole.get("method") in how else []
+    if HTTP_READ_STAGE in http and HTTP_WRITE_STAGE in http:
+        notes.append(f"HTTP read {http[HTTP_READ_STAGE]:.3f} + write "
+                     f"{http[HTTP_WRITE_STAGE]:.3f}")  # fmt: skip
+    if whole.get("method") == MEASURED and whole.get("null_p50_ms") is not None:
+        notes.append(f"the null server's p50 {whole['null_p50_ms']:.3f}, nginx's own span "
+                     f"included, bounds the client's share")  # fmt: skip
+    noted = f" ({'; '.join(notes)})" if notes else ""
     return (f"{parts}; unattributed {whole['unattributed_ms']:+.3f}: "
-            f"{whole['named_share']:.0%} named")
+            f"{whole['named_share']:.0%} named{noted}")
 
 
 def _near_line(r: dict) -> str | None:
@@ -450,8 +521,8 @@ def _near_line(r: dict) -> str | None:
         return None
     return (f"- {_label(r)}/{r['device']} near capacity, at {near['connections']} "
             f"connections: predict p50 {near['predict']['p50_ms']:.3f} "
-            f"({near['predict']['rps']:.0f} req/s) attributed the same way, the HTTP "
-            f"server's share its work at one connection: {_attributed(near['attribution'])}.")
+            f"({near['predict']['rps']:.0f} req/s) attributed the same way, the client's "
+            f"share the null server's p50 there: {_attributed(near['attribution'])}.")
 
 
 def _stages_line(r: dict) -> str | None:
@@ -487,11 +558,14 @@ def markdown(records: Sequence[dict]) -> list[str]:
         "ran: several times the hot loop's figure), the fairer share of our code. "
         "Spread: (max − min) / median of the runs' p50, predict/no-op: a difference "
         "smaller than that is noise. Where a server times its whole app (our Flask app), "
-        "the line under the table attributes the predict p50 stage by stage: client and "
-        "network (wrk against the null server answering the same reply), HTTP server (the "
-        "twin's p50 less that and the twin's own app time), the app outside its stages, "
-        "and the app's stages, the server's timings read under wrk at one connection; "
-        "what is left is shown as unattributed. A stack that batches across requests "
+        "the line under the table attributes the predict p50 stage by stage, the server's "
+        "timings read under wrk at one connection: HTTP server (gunicorn's own stages on "
+        "the predict path: from the kernel's receipt of the request to the app, and from "
+        "the app's return to its reply's last bytes sent), the app outside its stages and "
+        "the app's stages; client and network is the twin's p50 less the twin's own span "
+        "timed the same way (wrk and the loopback, outside any server), and the null "
+        "server's p50 (nginx answering the same reply) bounds it from above; what is left "
+        "is shown as unattributed. A stack that batches across requests "
         "waits for a batch on its twin too, so it is started again under the "
         f"`{LATENCY_PRESET}` batching preset (batching off, twin included) and measured "
         "the same way: its own row, and a line holding its p50 against that floor "

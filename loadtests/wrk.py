@@ -101,7 +101,7 @@ function init(args) timing_names = {} end
 function response(status, headers, body)
   local value = headers["Server-Timing"] or headers["server-timing"]
   if status == 200 and value then
-    for name, dur in string.gmatch(value, "([%w_]+);dur=([%d%.]+)") do
+    for name, dur in string.gmatch(value, "([%w_%-]+);dur=([%d%.]+)") do
       local list = _G["timing_" .. name]
       if not list then
         list = {}

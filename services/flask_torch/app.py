@@ -51,6 +51,7 @@ from digitnet.codec import (
 from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import AdmissionPolicy
 from digitnet.wire import ACCEPTED_CONTENT_TYPES, WIRE_CODECS, WireCodec
+from services.flask_torch.http_timing import REPLIED_KEY, RETURNED_KEY, TIMER, HttpTimer
 from services.flask_torch.predictor import ServedModel, TorchScriptModel
 from services.flask_torch.settings import Settings
 
@@ -471,16 +472,22 @@ class AppTimer:
     before it calls start_response, so this is the app's whole time: Flask's dispatch and
     hooks, our code and every stage. The framework floor phase (loadtests.framework_floor)
     attributes the served p50 with it: the app's time beyond the named stages is Flask's
-    and our untimed code, the rest of the server's is gunicorn's."""
+    and our untimed code. With `http` (a gunicorn worker's http_timing.TIMER) the same
+    header carries the HTTP server's own stages around the app, and the environ the
+    moments post_request needs for the next reply's (http_timing's docstring)."""
 
-    def __init__(self, wsgi_app: Callable) -> None:
+    def __init__(self, wsgi_app: Callable, http: HttpTimer | None = None) -> None:
         self.wsgi_app = wsgi_app
+        self.http = http
 
     def __call__(self, environ: dict, start_response: Callable) -> object:
         started = time.perf_counter()
+        around = self.http.stages(environ) if self.http is not None else {}
 
         def timed(status: str, headers: list, exc_info: object = None) -> object:
-            app = server_timing({APP_STAGE: time.perf_counter() - started})
+            replied = time.perf_counter()
+            environ[REPLIED_KEY] = replied
+            app = server_timing({**around, APP_STAGE: replied - started})
             # One header, the stages' and the app's (a client's header table, wrk's Lua
             # one among them, may keep only the last of two with one name).
             for index, (name, value) in enumerate(headers):
@@ -491,7 +498,9 @@ class AppTimer:
                 headers.append((STAGE_HEADER, app))
             return start_response(status, headers, exc_info)
 
-        return self.wsgi_app(environ, timed)
+        reply = self.wsgi_app(environ, timed)
+        environ[RETURNED_KEY] = time.perf_counter()
+        return reply
 
 
 def create_app(settings: Settings | None = None, model: ServedModel | None = None) -> Flask:
@@ -526,7 +535,7 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     if settings.noop_route:
         app.add_url_rule(NOOP_PATH.format(name=settings.spec.name), "noop",
                          _noop_view(noop_reply(settings.spec)), methods=["POST"])
-    app.wsgi_app = AppTimer(app.wsgi_app)
+    app.wsgi_app = AppTimer(app.wsgi_app, TIMER)
     app.register_error_handler(PayloadError, _payload_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

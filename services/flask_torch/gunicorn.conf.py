@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from digitnet.spec import AdmissionPolicy, ServingLimits
+from services.flask_torch.http_timing import TIMER
 from services.flask_torch.settings import (
     BIND_ENV,
     DEFAULT_BIND,
@@ -127,7 +128,14 @@ UNREAD_DRAIN_MAX_BYTES = 16 * 1024 * 1024
 UNREAD_DRAIN_S = 2.0
 
 
+def post_worker_init(worker):
+    # The HTTP server's own stages in every reply (http_timing.py): each connection's
+    # socket stamps when the kernel received a request and when its reply went out.
+    TIMER.attach(worker)
+
+
 def post_request(worker, req, environ, resp):
+    TIMER.written(environ)
     if resp is None or resp.status_code != 413:
         return
     sock = environ.get("gunicorn.socket")

@@ -73,17 +73,56 @@ def test_without_served_timings_the_served_split_is_empty() -> None:
 
 
 def test_the_served_p50_is_attributed_stage_by_stage() -> None:
+    # The HTTP server times itself (http-read, app-after, http-write) on both paths.
+    predict = {"decode": 0.05, "queue": 0.03, "model": 0.15, "encode": 0.02, "app": 0.40,
+               "http-read": 0.11, "app-after": 0.03, "http-write": 0.09}  # fmt: skip
+    noop = {"app": 0.07, "http-read": 0.06, "app-after": 0.02, "http-write": 0.05}
+    whole = attribution(0.70, 0.22, 0.08, predict, noop)
+    assert whole["method"] == framework_floor.MEASURED
+    # wrk and the loopback: the twin's p50 less its own span, 0.22 - (0.06+0.07+0.02+0.05).
+    assert whole["stages_ms"]["client and network"] == pytest.approx(0.02)
+    assert whole["stages_ms"]["HTTP server"] == pytest.approx(0.20)  # read + write
+    # The app's time and its teardown after the reply, less its stages: 0.43 - 0.25.
+    assert whole["stages_ms"]["app outside stages"] == pytest.approx(0.18)
+    assert set(whole["stages_ms"]) == {"client and network", "HTTP server",
+                                       "app outside stages", "decode", "queue", "model",
+                                       "encode"}  # fmt: skip
+    assert whole["unattributed_ms"] == pytest.approx(0.70 - 0.02 - 0.20 - 0.43)
+    assert whole["named_share"] == pytest.approx(1 - 0.05 / 0.70)
+    assert whole["http_ms"] == {"http-read": 0.11, "app-after": 0.03, "http-write": 0.09}
+    assert whole["null_p50_ms"] == 0.08
+    # Named beyond the p50: the remainder is negative and counts against the share alike.
+    over = attribution(0.60, 0.22, None, predict, noop)
+    assert over["unattributed_ms"] == pytest.approx(-0.05)
+    assert over["named_share"] == pytest.approx(1 - 0.05 / 0.60)
+
+
+def test_without_http_stages_the_http_servers_share_comes_from_the_twin() -> None:
     stages = {"decode": 0.05, "queue": 0.03, "model": 0.15, "encode": 0.02}
-    whole = attribution(0.70, 0.22, null_p50_ms=0.08, noop_app_ms=0.10, app_ms=0.40,
-                        stages_ms=stages)
+    whole = attribution(0.70, 0.22, 0.08, {**stages, "app": 0.40}, {"app": 0.10})
+    assert whole["method"] == framework_floor.FROM_TWIN
     assert whole["stages_ms"]["client and network"] == 0.08
     assert whole["stages_ms"]["HTTP server"] == pytest.approx(0.04)  # 0.22 - 0.08 - 0.10
     assert whole["stages_ms"]["app outside stages"] == pytest.approx(0.15)  # 0.40 - 0.25
     assert whole["unattributed_ms"] == pytest.approx(0.70 - 0.08 - 0.04 - 0.40)
     assert whole["named_share"] == pytest.approx(1 - 0.18 / 0.70)
+    # One path's HTTP stages alone are not enough for the measured method.
+    partial = attribution(0.70, 0.22, 0.08, {**stages, "app": 0.40, "http-read": 0.1},
+                          {"app": 0.10})  # fmt: skip
+    assert partial["method"] == framework_floor.FROM_TWIN
     # A stack that does not time its whole app, or no null server: no attribution.
-    assert attribution(0.7, 0.22, 0.08, None, 0.40, stages) is None
-    assert attribution(0.7, 0.22, None, 0.10, 0.40, stages) is None
+    assert attribution(0.7, 0.22, 0.08, {**stages, "app": 0.40}, {}) is None
+    assert attribution(0.7, 0.22, 0.08, stages, {"app": 0.10}) is None
+    assert attribution(0.7, 0.22, None, {**stages, "app": 0.40}, {"app": 0.10}) is None
+
+
+def test_the_server_span_needs_the_app_and_every_http_stage() -> None:
+    http = {"http-read": 0.1, "app-after": 0.02, "http-write": 0.08}
+    assert framework_floor.server_span(0.4, http) == pytest.approx(0.6)
+    assert framework_floor.server_span(None, http) is None
+    assert framework_floor.server_span(0.4, {"http-read": 0.1, "http-write": 0.08}) is None
+    app, stages, got = framework_floor.split_timings({"app": 0.4, "model": 0.1, **http})
+    assert (app, stages, got) == (0.4, {"model": 0.1}, http)
 
 
 def test_near_capacity_the_http_servers_share_is_given_and_the_rest_is_measured() -> None:
@@ -183,32 +222,43 @@ def test_the_phase_measures_a_real_flask_server_and_its_twin(artifacts, tmp_path
     assert record["model_served_ms"] > 0
     assert set(record["served_stages_ms"]) == {"decode", "queue", "convert", "model", "encode"}
     assert record["served_stages_ms"]["model"] == record["model_served_ms"]
-    # Attributed: the server's timings read under wrk on both paths, the null server run.
+    # Attributed: the server's timings read under wrk on both paths, the app's stages and
+    # gunicorn's own (services/flask_torch/http_timing.py) among them.
     timed = record["timings_under_wrk"]
-    assert set(timed["predict"]) == {"decode", "queue", "convert", "model", "encode", "app"}
-    assert set(timed["noop"]) == {"app"} and all(n > 0 for _, n in timed["predict"].values())
+    http = {"http-read", "app-after", "http-write"}
+    assert set(timed["predict"]) == {"decode", "queue", "convert", "model", "encode", "app",
+                                     *http}  # fmt: skip
+    assert set(timed["noop"]) == {"app", *http}
+    assert all(n > 0 for _, n in timed["predict"].values())
     whole = record["attribution"]
+    assert whole["method"] == framework_floor.MEASURED
+    assert list(whole["stages_ms"])[:3] == ["client and network", "HTTP server",
+                                             "app outside stages"]  # fmt: skip
+    assert whole["stages_ms"]["HTTP server"] == pytest.approx(
+        timed["predict"]["http-read"][0] + timed["predict"]["http-write"][0])
+    assert whole["named_share"] <= 1.0
     if nginx_available()[0]:
         assert record["null"]["runs"] == 2 and record["null"]["errors"] == 0
-        assert list(whole["stages_ms"])[:3] == ["client and network", "HTTP server",
-                                                 "app outside stages"]
-        assert 0.0 < whole["named_share"] <= 1.0
-    else:
-        assert whole is None
+        assert whole["null_p50_ms"] == record["null"]["p50_ms"]
     # Again near capacity: the same runs and timings at NEAR_CAPACITY connections.
     near = record["near_capacity"]
     if nginx_available()[0]:
         assert near["connections"] == framework_floor.NEAR_CAPACITY
         assert near["predict"]["runs"] == 2 and near["predict"]["errors"] == 0
-        assert set(near["timings_under_wrk"]["predict"]) == set(timed["predict"])
+        near_timed = near["timings_under_wrk"]["predict"]
+        assert set(near_timed) == set(timed["predict"])
         assert near["null"]["runs"] == 2
-        # The HTTP server's share is its work at one connection.
-        assert near["attribution"]["stages_ms"]["HTTP server"] == (
-            whole["stages_ms"]["HTTP server"]) == near["http_server_ms"]
+        # The HTTP server's share is its own stages at that concurrency.
+        assert near["attribution"]["method"] == framework_floor.MEASURED
+        assert near["attribution"]["stages_ms"]["HTTP server"] == pytest.approx(
+            near_timed["http-read"][0] + near_timed["http-write"][0])
+        assert near["attribution"]["stages_ms"]["client and network"] == (
+            near["null"]["p50_ms"])
         assert near["attribution"]["stages_ms"]["queue"] >= 0.0
         md = "\n".join(framework_floor.markdown([record]))
         assert (f"- flask_torch/cpu near capacity, at {framework_floor.NEAR_CAPACITY} "
                 "connections: predict p50") in md
+        assert "the HTTP server's own stages; HTTP read" in md
 
 
 @pytest.mark.integration

@@ -218,3 +218,29 @@ def test_bodies_over_the_limit_back_to_back_get_413_and_starve_nobody(
             stop.set()
             flood.join(2 * HTTP_TIMEOUT_S)
     assert statuses and set(statuses) == {413}, statuses[:10]
+
+
+def test_replies_carry_the_http_servers_own_stages(server: ServerProcess,
+                                                   split: DigitsSplit) -> None:
+    # gunicorn's gevent worker times its own part of each request (http_timing.py): the
+    # reply's own read, and the previous reply's teardown and write on the same path.
+    from digitnet.codec import STAGE_HEADER, parse_server_timing
+
+    body = json.dumps(encode_request(split.test_images[:1]))
+    base = urlsplit(server.endpoints["http"])
+    connection = http.client.HTTPConnection(base.hostname, base.port, timeout=HTTP_TIMEOUT_S)
+    try:
+        replies = []
+        for _ in range(3):  # one keep-alive connection: one worker
+            connection.request("POST", "/v1/models/digitnet:predict", body, JSON_HEADERS)
+            reply = connection.getresponse()
+            reply.read()
+            assert reply.status == 200
+            replies.append(parse_server_timing(reply.getheader(STAGE_HEADER)))
+    finally:
+        connection.close()
+    for stages in replies:
+        assert "http-read" in stages and stages["http-read"] >= 0.0, replies
+        assert stages["app"] > 0.0
+    for stages in replies[1:]:
+        assert stages["app-after"] >= 0.0 and stages["http-write"] >= 0.0
