@@ -25,6 +25,13 @@ from services.stack import ServingStack
 
 # How long a stack may take to become ready (TorchServe starts a JVM and its workers).
 READY_TIMEOUT_S = env_float("DIGITNET_READY_TIMEOUT_S", 180.0)
+# A port the kernel called free may be taken before the server binds it: Ray opens tens of
+# ports of its own at random while it starts, and once took the one chosen for its HTTP
+# proxy ("Failed to bind to address '127.0.0.1:44227'": `make floors`, Ray Serve started
+# again under the latency preset). A start on free ports that fails so is tried again, on
+# fresh ones; ports the caller chose are never changed.
+PORT_RACE_SIGNS = ("Address already in use", "Failed to bind", "Connection in use")
+PORT_RACE_RETRIES = 2
 
 
 @dataclass
@@ -86,11 +93,28 @@ def launch(
         env: extra environment for the server (e.g. the plugin's device_env).
     """
     plugin = resolve(stack)
-    chosen = dict(ports) if ports is not None else {p: free_port() for p in plugin.default_ports}
-    server = plugin.start(paths, run_dir, chosen, cores=cores, env=env)
-    on_start(server)
-    ready_s = plugin.wait_ready(server, timeout_s)
-    return RunningStack(plugin, server, paths, chosen, plugin.clients(server, paths), ready_s)
+    for attempt in range(PORT_RACE_RETRIES + 1):
+        chosen = dict(ports) if ports is not None else {
+            name: free_port() for name in plugin.default_ports}
+        server = plugin.start(paths, run_dir, chosen, cores=cores, env=env)
+        on_start(server)
+        try:
+            ready_s = plugin.wait_ready(server, timeout_s)
+        except (RuntimeError, TimeoutError) as err:
+            if ports is not None or attempt == PORT_RACE_RETRIES or not lost_port_race(err):
+                raise
+            # Stopped now, its port freed; on_start's stop, run again later, finds nothing.
+            plugin.stop(server)
+            continue
+        return RunningStack(plugin, server, paths, chosen, plugin.clients(server, paths),
+                            ready_s)  # fmt: skip
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def lost_port_race(err: BaseException) -> bool:
+    """Whether a start failed because a port chosen free was taken before the server bound
+    it (the error carries the server's log tail)."""
+    return any(sign in str(err) for sign in PORT_RACE_SIGNS)
 
 
 def start_stack(
