@@ -37,6 +37,28 @@ def test_torchserve_means_per_request_over_the_point():
     assert figures["server_queue_ms"] == pytest.approx(2.0)
 
 
+# As TorchServe 0.12 writes it (a real /metrics reply, trimmed): each counter declared, the
+# latency counters without the _total suffix that prometheus_client's parser adds.
+TORCHSERVE_TYPED = """# HELP ts_queue_latency_microseconds Torchserve prometheus counter metric
+# TYPE ts_queue_latency_microseconds counter
+ts_queue_latency_microseconds{{model_name="digitnet",hostname="vm",}} {queue}
+# HELP ts_inference_requests_total Torchserve prometheus counter metric with unit: Count
+# TYPE ts_inference_requests_total counter
+ts_inference_requests_total{{model_name="digitnet",model_version="default",hostname="vm",}} {n}
+# TYPE ts_inference_latency_microseconds counter
+ts_inference_latency_microseconds{{model_name="digitnet",hostname="vm",}} {total}
+"""
+
+
+def test_torchserve_counters_declared_as_counters_are_read_too():
+    before = parse(TORCHSERVE_TYPED.format(n=0, total=0, queue=0))
+    after = parse(TORCHSERVE_TYPED.format(n=50, total=235_310.4, queue=115_270.6))
+    figures = breakdown("torchserve", before, after)
+    assert figures["server_requests"] == 50
+    assert figures["server_total_ms"] == pytest.approx(4.706, abs=1e-3)
+    assert figures["server_queue_ms"] == pytest.approx(2.305, abs=1e-3)
+
+
 def test_tf_serving_histograms_give_request_and_runtime_means():
     before = parse(TF_SERVING.format(n=10, total=10_000, run=2_000))
     after = parse(TF_SERVING.format(n=110, total=310_000, run=52_000))

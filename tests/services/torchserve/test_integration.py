@@ -21,6 +21,7 @@ from digitnet.codec import JSON_CONTENT_TYPE
 from digitnet.data import DigitsSplit
 from digitnet.spec import ModelSpec, ServingLimits
 from digitnet.torchscript import load_torchscript
+from loadtests.server_metrics import scrape
 from reliability.matrix import BAD_REQUESTS, good_body
 from services.process import LOOPBACK, ServerProcess, free_port, usable_cores
 from services.torchserve.handler import THREADS_ENV
@@ -204,6 +205,18 @@ def test_metrics_api_serves_prometheus_text(torchserve: RunningTorchServe) -> No
                             timeout=HTTP_TIMEOUT_S)
     assert response.status_code == 200
     assert "# TYPE" in response.text and "ts_inference_requests_total" in response.text
+
+
+def test_the_servers_own_timings_are_read_from_its_metrics(torchserve: RunningTorchServe) -> None:
+    # The load runner's path: scrape before and after, the plugin's breakdown of the delta.
+    url = STACK.metrics_url(torchserve.server)
+    before = scrape(url)
+    for _ in range(5):
+        assert torchserve.post(good_body()).status_code == 200
+    figures = STACK.server_timings(before, scrape(url))
+    assert figures["server_requests"] == 5
+    # Request received to response sent holds its queue time, and neither is empty.
+    assert figures["server_total_ms"] > figures["server_queue_ms"] > 0.0
 
 
 def test_key_file_holds_all_three_keys(torchserve: RunningTorchServe) -> None:
