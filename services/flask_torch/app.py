@@ -51,6 +51,7 @@ from digitnet.codec import (
 from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import AdmissionPolicy
 from digitnet.wire import ACCEPTED_CONTENT_TYPES, WIRE_CODECS, WireCodec
+from services.flask_torch.connections import OPEN
 from services.flask_torch.http_timing import REPLIED_KEY, RETURNED_KEY, TIMER, HttpTimer
 from services.flask_torch.predictor import ServedModel, TorchScriptModel
 from services.flask_torch.settings import Settings
@@ -171,11 +172,18 @@ class AdmissionGate:
     A worker computes one request at a time anyway (the GIL and the forward-pass lock in
     predictor.py), so the order costs nothing, and the queue length times the service
     time is exactly the wait a newcomer faces (AdmissionPolicy's derivation).
+
+    The one exception: an idle worker whose request came on its only open connection
+    (`alone`, connections.OPEN) takes the turn at once, for nothing else can be waiting
+    to be read; the hand-off through the event loop cost a lone client ~45 us of a 0.66
+    ms p50 (measured: flask_torch, wrk at one connection, the gate off 0.62 ms).
     """
 
-    def __init__(self, policy: AdmissionPolicy, handoff: Handoff = _at_once) -> None:
+    def __init__(self, policy: AdmissionPolicy, handoff: Handoff = _at_once,
+                 alone: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
         self.policy = policy
         self._handoff = handoff
+        self._alone = alone
         self._lock = threading.Lock()
         self._queued: deque[threading.Event] = deque()
         self._busy = False
@@ -211,11 +219,18 @@ class AdmissionGate:
             if self.inside >= self.bound:
                 self.refused += 1
                 return False
-            turn = threading.Event()
-            self._queued.append(turn)
-            if not self._busy:
-                self._chained = False
-                self._pass_turn()
+            if not self._busy and self._alone():
+                self._busy, self._chained = True, False
+                turn = None
+            else:
+                turn = threading.Event()
+                self._queued.append(turn)
+                if not self._busy:
+                    self._chained = False
+                    self._pass_turn()
+        if turn is None:
+            self._begin_turn()
+            return True
         try:
             turn.wait()
         except BaseException:
@@ -530,7 +545,7 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     if settings.admission.enabled or settings.admission.order:
         # One gate per worker: create_app runs in each worker after gunicorn's fork.
         app.extensions[ADMISSION_KEY] = AdmissionGate(settings.admission,
-                                                      _handoff_for_this_worker())
+                                                      _handoff_for_this_worker(), OPEN.alone)
     app.register_blueprint(api)
     if settings.noop_route:
         app.add_url_rule(NOOP_PATH.format(name=settings.spec.name), "noop",

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from digitnet.spec import AdmissionPolicy, ServingLimits
+from services.flask_torch.connections import OPEN
 from services.flask_torch.http_timing import TIMER
 from services.flask_torch.settings import (
     BIND_ENV,
@@ -132,6 +133,8 @@ def post_worker_init(worker):
     # The HTTP server's own stages in every reply (http_timing.py): each connection's
     # socket stamps when the kernel received a request and when its reply went out.
     TIMER.attach(worker)
+    # The worker's open connections, counted for the admission gate's fast turn (app.py).
+    OPEN.attach(worker)
 
 
 def post_request(worker, req, environ, resp):

@@ -39,16 +39,15 @@ worker class from GUNICORN_CMD_ARGS, TLS) replies carry no HTTP stages.
 
 from __future__ import annotations
 
-import functools
 import socket
 import ssl
 import struct
-import sys
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from digitnet.codec import APP_AFTER_STAGE, HTTP_READ_STAGE, HTTP_WRITE_STAGE
+from services.flask_torch.connections import wrap_handler
 
 # <asm-generic/socket.h>; Python's socket module does not name it. The timestamp arrives
 # with recvmsg as a struct timespec of CLOCK_REALTIME (two 64-bit fields on 64-bit Linux).
@@ -103,11 +102,7 @@ class HttpTimer:
     def attach(self, worker: Any) -> bool:
         """Makes a gevent worker hand its connections over as StampedSockets; False, and
         no HTTP stages, for another worker class or off Linux."""
-        try:
-            from gunicorn.workers.ggevent import GeventWorker
-        except ImportError:
-            return False
-        if sys.platform != "linux" or not isinstance(worker, GeventWorker):
+        if not wrap_handler(worker, _stamped):
             return False
         # On the listeners too: an accepted connection inherits the option, and bytes the
         # kernel queued before anyone asked for their receipt time carry none (the first
@@ -117,8 +112,6 @@ class HttpTimer:
                 listener.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             except OSError:
                 pass
-        # GeventWorker.run looks `handle` up when it starts serving, after this hook.
-        worker.handle = functools.partial(_stamped, worker.handle)
         return True
 
     def stages(self, environ: MutableMapping[str, Any]) -> dict[str, float]:

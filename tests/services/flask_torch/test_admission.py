@@ -134,6 +134,42 @@ def test_gate_admits_up_to_its_bound_in_arrival_order_and_refuses_the_next() -> 
     gate.leave(None)
 
 
+def test_an_idle_worker_alone_with_its_connection_takes_the_turn_without_the_hand_off() -> None:
+    handed: list[object] = []
+
+    def next_loop_turn(fn) -> None:  # stands in for gevent's: records, then runs it
+        handed.append(fn)
+        fn()
+
+    alone = [True]
+    gate = AdmissionGate(AdmissionPolicy(enabled=True, limit=2), next_loop_turn,
+                         lambda: alone[0])  # fmt: skip
+    assert gate.enter() and gate.inside == 1
+    assert handed == []  # its turn at once: nothing else could be waiting
+    # Busy: the next request queues and gets its turn through the hand-off, alone or not.
+    second_in = threading.Event()
+
+    def second() -> None:
+        assert gate.enter()
+        second_in.set()
+        gate.leave(None)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    try:
+        wait_for(lambda: gate.inside == 2, "the second request queued")
+        assert not gate.enter() and gate.refused == 1  # the bound holds as before
+    finally:
+        gate.leave(None)
+        thread.join(WAIT_S)
+    assert second_in.is_set() and len(handed) == 1 and gate.inside == 0
+    # With other connections open, an idle worker hands over as before.
+    alone[0] = False
+    assert gate.enter()
+    assert len(handed) == 2
+    gate.leave(None)
+
+
 def test_gate_bound_follows_the_measured_service_time() -> None:
     gate = AdmissionGate(AdmissionPolicy(enabled=True, objective_ms=50.0, queue_share=0.5,
                                          service_ms=1.0))
