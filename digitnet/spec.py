@@ -146,7 +146,9 @@ class AdmissionPolicy:
     # gevent, without it a worker runs whichever greenlet wakes next, and on one core the
     # p99 of flask_torch at 4 closed-loop connections was 67-109 ms against 3.6-4.0 ms in
     # order (wrk, `make fair`'s levels; at 32: 156-388 ms against 24-30 ms), for 5-8% less
-    # peak throughput and ~40 us more at one connection (the handoff on the next loop turn).
+    # peak throughput. An idle worker alone with its request's connection skips the
+    # handoff on the next loop turn (services/flask_torch/app.py), which cost a lone
+    # client ~40 us.
     order: bool = True
     # The p99 latency objective of the load tests (loadtests/profiles.py slo_p99_ms; a test
     # checks they agree). services must not import loadtests, so the number lives here.
