@@ -105,6 +105,23 @@ def test_policy_refuses_nonsense(field: str, value: float) -> None:
 # --- the gate on its own (threads) -----------------------------------------------------------
 
 
+def queue_second(gate: AdmissionGate) -> tuple[threading.Thread, threading.Event]:
+    """A second request entering `gate` from another thread while the first holds the
+    turn, returned once it is queued; its event is set when it gets the turn (it leaves
+    at once)."""
+    second_in = threading.Event()
+
+    def second() -> None:
+        assert gate.enter()
+        second_in.set()
+        gate.leave(None)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    wait_for(lambda: gate.inside == 2, "the second request queued")
+    return thread, second_in
+
+
 def test_gate_admits_up_to_its_bound_in_arrival_order_and_refuses_the_next() -> None:
     gate = AdmissionGate(AdmissionPolicy(enabled=True, limit=2))
     order: list[str] = []
@@ -147,17 +164,8 @@ def test_an_idle_worker_alone_with_its_connection_takes_the_turn_without_the_han
     assert gate.enter() and gate.inside == 1
     assert handed == []  # its turn at once: nothing else could be waiting
     # Busy: the next request queues and gets its turn through the hand-off, alone or not.
-    second_in = threading.Event()
-
-    def second() -> None:
-        assert gate.enter()
-        second_in.set()
-        gate.leave(None)
-
-    thread = threading.Thread(target=second)
-    thread.start()
+    thread, second_in = queue_second(gate)
     try:
-        wait_for(lambda: gate.inside == 2, "the second request queued")
         assert not gate.enter() and gate.refused == 1  # the bound holds as before
     finally:
         gate.leave(None)
@@ -350,16 +358,7 @@ def test_under_backlog_the_gate_measures_turn_to_turn_not_compute(
     monkeypatch.setattr("services.flask_torch.app.time.monotonic", lambda: clock[0])
     gate = AdmissionGate(AdmissionPolicy(enabled=True, limit=4, service_ms=1.0))
     assert gate.enter()
-    second_in = threading.Event()
-
-    def second() -> None:
-        assert gate.enter()
-        second_in.set()
-        gate.leave(None)
-
-    thread = threading.Thread(target=second)
-    thread.start()
-    wait_for(lambda: gate.inside == 2, "the second request queued")
+    thread, second_in = queue_second(gate)
     clock[0] += 0.020  # the first turn took 20 ms of the worker
     gate.leave(0.0001)  # while it reports 0.1 ms of compute
     assert second_in.wait(WAIT_S)
