@@ -107,6 +107,8 @@ class HttpTimer:
         # On the listeners too: an accepted connection inherits the option, and bytes the
         # kernel queued before anyone asked for their receipt time carry none (the first
         # request of a connection, whose bytes often arrive before the worker accepts it).
+        # Where no socket on the machine had asked, the kernel turns receipt times on a
+        # moment later (a deferred work item): requests that early carry no http-read.
         for listener in worker.sockets:
             try:
                 listener.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)

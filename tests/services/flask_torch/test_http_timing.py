@@ -15,6 +15,7 @@ from services.flask_torch.http_timing import (
     MAX_PATHS,
     REPLIED_KEY,
     RETURNED_KEY,
+    SO_TIMESTAMPNS,
     HttpTimer,
     StampedSocket,
 )
@@ -22,10 +23,22 @@ from services.flask_torch.http_timing import (
 
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A loopback connection whose served end already gets receipt times: when no socket
+    on the machine had asked for them, the kernel turns them on a moment after the first
+    one asks (a deferred work item), and bytes received before that carry none."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
         served, _ = listener.accept()
         with client, served:
+            served.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            for _ in range(1000):
+                client.sendall(b".")
+                _, ancillary, _, _ = served.recvmsg(1, socket.CMSG_SPACE(16))
+                if ancillary:
+                    break
+                time.sleep(0.001)
+            else:
+                pytest.fail("the kernel never reported a receipt time")
             yield client, served
 
 
