@@ -68,9 +68,10 @@ STAGES = ("decode", "queue", "convert", "model", "encode")
 # beyond the stages is the framework's dispatch and our untimed code.
 APP_STAGE = "app"
 # And from the HTTP server around it, where the Flask stacks' gunicorn worker times itself
-# (services/flask_torch/http_timing.py): the poll that found the request to the app's
-# entry, the app's return to the reply written, and the app's own work after it handed its
-# reply over (the last two of the previous reply on the same path: known only after).
+# (services/flask_torch/http_timing.py): the kernel's receipt of the request to the app's
+# entry, the app's return to the reply's last bytes sent, and the app's own work after it
+# handed its reply over (the last two of the previous reply on the same path: known only
+# once that reply has left).
 HTTP_READ_STAGE = "http-read"
 HTTP_WRITE_STAGE = "http-write"
 APP_AFTER_STAGE = "app-after"

@@ -124,6 +124,10 @@ LATENCY_FLOOR_GOAL = 2.0
 MEASURED = "measured"
 FROM_TWIN = "from the twin"
 FROM_ONE_CONNECTION = "from one connection"
+# What the report's attribution line says of each method.
+METHOD_NOTES = {MEASURED: "the HTTP server's own stages",
+                FROM_TWIN: "the HTTP server from the twin",
+                FROM_ONE_CONNECTION: "the HTTP server's work at one connection"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,14 @@ def split_timings(timed: dict[str, float]) -> tuple[float | None, dict[str, floa
     return app, stages, http
 
 
+def measured_shares(app_ms: float | None, http: dict[str, float]) -> tuple[float, float] | None:
+    """The HTTP server's share (http-read + http-write) and the app's with its teardown
+    (app + app-after), in ms, from a path's own stages; None without them all."""
+    if server_span(app_ms, http) is None:
+        return None
+    return (http[HTTP_READ_STAGE] + http[HTTP_WRITE_STAGE], app_ms + http[APP_AFTER_STAGE])
+
+
 def server_span(app_ms: float | None, http: dict[str, float]) -> float | None:
     """The server's own span of a request (ms), the kernel's receipt of it to its reply's
     last bytes sent: http-read + app + app-after + http-write; None without them all."""
@@ -229,11 +241,9 @@ def attribution(predict_p50_ms: float, noop_p50_ms: float, null_p50_ms: float | 
         predict_timed, noop_timed: each path's server timings under wrk, stage -> ms."""
     app, stages, http = split_timings(predict_timed)
     noop_app, _, noop_http = split_timings(noop_timed)
-    span, noop_span = server_span(app, http), server_span(noop_app, noop_http)
-    if span is not None and noop_span is not None:
-        got = attributed(predict_p50_ms, noop_p50_ms - noop_span,
-                         http[HTTP_READ_STAGE] + http[HTTP_WRITE_STAGE],
-                         app + http[APP_AFTER_STAGE], stages)  # fmt: skip
+    shares, noop_span = measured_shares(app, http), server_span(noop_app, noop_http)
+    if shares is not None and noop_span is not None:
+        got = attributed(predict_p50_ms, noop_p50_ms - noop_span, *shares, stages)
         return {**got, "method": MEASURED, "http_ms": http, "null_p50_ms": null_p50_ms}
     if app is None or noop_app is None or null_p50_ms is None:
         return None
@@ -433,10 +443,9 @@ def near_capacity(url: str, body: bytes, headers: dict[str, str], plan: FloorPla
     null_got = summarize_runs(null) if null else None
     app_ms, stages, http = split_timings({k: v[0] for k, v in timed.items()})
     method = FROM_ONE_CONNECTION
-    if server_span(app_ms, http) is not None:
-        http_server_ms = http[HTTP_READ_STAGE] + http[HTTP_WRITE_STAGE]
-        app_ms += http[APP_AFTER_STAGE]
-        method = MEASURED
+    shares = measured_shares(app_ms, http)
+    if shares is not None:
+        (http_server_ms, app_ms), method = shares, MEASURED
     whole = None
     if app_ms is not None and null_got is not None:
         whole = {**attributed(got["p50_ms"], null_got["p50_ms"], http_server_ms, app_ms,
@@ -501,9 +510,7 @@ def _row(r: dict) -> str:
 def _attributed(whole: dict) -> str:
     parts = ", ".join(f"{name} {ms:.3f}" for name, ms in whole["stages_ms"].items())
     http = whole.get("http_ms") or {}
-    how = {MEASURED: "the HTTP server's own stages", FROM_TWIN: "the HTTP server from the twin",
-           FROM_ONE_CONNECTION: "the HTTP server's work at one connection"}  # fmt: skip
-    notes = [how[whole["method"]]] if whole.get("method") in how else []
+    notes = [METHOD_NOTES[whole["method"]]] if whole.get("method") in METHOD_NOTES else []
     if HTTP_READ_STAGE in http and HTTP_WRITE_STAGE in http:
         notes.append(f"HTTP read {http[HTTP_READ_STAGE]:.3f} + write "
                      f"{http[HTTP_WRITE_STAGE]:.3f}")  # fmt: skip

@@ -24,7 +24,9 @@ def scrape(url: str, timeout_s: float = 5.0) -> dict[str, float]:
 def parse(text: str) -> dict[str, float]:
     """Sums every sample of each metric name in Prometheus text (labels folded), read
     with prometheus_client's own parser (histogram _bucket/_sum/_count samples keep
-    their names).
+    their names; a counter's sample is named <family>_total whatever the server wrote,
+    so a counter declared without the suffix is read back with it: see
+    services/torchserve/metrics.py's counter()).
 
     Raises:
         ValueError: text that is not the Prometheus exposition format.
