@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -143,6 +144,10 @@ def check_body_size(size: int, limits: ServingLimits) -> None:
         )
 
 
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
+
+
 def _parse_json(raw: bytes | bytearray | str, limits: ServingLimits) -> Any:
     check_body_size(len(raw), limits)
     depth = _nesting_depth(raw)
@@ -152,11 +157,16 @@ def _parse_json(raw: bytes | bytearray | str, limits: ServingLimits) -> Any:
             "too_deep",
             f"JSON nesting is too deep: {depth} levels, at most {limits.max_json_depth}",
         )
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # The slow path names the problem exactly as before (see the module docstring).
-        pass
+    # orjson reads an integer beyond 64 bits as a float where the standard library keeps it
+    # an int (and names it so in its errors): a body holding 19 digits in a row, which any
+    # such integer does, takes the standard library's path.
+    long_digits = _LONG_DIGITS_TEXT if isinstance(raw, str) else _LONG_DIGITS
+    if long_digits.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # The slow path names the problem exactly as before (see the module docstring).
+            pass
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
         return json.loads(text, parse_constant=_reject_constant)
