@@ -242,7 +242,11 @@ _texts = st.one_of(
     json_values.map(lambda v: json.dumps({"instances": v} if not isinstance(v, dict) else v)),
     st.sampled_from(['{"instances": [NaN]}', '{"instances": [1e400]}', '{"instances": "\\ud800"}',
                      '{"instances": [' + "9" * 400 + "]}", '\ufeff{"instances": []}',
-                     '{"instances": [[[0.5]]]} x', '{"instances": [1,]}']),
+                     '{"instances": [[[0.5]]]} x', '{"instances": [1,]}',
+                     # Beyond 64 bits orjson reads a float, the standard library an int.
+                     '{"instances": [-9223372036854775809]}',
+                     '{"instances": [[[18446744073709551616]]]}',
+                     '{"instances": [[[0.1234567890123456789]]]}']),
 )
 
 
