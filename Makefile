@@ -78,6 +78,7 @@ tools: ## Install wrk, nginx-light and h2load (the measurement tools) where the 
 # Artifacts are rebuilt when the model, a stack's build code or its packed files change.
 MODEL_SOURCES := $(wildcard digitnet/*.py) harness/artifacts.py tools/artifacts.py \
 	$(wildcard services/*/export.py services/*/build_mar.py) services/torchserve/handler.py \
+	services/torchserve/noop_handler.py \
 	services/torchserve/model-config.yaml
 
 artifacts: $(ARTIFACTS)/metrics.json ## Train on digits, export TorchScript and SavedModel, build each stack's own

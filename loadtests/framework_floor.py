@@ -40,6 +40,20 @@ the method is MEASURED:
     unattributed        = predict p50 - all of the above (medians of different requests
                           need not add up: shown, never hidden)
 
+Where the server times neither its HTTP stages nor anything but its handler, yet counts
+its own job queue and request time (FROM_COUNTERS: TorchServe, whose frontend is Java; our
+handler names its span and stages like the Flask app), the counters are read around each
+of COUNTER_PROBES sequential requests, so each difference is one request's own figure:
+
+    client and network  = the null server's p50 (an upper bound, as below)
+    HTTP front          = the twin's p50 - the null server's - the twin's time in its job
+                          (Netty's HTTP work outside the job: parse, job creation, write)
+    job queue           = the predict path's job queue (median)
+    worker protocol     = its job time - queue - the handler's span, request by request
+                          (the frontend's worker thread, the socket to the Python worker,
+                          the worker's message codec)
+    app outside stages, the handler's stages, unattributed   as above
+
 The null server (nginx answering the same reply from C) is measured beside it: its p50
 holds wrk's cost and the loopback and also nginx's own span (the wake-up of the server's
 idle core among it), which on the predict path is the HTTP server's stage, so it bounds
@@ -71,7 +85,8 @@ import argparse
 import json
 import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +113,7 @@ from loadtests import wrk
 from loadtests.batching import environment
 from loadtests.null_server import NullServer, capture_reply, nginx_available
 from loadtests.runner import targets_of
+from loadtests.server_metrics import scrape
 from services.stack import CPU, REST, ServingStack
 
 FLOOR_FILE = "framework_floor.jsonl"
@@ -124,10 +140,38 @@ LATENCY_FLOOR_GOAL = 2.0
 MEASURED = "measured"
 FROM_TWIN = "from the twin"
 FROM_ONE_CONNECTION = "from one connection"
+# Or, where the server counts its own queue and request time (TorchServe's frontend
+# counters, services/torchserve/metrics.py), from those counters read around each request.
+FROM_COUNTERS = "from the server's counters"
+# Near capacity, the job queue's share as its mean over the timed run (see near_capacity).
+FROM_COUNTERS_MEAN = "from the server's counters, the queue a mean"
 # What the report's attribution line says of each method.
 METHOD_NOTES = {MEASURED: "the HTTP server's own stages",
                 FROM_TWIN: "the HTTP server from the twin",
-                FROM_ONE_CONNECTION: "the HTTP server's work at one connection"}  # fmt: skip
+                FROM_ONE_CONNECTION: "the HTTP server's work at one connection",
+                FROM_COUNTERS: "the server's own counters, read around each of "
+                               "sequential requests",
+                FROM_COUNTERS_MEAN: "the HTTP front and worker protocol as at one "
+                                    "connection, the job queue the counters' mean over "
+                                    "the run"}  # fmt: skip
+# Sequential requests whose server counters are read before and after each: one request's
+# difference of a cumulative counter is that request's own figure, so these give medians
+# where a load point's difference gives only a mean (means exceed the p50: measured,
+# TorchServe's total 1.2-1.3 ms a request against wrk's p50 of 0.97). The counters are
+# updated just after the reply is sent, so the second read is retried until they move.
+COUNTER_PROBES = 200
+COUNTER_READS = 50
+COUNTER_READ_PAUSE_S = 0.001
+# The counters' stages of a served request, in the attribution's order: the frontend's
+# HTTP work outside its job (the twin's p50 less the client's share and the twin's time
+# in the job), the job queue (the wait for a worker, or a batch), and the worker protocol
+# (the job's time less its queue and the handler's span: the frontend's worker thread,
+# the socket to the Python worker and back, the worker's own message codec).
+HTTP_FRONT = "HTTP front"
+JOB_QUEUE = "job queue"
+WORKER_PROTOCOL = "worker protocol"
+# The server's shares of an attribution (outside the client's and the app's), by method.
+SERVER_SHARES = ("HTTP server", HTTP_FRONT, JOB_QUEUE, WORKER_PROTOCOL)
 
 
 @dataclass(frozen=True)
@@ -232,38 +276,97 @@ def server_span(app_ms: float | None, http: dict[str, float]) -> float | None:
 
 
 def attribution(predict_p50_ms: float, noop_p50_ms: float, null_p50_ms: float | None,
-                predict_timed: dict[str, float], noop_timed: dict[str, float]) -> dict | None:
+                predict_timed: dict[str, float], noop_timed: dict[str, float],
+                counted: tuple[dict | None, dict | None] = (None, None)) -> dict | None:
     """The served p50 stage by stage (see the module docstring), in ms, with what is left
     unattributed, the share named and the method; None where the server does not time
     its whole app, or (without its HTTP stages) the twin's or the null server's is missing.
 
     Args:
-        predict_timed, noop_timed: each path's server timings under wrk, stage -> ms."""
+        predict_timed, noop_timed: each path's server timings under wrk, stage -> ms.
+        counted: each path's counter_spans() (None: the server counts nothing), which
+            split the server's share where it does not time its HTTP stages."""
     app, stages, http = split_timings(predict_timed)
     noop_app, _, noop_http = split_timings(noop_timed)
     shares, noop_span = measured_shares(app, http), server_span(noop_app, noop_http)
     if shares is not None and noop_span is not None:
-        got = attributed(predict_p50_ms, noop_p50_ms - noop_span, *shares, stages)
+        got = attributed(predict_p50_ms, {"client and network": noop_p50_ms - noop_span,
+                                          "HTTP server": shares[0]}, shares[1], stages)
         return {**got, "method": MEASURED, "http_ms": http, "null_p50_ms": null_p50_ms}
     if app is None or noop_app is None or null_p50_ms is None:
         return None
-    got = attributed(predict_p50_ms, null_p50_ms, noop_p50_ms - null_p50_ms - noop_app,
+    predict_counted, noop_counted = counted
+    if predict_counted is not None and noop_counted is not None:
+        server = {"client and network": null_p50_ms,
+                  HTTP_FRONT: noop_p50_ms - null_p50_ms - noop_counted["total_ms"],
+                  JOB_QUEUE: predict_counted["queue_ms"],
+                  WORKER_PROTOCOL: predict_counted["worker_ms"]}  # fmt: skip
+        return {**attributed(predict_p50_ms, server, app, stages), "method": FROM_COUNTERS,
+                "counted": {"predict": predict_counted, "noop": noop_counted}}  # fmt: skip
+    got = attributed(predict_p50_ms, {"client and network": null_p50_ms,
+                                      "HTTP server": noop_p50_ms - null_p50_ms - noop_app},
                      app, stages)  # fmt: skip
     return {**got, "method": FROM_TWIN}
 
 
-def attributed(predict_p50_ms: float, client_ms: float, http_server_ms: float,
-               app_ms: float, stages_ms: dict[str, float]) -> dict:  # fmt: skip
-    """attribution()'s arithmetic, with the client's and the HTTP server's shares given."""
+def attributed(predict_p50_ms: float, outside_app_ms: Mapping[str, float], app_ms: float,
+               stages_ms: dict[str, float]) -> dict:  # fmt: skip
+    """attribution()'s arithmetic, with the shares outside the app given (the client's
+    first, then the server's), in order."""
     stages = {
-        "client and network": client_ms,
-        "HTTP server": http_server_ms,
+        **outside_app_ms,
         "app outside stages": app_ms - sum(stages_ms.values()),
         **stages_ms,
     }
     left = predict_p50_ms - sum(stages.values())
     return {"stages_ms": stages, "unattributed_ms": left,
             "named_share": 1.0 - abs(left) / predict_p50_ms if predict_p50_ms > 0 else None}
+
+
+def counter_spans(url: str, body: bytes, headers: dict[str, str], metrics_url: str,
+                  breakdown: Callable[[Mapping, Mapping], dict],
+                  probes: int = COUNTER_PROBES) -> dict | None:  # fmt: skip
+    """Medians (ms) over `probes` sequential requests of the server's own spans of each,
+    from its cumulative counters read before and after it (see COUNTER_PROBES): queue_ms
+    and total_ms (breakdown()'s server_queue_ms and server_total_ms of one request), and
+    worker_ms, the total less the queue and the reply's own APP_STAGE (the handler's
+    span), request by request. None where the counters give no queue and total per
+    request (a server that counts nothing, or none that moved)."""
+    queue: list[float] = []
+    total: list[float] = []
+    worker: list[float] = []
+    with requests.Session() as session:
+        for index in range(probes + SERVED_SKIP):
+            before = scrape(metrics_url)
+            reply = session.post(url, data=body, headers=headers, timeout=PROBE_TIMEOUT_S)
+            got = one_request(before, metrics_url, breakdown)
+            if got is None and not total and index >= SERVED_SKIP:
+                break  # its counters do not move per request: nothing to read
+            if index < SERVED_SKIP or reply.status_code != 200 or got is None:
+                continue
+            queue.append(got["server_queue_ms"])
+            total.append(got["server_total_ms"])
+            app = parse_server_timing(reply.headers.get(STAGE_HEADER)).get(APP_STAGE)
+            if app is not None:
+                worker.append(got["server_total_ms"] - got["server_queue_ms"] - app)
+    if not total:
+        return None
+    return {"queue_ms": statistics.median(queue), "total_ms": statistics.median(total),
+            "worker_ms": statistics.median(worker) if worker else None,
+            "probes": len(total)}  # fmt: skip
+
+
+def one_request(before: Mapping[str, float], metrics_url: str,
+                breakdown: Callable[[Mapping, Mapping], dict]) -> dict | None:  # fmt: skip
+    """breakdown() of the one request sent since `before`, read until its counters moved
+    (they are updated just after the reply leaves); None if they never do."""
+    for _ in range(COUNTER_READS):
+        got = breakdown(before, scrape(metrics_url))
+        if (got.get("server_requests") == 1 and got.get("server_total_ms", 0) > 0
+                and "server_queue_ms" in got):
+            return got
+        time.sleep(COUNTER_READ_PAUSE_S)
+    return None
 
 
 def summarize_runs(runs: Sequence[dict]) -> dict:
@@ -297,11 +400,13 @@ def model_ms(baselines: Sequence[dict], path: str, device: str) -> tuple[float |
 def record(stack: str, device: str, paths: tuple[str, str], predict: Sequence[dict],
            noop: Sequence[dict], model: tuple[float | None, str], floor_path: str,
            plan: FloorPlan, served: dict | None = None,
-           under_wrk: tuple[dict, dict] = ({}, {}), null: Sequence[dict] = ()) -> dict:  # fmt: skip
+           under_wrk: tuple[dict, dict] = ({}, {}), null: Sequence[dict] = (),
+           counted: tuple[dict | None, dict | None] = (None, None)) -> dict:  # fmt: skip
     """One stack's line of framework_floor.jsonl, from its wrk runs (WrkResult.to_json),
     served_timings()'s record (None: not probed), the server's timings under wrk on the
     predict and no-op paths (wrk.server_timings: stage -> (ms, replies); empty: not
-    read) and wrk's runs against the null server (none: not measured)."""
+    read), wrk's runs against the null server (none: not measured) and each path's
+    counter_spans() (None: the server counts nothing per request)."""
     got, noop_got = summarize_runs(predict), summarize_runs(noop)
     null_got = summarize_runs(null) if null else None
     served = served or {}
@@ -310,7 +415,7 @@ def record(stack: str, device: str, paths: tuple[str, str], predict: Sequence[di
         "null": null_got, "timings_under_wrk": {"predict": under_wrk[0], "noop": under_wrk[1]},
         "attribution": attribution(got["p50_ms"], noop_got["p50_ms"],
                                    null_got["p50_ms"] if null_got else None,
-                                   predict_timed, noop_timed),
+                                   predict_timed, noop_timed, counted),
         "stack": stack, "protocol": REST, "device": device, "connections": CONNECTIONS,
         "duration_s": plan.duration_s, "predict_path": paths[0], "noop_path": paths[1],
         "predict": got, "noop": noop_got, "model_path": floor_path,
@@ -381,18 +486,26 @@ def measure_stack(running: RunningStack, device: str, baselines: Sequence[dict],
     served = served_timings(target.url, body, headers)
     under_wrk: tuple[dict, dict] = ({}, {})
     null: list[dict] = []
+    counted: tuple[dict | None, dict | None] = (None, None)
+    metrics_url = stack.metrics_url(running.server)
+    counters = None if metrics_url is None else (metrics_url, stack.server_timings)
     if served["app_ms"] is not None:
         under_wrk = tuple(wrk.server_timings(url, body, headers, CONNECTIONS, plan.duration_s,
                                              cores=plan.cores, script_dir=script_dir)
                           for url in urls)  # fmt: skip
         null = null_runs(target.url, body, headers, plan, script_dir)
+        if counters is not None:
+            counted = tuple(counter_spans(url, body, headers, *counters) for url in urls)
     got = record(stack.name, device, (target.path, noop_path), predict, noop,
                  model_ms(baselines, stack.floor_path, device), stack.floor_path, plan,
-                 served, under_wrk, null)  # fmt: skip
+                 served, under_wrk, null, counted)  # fmt: skip
     near = None
     if got["attribution"] is not None:
-        near = near_capacity(target.url, body, headers, plan, script_dir,
-                             got["attribution"]["stages_ms"]["HTTP server"])  # fmt: skip
+        server = {name: ms for name, ms in got["attribution"]["stages_ms"].items()
+                  if name in SERVER_SHARES}  # fmt: skip
+        near = near_capacity(target.url, body, headers, plan, script_dir, server,
+                             counters if got["attribution"]["method"] == FROM_COUNTERS
+                             else None)  # fmt: skip
     return {**got, "near_capacity": near}
 
 
@@ -425,34 +538,43 @@ def preset_floors(stacks: Sequence[ServingStack], paths: ArtifactPaths,
 
 
 def near_capacity(url: str, body: bytes, headers: dict[str, str], plan: FloorPlan,
-                  script_dir: Path, http_server_ms: float,
+                  script_dir: Path, server_ms: Mapping[str, float],
+                  counters: tuple[str, Callable[[Mapping, Mapping], dict]] | None = None,
                   connections: int = NEAR_CAPACITY) -> dict:  # fmt: skip
     """The predict p50 attributed again at `connections`: wrk's runs on the predict path,
     the server's timings under wrk and the null server, all at that concurrency. The
     client's share is the null server's p50 there (nginx's own work included: an upper
     bound); the HTTP server's is its own stages at that concurrency where it times them
     (http-read then holds the wait in the socket for the busy worker), else its work at
-    one connection (`http_server_ms`): the twin has no admission gate, so at this
-    concurrency it queues unfairly under gevent (a p50 of 0.3 ms beside a p99 of 200 ms,
-    measured) and its p50 says nothing of the work."""
+    one connection (`server_ms`, the server's shares there by name): the twin has no
+    admission gate, so at this concurrency it queues unfairly under gevent (a p50 of 0.3
+    ms beside a p99 of 200 ms, measured) and its p50 says nothing of the work. Where the
+    server counts its job queue (`counters`: its metrics URL and breakdown), the queue's
+    share is its mean over the timed run, read from the counters around it: under load
+    no request can be read alone (method FROM_COUNTERS_MEAN)."""
     (predict,) = interleaved((url,), body, headers, plan, script_dir, connections)
+    before = scrape(counters[0]) if counters else {}
     timed = wrk.server_timings(url, body, headers, connections, plan.duration_s,
                                cores=plan.cores, script_dir=script_dir)  # fmt: skip
+    mean = counters[1](before, scrape(counters[0])) if counters else {}
     null = null_runs(url, body, headers, plan, script_dir, connections)
     got = summarize_runs(predict)
     null_got = summarize_runs(null) if null else None
     app_ms, stages, http = split_timings({k: v[0] for k, v in timed.items()})
-    method = FROM_ONE_CONNECTION
+    server, method = dict(server_ms), FROM_ONE_CONNECTION
     shares = measured_shares(app_ms, http)
     if shares is not None:
-        (http_server_ms, app_ms), method = shares, MEASURED
+        server, app_ms, method = {"HTTP server": shares[0]}, shares[1], MEASURED
+    elif JOB_QUEUE in server and mean.get("server_queue_ms") is not None:
+        server[JOB_QUEUE], method = mean["server_queue_ms"], FROM_COUNTERS_MEAN
     whole = None
     if app_ms is not None and null_got is not None:
-        whole = {**attributed(got["p50_ms"], null_got["p50_ms"], http_server_ms, app_ms,
-                              stages), "method": method, "http_ms": http}  # fmt: skip
+        whole = {**attributed(got["p50_ms"], {"client and network": null_got["p50_ms"],
+                                              **server}, app_ms, stages),
+                 "method": method, "http_ms": http}  # fmt: skip
     return {"connections": connections, "predict": got, "null": null_got,
-            "timings_under_wrk": {"predict": timed}, "http_server_ms": http_server_ms,
-            "attribution": whole}  # fmt: skip
+            "timings_under_wrk": {"predict": timed}, "server_ms": server,
+            "counted_mean": mean or None, "attribution": whole}  # fmt: skip
 
 
 def null_runs(url: str, body: bytes, headers: dict[str, str], plan: FloorPlan,
@@ -572,7 +694,13 @@ def markdown(records: Sequence[dict]) -> list[str]:
         "the app's stages; client and network is the twin's p50 less the twin's own span "
         "timed the same way (wrk and the loopback, outside any server), and the null "
         "server's p50 (nginx answering the same reply) bounds it from above; what is left "
-        "is shown as unattributed. A stack that batches across requests "
+        "is shown as unattributed. Where the server counts its own job queue and request "
+        "time instead (TorchServe's frontend counters), they are read around each of "
+        f"{COUNTER_PROBES} sequential requests, so each difference is one request's own "
+        "figure: the HTTP front is the twin's p50 less the null server's and the twin's "
+        "time in its job, the job queue the predict path's median, the worker protocol "
+        "its job time less queue and the handler's span (the socket to the Python worker "
+        "and back), the client's share the null server's p50. A stack that batches across requests "
         "waits for a batch on its twin too, so it is started again under the "
         f"`{LATENCY_PRESET}` batching preset (batching off, twin included) and measured "
         "the same way: its own row, and a line holding its p50 against that floor "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -38,12 +39,15 @@ from starlette.responses import Response
 
 from digitnet.clients import FLASK_LIVE_PATH, FLASK_READY_PATH, TFS_PREDICT_PATH, TFS_STATUS_PATH
 from digitnet.codec import (
+    APP_STAGE,
     BATCH_HEADER,
     DEVICE_HEADER,
     INFERENCE_TIME_HEADER,
     JSON_CONTENT_TYPE,
+    STAGE_HEADER,
     PayloadError,
     dumps,
+    server_timing,
 )
 from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import BatchingPolicy
@@ -192,10 +196,13 @@ class DigitNet:
         return [None] * len(batch)
 
     async def _noop(self, request: Request, reply: bytes) -> Response:
+        entered = time.perf_counter()
         # The body crosses the proxy either way; it is read, never decoded.
         await request.body()
         await self.noop_batch(None)
-        return Response(reply, media_type=JSON_CONTENT_TYPE)
+        # Its span in the replica, the batcher's wait included, as the predict route's.
+        return Response(reply, media_type=JSON_CONTENT_TYPE, headers={
+            STAGE_HEADER: server_timing({APP_STAGE: time.perf_counter() - entered})})
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -234,6 +241,7 @@ class DigitNet:
                             f"model {name!r} is not served here; this server serves {served!r}")
 
     async def _predict(self, request: Request, name: str) -> Response:
+        entered = time.perf_counter()
         self._check_model(name)
         content_type = request.headers.get("content-type")
         codec = WIRE_CODECS.get(media_type(content_type))
@@ -244,12 +252,23 @@ class DigitNet:
         body = await self._read_body(request)
         # The request's codec answers it; a JSON reply takes the request's format, row or
         # columnar, as TF Serving's does.
+        started = time.perf_counter()
         images, fmt = codec.decode_request(body, self._settings.spec, self._settings.limits)
+        decoded = time.perf_counter()
         logits, seconds, shared = await self.predict_batch(images)
-        return bytes_response(codec.encode_reply(logits, fmt),
+        returned = time.perf_counter()
+        reply = codec.encode_reply(logits, fmt)
+        encoded = time.perf_counter()
+        # The Flask app's stage names; queue is the batcher's: the wait for a batch, the
+        # hand-offs through the event loop and the batch's concatenation and split.
+        stages = {"decode": decoded - started, "queue": (returned - decoded) - seconds,
+                  "model": seconds, "encode": encoded - returned,
+                  APP_STAGE: encoded - entered}  # fmt: skip
+        return bytes_response(reply,
                               headers={INFERENCE_TIME_HEADER: f"{seconds * 1000:.3f}",
                                        DEVICE_HEADER: str(self._model.device),
-                                       BATCH_HEADER: str(shared)},
+                                       BATCH_HEADER: str(shared),
+                                       STAGE_HEADER: server_timing(stages)},
                               content_type=codec.content_type)  # fmt: skip
 
     async def _read_body(self, request: Request) -> bytes:

@@ -26,12 +26,15 @@ from typing import Any
 import torch
 
 from digitnet.codec import (
+    APP_STAGE,
     BATCH_HEADER,
     DEVICE_HEADER,
     INFERENCE_TIME_HEADER,
     JSON_CONTENT_TYPE,
+    STAGE_HEADER,
     PayloadError,
     dumps,
+    server_timing,
 )
 from digitnet.env import env_int
 from digitnet.spec import ModelSpec, ServingLimits
@@ -156,27 +159,38 @@ class DigitNetHandler:
         """
         # Bytes, which TorchServe sends as they are; a returned dict it would pretty-print
         # (indent=2), a third more bytes per response.
+        entered = time.perf_counter()
         responses: list[bytes] = [b""] * len(data)
-        valid: list[tuple[int, torch.Tensor, WireCodec, Any]] = []
+        valid: list[tuple[int, torch.Tensor, WireCodec, Any, float]] = []
         for idx, request in enumerate(data):
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+            started = time.perf_counter()
             try:
-                valid.append((idx, *self.decode(request, context.get_all_request_header(idx))))
+                decoded = self.decode(request, context.get_all_request_header(idx))
             except PayloadError as err:
                 # The standard phrase, not the message: a reason phrase must be one line
                 # of plain text, while the message quotes client input.
                 context.set_response_status(err.status, HTTPStatus(err.status).phrase, idx)
                 responses[idx] = dumps(err.to_json())
+            else:
+                valid.append((idx, *decoded, time.perf_counter() - started))
         if valid:
-            batch = torch.cat([images for _, images, _, _ in valid]).to(self.device)
+            converting = time.perf_counter()
+            batch = torch.cat([images for _, images, _, _, _ in valid]).to(self.device)
             started = time.perf_counter()
             with torch.inference_mode():
-                logits = self.model(batch).cpu().numpy()
+                # .cpu() inside: on CUDA it is where the forward pass is waited for.
+                out = self.model(batch).cpu()
+            computed = time.perf_counter()
+            logits = out.numpy()
+            converted = time.perf_counter()
             # The forward pass of the whole dynamic batch, which every request in it waited
             # for: the framework floor's split reads it as the model's served cost.
-            forward_ms = f"{(time.perf_counter() - started) * 1000:.3f}"
+            forward_ms = f"{(computed - started) * 1000:.3f}"
+            shared = {"convert": (started - converting) + (converted - computed),
+                      "model": computed - started}  # fmt: skip
             start = 0
-            for idx, images, codec, fmt in valid:
+            for idx, images, codec, fmt, decode_s in valid:
                 rows = len(images)
                 # Without a phrase TorchServe sends a bare "HTTP/1.1 200 " status line.
                 context.set_response_status(HTTPStatus.OK.value, HTTPStatus.OK.phrase, idx)
@@ -184,7 +198,15 @@ class DigitNetHandler:
                 context.set_response_header(idx, DEVICE_HEADER, self.device)
                 context.set_response_header(idx, BATCH_HEADER, str(len(valid)))
                 context.set_response_header(idx, INFERENCE_TIME_HEADER, forward_ms)
+                encoding = time.perf_counter()
                 responses[idx] = codec.encode_reply(logits[start : start + rows], fmt)
+                encoded = time.perf_counter()
                 start += rows
+                # The handler's own stages (the Flask app's names; the wait for a batch is
+                # the frontend's, in its counters) and its span for this request, from
+                # handle()'s entry to this reply's bytes: the rest of the request's time
+                # in TorchServe is its frontend and the worker protocol.
+                stages = {"decode": decode_s, **shared, "encode": encoded - encoding,
+                          APP_STAGE: encoded - entered}  # fmt: skip
+                context.set_response_header(idx, STAGE_HEADER, server_timing(stages))
         return responses
-

@@ -9,10 +9,11 @@ no torch of its own and never looks at a body.
 
 from __future__ import annotations
 
+import time
 from http import HTTPStatus
 from typing import Any
 
-from digitnet.codec import JSON_CONTENT_TYPE
+from digitnet.codec import APP_STAGE, JSON_CONTENT_TYPE, STAGE_HEADER, server_timing
 from digitnet.noop import noop_reply
 from digitnet.spec import ModelSpec
 
@@ -32,8 +33,14 @@ class NoopHandler:
     def handle(self, data: list[dict], context: Any) -> list[str]:
         """Called per dynamic batch: the fixed reply for every request, with the status
         line and content type the predict handler sets (without a phrase TorchServe would
-        send a bare "200 " status line, and another content type would change the bytes)."""
+        send a bare "200 " status line, and another content type would change the bytes).
+        Like the predict handler it names its own span (APP_STAGE): the twin's time in
+        TorchServe less that is the frontend's and the worker protocol's alone."""
+        entered = time.perf_counter()
         for idx in range(len(data)):
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             context.set_response_status(HTTPStatus.OK.value, HTTPStatus.OK.phrase, idx)
+            context.set_response_header(
+                idx, STAGE_HEADER, server_timing({APP_STAGE: time.perf_counter() - entered})
+            )
         return [self.reply] * len(data)

@@ -116,6 +116,33 @@ def test_without_http_stages_the_http_servers_share_comes_from_the_twin() -> Non
     assert attribution(0.7, 0.22, None, {**stages, "app": 0.40}, {"app": 0.10}) is None
 
 
+def test_with_the_servers_counters_its_share_splits_into_front_queue_and_worker() -> None:
+    # TorchServe: the handler times its span and stages, the frontend counts its job.
+    stages = {"decode": 0.05, "convert": 0.01, "model": 0.15, "encode": 0.02}
+    predict_counted = {"queue_ms": 0.02, "total_ms": 0.70, "worker_ms": 0.33, "probes": 200}
+    noop_counted = {"queue_ms": 0.01, "total_ms": 0.35, "worker_ms": 0.30, "probes": 200}
+    whole = attribution(0.97, 0.53, 0.08, {**stages, "app": 0.30}, {"app": 0.02},
+                        (predict_counted, noop_counted))  # fmt: skip
+    assert whole["method"] == framework_floor.FROM_COUNTERS
+    assert list(whole["stages_ms"]) == ["client and network", "HTTP front", "job queue",
+                                        "worker protocol", "app outside stages", *stages]
+    assert whole["stages_ms"]["client and network"] == 0.08
+    # The twin's p50 less the client's share and the twin's time in its job.
+    assert whole["stages_ms"]["HTTP front"] == pytest.approx(0.53 - 0.08 - 0.35)
+    assert whole["stages_ms"]["job queue"] == 0.02
+    assert whole["stages_ms"]["worker protocol"] == 0.33
+    assert whole["stages_ms"]["app outside stages"] == pytest.approx(0.30 - 0.23)
+    assert whole["unattributed_ms"] == pytest.approx(0.97 - 0.08 - 0.10 - 0.02 - 0.33 - 0.30)
+    assert whole["counted"] == {"predict": predict_counted, "noop": noop_counted}
+    # Counters on one path only: the twin's method, as without any.
+    half = attribution(0.97, 0.53, 0.08, {**stages, "app": 0.30}, {"app": 0.02},
+                       (predict_counted, None))  # fmt: skip
+    assert half["method"] == framework_floor.FROM_TWIN
+    md = framework_floor._attributed(whole)
+    assert "HTTP front 0.100, job queue 0.020, worker protocol 0.330" in md
+    assert "the server's own counters, read around each of sequential requests" in md
+
+
 def test_the_server_span_needs_the_app_and_every_http_stage() -> None:
     http = {"http-read": 0.1, "app-after": 0.02, "http-write": 0.08}
     assert framework_floor.server_span(0.4, http) == pytest.approx(0.6)
@@ -126,8 +153,10 @@ def test_the_server_span_needs_the_app_and_every_http_stage() -> None:
 
 
 def test_near_capacity_the_http_servers_share_is_given_and_the_rest_is_measured() -> None:
-    whole = framework_floor.attributed(12.0, 0.06, 0.08, 11.5,
-                                       {"decode": 0.05, "queue": 11.0, "model": 0.2})
+    whole = framework_floor.attributed(12.0, {"client and network": 0.06, "HTTP server": 0.08},
+                                       11.5, {"decode": 0.05, "queue": 11.0, "model": 0.2})
+    assert list(whole["stages_ms"])[:3] == ["client and network", "HTTP server",
+                                             "app outside stages"]  # fmt: skip
     assert whole["stages_ms"]["HTTP server"] == 0.08
     assert whole["stages_ms"]["app outside stages"] == pytest.approx(0.25)
     assert whole["unattributed_ms"] == pytest.approx(12.0 - 0.06 - 0.08 - 11.5)
@@ -289,6 +318,28 @@ def test_a_batching_stack_is_measured_again_under_the_latency_preset(artifacts,
     for side in ("predict", "noop"):
         assert record[side]["runs"] == 1 and record[side]["errors"] == 0
     assert record["framework_floor_ms"] == record["noop"]["p50_ms"] > 0
+    # The handler names its span and stages, the frontend counts each request's job: the
+    # p50 is attributed from both, read around each of sequential requests (the client's
+    # share is the null server's, so only with nginx).
+    assert set(record["timings_under_wrk"]["noop"]) == {"app"}
+    assert set(record["timings_under_wrk"]["predict"]) == {"decode", "convert", "model",
+                                                            "encode", "app"}  # fmt: skip
+    if nginx_available()[0]:
+        whole = record["attribution"]
+        assert whole["method"] == framework_floor.FROM_COUNTERS
+        for side in ("predict", "noop"):
+            counted = whole["counted"][side]
+            assert counted["probes"] == framework_floor.COUNTER_PROBES
+            assert 0 <= counted["queue_ms"] <= counted["total_ms"]
+            assert counted["worker_ms"] is not None
+        # Near capacity the job queue is the counters' mean over the timed run.
+        near = record["near_capacity"]
+        assert near["attribution"]["method"] == framework_floor.FROM_COUNTERS_MEAN
+        assert near["counted_mean"]["server_requests"] > 0
+        assert near["attribution"]["stages_ms"]["job queue"] == (
+            near["counted_mean"]["server_queue_ms"])
+        assert near["attribution"]["stages_ms"]["worker protocol"] == (
+            whole["stages_ms"]["worker protocol"])
     # The server ran under the preset: batching off in the registration it was given.
     config = (tmp_path / "torchserve-latency" / "config.properties").read_text()
     assert '"batchSize":1' in config.replace(" ", ""), config

@@ -19,7 +19,16 @@ import requests
 import torch
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.codec import BATCH_HEADER, DEVICE_HEADER, JSON_CONTENT_TYPE, encode_request
+from digitnet.codec import (
+    APP_STAGE,
+    BATCH_HEADER,
+    DEVICE_HEADER,
+    INFERENCE_TIME_HEADER,
+    JSON_CONTENT_TYPE,
+    STAGE_HEADER,
+    encode_request,
+    parse_server_timing,
+)
 from digitnet.data import DigitsSplit
 from digitnet.torchscript import load_torchscript
 from harness.lifecycle import RunningStack, skipped_reason, start_stack
@@ -119,6 +128,13 @@ def test_replies_name_their_device_and_the_requests_of_their_pass(
     shared = [int(reply.headers[BATCH_HEADER]) for reply in replies]
     # @serve.batch's bound holds, whatever it merged under this concurrency.
     assert all(1 <= n <= BATCH_SIZE for n in shared), shared
+    # Each names the replica's stages and its span, which holds them all; the model stage
+    # is the forward pass the inference header gives.
+    for reply in replies:
+        stages = parse_server_timing(reply.headers[STAGE_HEADER])
+        assert list(stages) == ["decode", "queue", "model", "encode", APP_STAGE]
+        assert stages["model"] == float(reply.headers[INFERENCE_TIME_HEADER])
+        assert stages[APP_STAGE] >= sum(stages.values()) - stages[APP_STAGE] - 0.003
 
 
 def test_the_columnar_format_is_answered_in_kind(running: RunningStack, split) -> None:

@@ -16,12 +16,15 @@ from digitnet.binary_codec import (
     encode_binary_request,
 )
 from digitnet.codec import (
+    APP_STAGE,
     BATCH_HEADER,
     DEVICE_HEADER,
     INFERENCE_TIME_HEADER,
     JSON_CONTENT_TYPE,
+    STAGE_HEADER,
     PayloadError,
     encode_request,
+    parse_server_timing,
 )
 from digitnet.data import DigitsSplit
 from digitnet.spec import ModelSpec
@@ -96,6 +99,24 @@ def test_answered_requests_name_their_device_and_the_requests_of_their_pass(
     assert len({replies[i].headers[INFERENCE_TIME_HEADER] for i in (0, 2, 3)}) == 1
     assert DEVICE_HEADER not in replies[1].headers and BATCH_HEADER not in replies[1].headers
     assert INFERENCE_TIME_HEADER not in replies[1].headers
+    assert STAGE_HEADER not in replies[1].headers
+
+
+def test_answered_requests_name_the_handlers_stages_and_its_span(worker, split: DigitsSplit):
+    good = FrontendRequest(json.dumps(encode_request(split.test_images[:2])).encode())
+    replies = worker([good, good, good])
+
+    timed = [parse_server_timing(reply.headers[STAGE_HEADER]) for reply in replies]
+    for stages in timed:
+        assert list(stages) == ["decode", "convert", "model", "encode", APP_STAGE]
+        # The span holds this request's own stages and the ones its batch shared.
+        assert stages[APP_STAGE] >= sum(v for k, v in stages.items() if k != APP_STAGE) - 0.002
+    # The forward pass and its conversion are the batch's, the same in every reply; the
+    # header's model stage is the forward pass INFERENCE_TIME_HEADER names.
+    assert len({(t["convert"], t["model"]) for t in timed}) == 1
+    assert timed[0]["model"] == float(replies[0].headers[INFERENCE_TIME_HEADER])
+    # Replies are encoded in order, so each later one's span holds the one before it.
+    assert [t[APP_STAGE] for t in timed] == sorted(t[APP_STAGE] for t in timed)
 
 
 def test_whole_test_split_matches_torchscript(worker, split: DigitsSplit, scripted) -> None:

@@ -8,7 +8,14 @@ import json
 import zipfile
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.codec import JSON_CONTENT_TYPE, decode_predictions, encode_request
+from digitnet.codec import (
+    APP_STAGE,
+    JSON_CONTENT_TYPE,
+    STAGE_HEADER,
+    decode_predictions,
+    encode_request,
+    parse_server_timing,
+)
 from digitnet.data import DigitsSplit
 from digitnet.noop import noop_reply
 from digitnet.spec import ModelSpec
@@ -27,6 +34,9 @@ def test_every_request_of_a_batch_gets_the_fixed_reply_without_being_decoded(
     assert [r.phrase for r in replies] == ["OK", "OK", "OK"]
     assert all(r.content_type == JSON_CONTENT_TYPE for r in replies)
     assert all(r.body == noop_reply(spec) for r in replies)
+    # Each reply names the handler's span and nothing else: it decodes and computes nothing.
+    assert all(list(parse_server_timing(r.headers[STAGE_HEADER])) == [APP_STAGE]
+               for r in replies)  # fmt: skip
     # A well-formed prediction of the model's shape, as a client reads one.
     logits, classes = decode_predictions(replies[0].json(), 1, spec.num_classes)
     assert logits.shape == (1, spec.num_classes) and classes.shape == (1,)
