@@ -639,6 +639,13 @@ def _attributed(whole: dict) -> str:
     if whole.get("method") == MEASURED and whole.get("null_p50_ms") is not None:
         notes.append(f"the null server's p50 {whole['null_p50_ms']:.3f}, nginx's own span "
                      f"included, bounds the client's share")  # fmt: skip
+    negative = [name for name, ms in whole["stages_ms"].items() if ms < 0]
+    if negative:
+        # A share that is a difference of figures read apart (wrk's p50s, the counters'
+        # sequential requests, which run slower than wrk's back-to-back ones) is negative
+        # where they disagree by more than it is: its size bounds their disagreement.
+        notes.append(f"{', '.join(negative)} below 0: the figures it is the difference of, "
+                     "read apart, disagree by at least that much")  # fmt: skip
     noted = f" ({'; '.join(notes)})" if notes else ""
     return (f"{parts}; unattributed {whole['unattributed_ms']:+.3f}: "
             f"{whole['named_share']:.0%} named{noted}")

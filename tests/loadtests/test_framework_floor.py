@@ -141,6 +141,14 @@ def test_with_the_servers_counters_its_share_splits_into_front_queue_and_worker(
     md = framework_floor._attributed(whole)
     assert "HTTP front 0.100, job queue 0.020, worker protocol 0.330" in md
     assert "the server's own counters, read around each of sequential requests" in md
+    assert "below 0" not in md
+    # A twin whose job time exceeds its p50 less the client's: the front comes out below 0,
+    # and the line says what that means.
+    slow = attribution(0.97, 0.40, 0.08, {**stages, "app": 0.30}, {"app": 0.02},
+                       (predict_counted, noop_counted))  # fmt: skip
+    assert slow["stages_ms"]["HTTP front"] == pytest.approx(0.40 - 0.08 - 0.35)
+    assert "HTTP front below 0: the figures it is the difference of" in (
+        framework_floor._attributed(slow))
 
 
 def test_the_server_span_needs_the_app_and_every_http_stage() -> None:
