@@ -183,7 +183,8 @@ def _may_read_differently(payload: Any) -> bool:
     orjson reads an integer beyond 64 bits as a float where the standard library keeps it
     an int (and names it so in its errors). Any such integer has 19 digits in a row, and
     lies beyond every pixel limit, so a body holding one is always refused: only then is
-    it worth looking for (~6 us a batch-1 body, a cost the accepted path need not pay).
+    it worth looking for (the scan took a decode of a 1271-byte batch-1 body from 14.8 to
+    43.1 us, timeit: a cost the accepted path need not pay).
     """
     if isinstance(payload, str):
         return _LONG_DIGITS_TEXT.search(payload) is not None
