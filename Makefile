@@ -129,7 +129,7 @@ batching: artifacts tools ## [RUN=] Batching-policy sweep (off, 4x1 .. 16x10 ms)
 fair: artifacts tools ## [RUN=] The fair fight: each stack out of the box vs ours (configs read back from the servers), capacity gain; ~5 min
 	$(PY) -m loadtests.fair --artifacts $(ARTIFACTS) $(if $(RUN),--out $(RUN)) $(STACKS_ARG)
 
-floors: artifacts tools ## [RUN=] Each framework's floor (no-op twin), our overhead and the served p50 attributed stage by stage, at one connection and near capacity, each batching stack again under BATCHING=latency, as make bench's phase 6; ~5 min
+floors: artifacts tools ## [RUN=] Each framework's floor (no-op twin), our overhead and the served p50 attributed stage by stage, at one connection and near capacity, each batching stack again under BATCHING=latency, then our code in process (alone vs in the app's flow), as make bench's phase 6; ~8 min
 	$(PY) -m loadtests.framework_floor --artifacts $(ARTIFACTS) $(if $(RUN),--into-run $(RUN)) $(STACKS_ARG)
 
 coldstart: artifacts ## Each stack started from nothing COLDSTART_REPEATS times (default 5), with and without warm-up [RUN=results/<run-id>]

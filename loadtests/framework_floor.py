@@ -109,7 +109,7 @@ from digitnet.codec import (
 from digitnet.spec import batching_preset
 from harness.lifecycle import RunningStack, start_stack
 from harness.payload import PayloadSet
-from loadtests import wrk
+from loadtests import own_code, wrk
 from loadtests.batching import environment
 from loadtests.null_server import NullServer, capture_reply, nginx_available
 from loadtests.runner import targets_of
@@ -793,6 +793,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / FLOOR_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     print("\n".join(markdown(records)))
     print(f"floors: wrote {out / FLOOR_FILE}")
+    # Then why our code's share is what it is: the same app in process (loadtests.own_code).
+    own = own_code.measure_all([load_stack(name) for name in args.stacks], paths,
+                               server_cores, f"`make floors`: {made}")  # fmt: skip
+    (out / own_code.OWN_CODE_FILE).write_text("".join(json.dumps(r) + "\n" for r in own))
+    print("\n".join(own_code.markdown(own, records)))
+    print(f"floors: wrote {out / own_code.OWN_CODE_FILE}")
     return 0
 
 

@@ -57,6 +57,9 @@ class Profile:
     # app; 0 runs: the phase is off and the stacks start without their twins.
     framework_floor_runs: int = 3
     framework_floor_s: int = 3
+    # Then our own code in process (loadtests/own_code.py): requests per route and mode,
+    # and hot-loop calls per piece.
+    own_code_iterations: int = 2000
 
 
 PROFILES = {
@@ -139,5 +142,6 @@ PROFILES = {
         coldstart_repeats=0,
         framework_floor_runs=1,
         framework_floor_s=1,
+        own_code_iterations=50,
     ),
 }

@@ -6,7 +6,8 @@ A run folder holds points.jsonl (one line per Locust window) and environment.jso
 from runs of loadtests.sweep on: floors.jsonl (the generator against the null server),
 levels.jsonl (stability and wrk per closed-loop level), capacity.jsonl (the SLO
 capacity bracket per target) and framework_floor.jsonl (each stack's no-op twin beside its
-predict path, loadtests.framework_floor). Every section fed by a newer file says "not measured in
+predict path, loadtests.framework_floor; own_code.jsonl, our code in process beside it,
+loadtests.own_code). Every section fed by a newer file says "not measured in
 this run" where the file is absent, so older runs still render.
 """
 
@@ -22,7 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from harness.markdown import fmt
-from loadtests import analysis, calibration, claims, coldstart, framework_floor, gpu_report
+from loadtests import (
+    analysis,
+    calibration,
+    claims,
+    coldstart,
+    framework_floor,
+    gpu_report,
+    own_code,
+)
 from loadtests.analysis import series
 from loadtests.devices import UNREPORTED
 from loadtests.plots import plot_baselines, plot_curves, plot_resources
@@ -1115,13 +1124,14 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
     env, slo = data.env, data.slo
     starts = coldstart.read_records(run_dir)
     floors = read_jsonl(run_dir / framework_floor.FLOOR_FILE)
+    own = read_jsonl(run_dir / own_code.OWN_CODE_FILE)
     records = aggregate(data.sweep_points, data.levels)
     heads = headline(records, data.baselines, slo, env, data.capacity)
     summary = {"environment": env, "slo_p99_ms": slo, "headline": heads, "points": records,
                "baselines": data.baselines, "floors": data.floors, "capacity": data.capacity,
                "drift": drift_summary(data.points), "raw_points": data.points,
                "coldstart": coldstart.summarize(starts),
-               "framework_floor": floors,
+               "framework_floor": floors, "own_code": own,
                "gpu_levels": gpu_report.level_rows(data.sweep_points, env)}  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     images = plot_curves(records, run_dir, slo, data.floors, data.capacity)
@@ -1150,6 +1160,7 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
         )
     if floors:
         md += framework_floor.markdown(floors)
+        md += own_code.markdown(own, floors) or [f"Our own code in process: {NOT_MEASURED}.", ""]
     if starts:
         md += coldstart.markdown(starts)
     md += flags_section(data, records)

@@ -22,7 +22,9 @@
 6. Each framework's floor, when the profile asks for it: wrk at one connection on the
    predict path and on the stack's no-op twin on the same server (started with its
    noop_env for the whole device), interleaved (loadtests.framework_floor,
-   framework_floor.jsonl).
+   framework_floor.jsonl); then, on the CPU, each Flask stack's app in process, our code's
+   pieces alone against the same request in the app's flow (loadtests.own_code,
+   own_code.jsonl).
 
 Every window is a line of points.jsonl; the report (loadtests.report) reads it all.
 """
@@ -53,6 +55,7 @@ from loadtests import (
     drift,
     environment,
     framework_floor,
+    own_code,
     stability,
     wrk,
 )
@@ -82,7 +85,7 @@ from loadtests.runner import (
 from loadtests.settings import Mode
 from services.process import usable_cores
 from services.registry import load_stack
-from services.stack import REST, ServingStack
+from services.stack import CPU, REST, ServingStack
 
 
 def floor_key(target: Target, batch_size: int) -> str:
@@ -438,6 +441,13 @@ def measure_floors(run: Run, running: list[RunningStack], device: str) -> None:
               + (f"not measured: {record['skipped']}" if record["skipped"] else
                  f"predict p50 {record['predict']['p50_ms']:.3f} ms, no-op "
                  f"{record['framework_floor_ms']:.3f} ms"), flush=True)  # fmt: skip
+    # Why our code's share is what it is: each Flask stack's app in process, on the
+    # servers' cores (the others idle meanwhile). The CPU only: the pieces are CPU code.
+    if device == CPU:
+        for record in own_code.measure_all([started.stack for started in running], run.paths,
+                                           run.server_cores, None,
+                                           profile.own_code_iterations):  # fmt: skip
+            run.append(own_code.OWN_CODE_FILE, record)
 
 
 def served_on_their_device(paths: ArtifactPaths, targets: list[Target]

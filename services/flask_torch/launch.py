@@ -102,6 +102,23 @@ class FlaskStack(ServingStack):
     def model_file(self, paths: ArtifactPaths) -> Path:
         raise NotImplementedError
 
+    def app_env(self, paths: ArtifactPaths, cores: Sequence[int] | None = None,
+                env: Mapping[str, str] | None = None) -> dict[str, str]:  # fmt: skip
+        """What the app factory reads (the model's spec and file, the worker and thread
+        split for `cores`), `env` over it: the servers' and loadtests.own_code's."""
+        model = self.model_file(paths)
+        if not model.exists():
+            raise FileNotFoundError(f"{model} missing: run `make artifacts`")
+        # FLASK_TORCH_WORKERS / FLASK_TORCH_THREADS still override, checked against the cores.
+        split = parallelism_from_env(len(cores) if cores else len(usable_cores()))
+        return {
+            **paths.spec.env(),
+            MODEL_PATH_ENV: str(model.resolve()),
+            WORKERS_ENV: str(split.workers),
+            TORCH_THREADS_ENV: str(split.threads),
+            **(env or {}),
+        }
+
     def available(self) -> tuple[bool, str]:
         missing = [m for m in self.required_modules if importlib.util.find_spec(m) is None]
         if missing:
@@ -116,20 +133,8 @@ class FlaskStack(ServingStack):
         cores: Sequence[int] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ServerProcess:
-        model = self.model_file(paths)
-        if not model.exists():
-            raise FileNotFoundError(f"{model} missing: run `make artifacts`")
         port = ports[HTTP]
-        # FLASK_TORCH_WORKERS / FLASK_TORCH_THREADS still override, checked against the cores.
-        split = parallelism_from_env(len(cores) if cores else len(usable_cores()))
-        server_env = {
-            **paths.spec.env(),
-            MODEL_PATH_ENV: str(model.resolve()),
-            BIND_ENV: f"{LOOPBACK}:{port}",
-            WORKERS_ENV: str(split.workers),
-            TORCH_THREADS_ENV: str(split.threads),
-            **(env or {}),
-        }
+        server_env = self.app_env(paths, cores, {BIND_ENV: f"{LOOPBACK}:{port}", **(env or {})})
         # `python -m gunicorn` with this interpreter: the venv's gunicorn, whatever PATH says.
         argv = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), self.app_factory]
         server = start_process(

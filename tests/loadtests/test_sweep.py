@@ -47,6 +47,10 @@ def test_a_smoke_sweep_calibrates_cross_checks_and_searches(artifacts, tmp_path)
     (floor,) = lines(tmp_path / "framework_floor.jsonl")
     assert floor["stack"] == "flask_torch" and floor["skipped"] is None
     assert floor["predict"]["runs"] == floor["noop"]["runs"] == 1
+    # Then the same app in process (loadtests.own_code), the profile's iterations.
+    (own,) = lines(tmp_path / "own_code.jsonl")
+    assert own["stack"] == "flask_torch" and own["skipped"] is None, own["skipped"]
+    assert own["iterations"] == PROFILES["smoke"].own_code_iterations
 
     (search,) = lines(tmp_path / "capacity.jsonl")
     assert search["n_trials"] >= 1 and search["trials"][0]["rate"] > 0

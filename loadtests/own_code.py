@@ -1,0 +1,364 @@
+"""Our own code in process: each piece of a batch-1 predict alone, and the same request in
+the app's flow, so that the floor table's "our code" can be read.
+
+The framework floor phase (loadtests.framework_floor) finds our code's share of the served
+p50 as the issue defines it: the predict path's p50 less the no-op twin's, less the
+model's in-process time. Served, that share is several times what our code's pieces cost
+one by one. This phase measures where the difference arises, with no HTTP server and no
+network: a Flask stack's own app (its factory, model and settings, the twin's route on)
+in one process pinned to the servers' cores, called as a WSGI callable.
+
+    alone         each piece in a hot loop: decode (the codec, validation included), the
+                  admission gate's enter and leave, convert and model (the app's own
+                  split of a forward pass), encode
+    back to back  the predict route's requests, then the twin's, in alternating blocks
+                  (as the floor phase's wrk runs alternate): the app's whole path, with
+                  nothing else run between requests
+    idle gap      the same after an idle gap of IDLE_GAP_S before each request, as a
+                  served request arrives after the core waited for wrk's next one
+
+    our code, in the flow = predict - twin - the model alone
+                            (the issue's arithmetic, without the HTTP server)
+
+The stages each request reports (STAGE_HEADER) show how every piece grows from alone to
+the flow: the same code, run once between a web stack's code and a forward pass instead
+of thousands of times in a row.
+
+The gate runs its threads path here (no gevent hub, no connection registry), one Event
+more per request than a lone connection under gunicorn takes.
+
+    python -m loadtests.own_code --stacks flask_torch --cores 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from digitnet.artifacts import ArtifactPaths
+from digitnet.codec import APP_STAGE, JSON_CONTENT_TYPE, STAGE_HEADER, STAGES, parse_server_timing
+from loadtests.baselines import time_calls
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OWN_CODE_FILE = "own_code.jsonl"
+# Served at one connection, the server's core idles while wrk and the loopback turn a
+# reply into the next request: tens of us (the floor table's client and network share).
+# A sleep that short lasts ~0.1-0.2 ms here (the timer's slack and the wake-up), so the gap
+# asked is short and the one measured is recorded: what matters is that the core idles.
+IDLE_GAP_S = 0.0001
+ITERATIONS = 2000
+FLOW_BLOCKS = 4
+# A Flask worker loads its model in a background thread; TF's takes seconds.
+LOAD_TIMEOUT_S = 120.0
+MODEL = "model"
+# The pieces of our code, in the order a request runs them; the model is apart.
+OUR_PIECES = ("decode", "gate", "convert", "encode")
+BACK_TO_BACK = "back to back"
+IDLE_GAP = "after an idle gap"
+# The goal the issue sets for our own share at batch 1 on the default model.
+GOAL_US = 60.0
+
+
+def _factory(spec: str) -> Callable[[], Any]:
+    """"package.module:create_app()" (gunicorn's form, FlaskStack.app_factory) -> the function."""
+    module, _, call = spec.partition(":")
+    return getattr(importlib.import_module(module), call.removesuffix("()"))
+
+
+def _environ(path: str, body: bytes) -> dict[str, Any]:
+    return {"REQUEST_METHOD": "POST", "PATH_INFO": path, "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+            "CONTENT_TYPE": JSON_CONTENT_TYPE, "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr}  # fmt: skip
+
+
+def wsgi_call(app: Callable, path: str, body: bytes) -> tuple[float, str, str, bytes]:
+    """One request through the WSGI callable, its reply read whole: (seconds, status,
+    STAGE_HEADER's value, the reply's body)."""
+    got: list = []
+    started = time.perf_counter()
+    reply = app(_environ(path, body), lambda status, headers, exc_info=None: got.extend(
+        (status, headers)))  # fmt: skip
+    content = b"".join(reply)
+    close = getattr(reply, "close", None)
+    if close is not None:
+        close()
+    elapsed = time.perf_counter() - started
+    status, headers = got
+    timing = next((v for k, v in headers if k.lower() == STAGE_HEADER.lower()), "")
+    return elapsed, status, timing, content
+
+
+def flow(app: Callable, paths: tuple[str, str], body: bytes, iterations: int,
+         gap_s: float) -> dict:  # fmt: skip
+    """`iterations` predict requests and as many of the twin's, each after `gap_s` idle (0:
+    back to back), in FLOW_BLOCKS alternating blocks as the floor phase's wrk runs
+    alternate (a route's requests follow each other, and a drift hits both alike):
+    medians in us, the predict replies' stages, and the gap as it lasted."""
+    totals: tuple[list[float], list[float]] = ([], [])
+    stages: dict[str, list[float]] = {}
+    gaps: list[float] = []
+    for _block in range(FLOW_BLOCKS):
+        for index, path in enumerate(paths):
+            for _ in range(max(1, iterations // FLOW_BLOCKS)):
+                if gap_s:
+                    slept = time.perf_counter()
+                    time.sleep(gap_s)
+                    gaps.append((time.perf_counter() - slept) * 1e6)
+                elapsed, _status, timing, _content = wsgi_call(app, path, body)
+                totals[index].append(elapsed * 1e6)
+                if index == 0:
+                    for name, ms in parse_server_timing(timing).items():
+                        stages.setdefault(name, []).append(ms * 1000.0)
+    return {"predict_us": statistics.median(totals[0]), "noop_us": statistics.median(totals[1]),
+            "stages_us": {name: statistics.median(v) for name, v in stages.items()},
+            "gap_us": statistics.median(gaps) if gaps else 0.0}  # fmt: skip
+
+
+def pieces_alone(app: Any, body: bytes, iterations: int) -> dict[str, float]:
+    """Each piece of the predict route in a hot loop, through the app's own objects (p50,
+    us); convert and model are the app's split of predict_timed, as its stages are."""
+    from digitnet.wire import WIRE_CODECS
+    from services.flask_torch.app import ADMISSION_KEY, EXTENSION_KEY
+
+    settings, model = app.extensions[EXTENSION_KEY]
+    codec = WIRE_CODECS[JSON_CONTENT_TYPE]
+    images, fmt = codec.decode_request(body, settings.spec, settings.limits)
+    logits, _compute = model.predict_timed(images)
+    alone = {"decode": time_calls(lambda: codec.decode_request(body, settings.spec,
+                                                               settings.limits),
+                                  iterations)["p50_us"],  # fmt: skip
+             "encode": time_calls(lambda: codec.encode_reply(logits, fmt), iterations)["p50_us"]}
+    gate = app.extensions.get(ADMISSION_KEY)
+    alone["gate"] = 0.0 if gate is None else time_calls(
+        lambda: (gate.enter(), gate.leave(None)), iterations)["p50_us"]  # fmt: skip
+    totals, computes = [], []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        _logits, compute_s = model.predict_timed(images)
+        totals.append(time.perf_counter() - started - compute_s)
+        computes.append(compute_s)
+    alone["convert"] = statistics.median(totals) * 1e6
+    alone[MODEL] = statistics.median(computes) * 1e6
+    return alone
+
+
+def check_replies(app: Callable, paths: tuple[str, str], batch: Any, num_classes: int) -> None:
+    """Both routes answer 200 in process, and the predict route the right answer: the
+    figures are of the path that serves, not of an error page."""
+    from harness.payload import check_json_reply
+
+    for path in paths:
+        _elapsed, status, _timing, content = wsgi_call(app, path, batch.body)
+        if not status.startswith("200"):
+            raise RuntimeError(f"{path} answered {status} in process: {content[:200]!r}")
+    wrong = check_json_reply(batch, json.loads(wsgi_call(app, paths[0], batch.body)[3]),
+                             num_classes)  # fmt: skip
+    if wrong:
+        raise RuntimeError(f"{paths[0]} answered wrongly in process: {wrong}")
+
+
+def probe(factory: str, artifacts: Path, iterations: int, gap_s: float) -> dict:
+    """In this process (given the environment its stack's servers get): the app built,
+    its model loaded, its replies checked, then the pieces alone and the flow both ways."""
+    from digitnet.clients import FLASK_PREDICT_PATH
+    from digitnet.noop import NOOP_PATH
+    from harness.payload import PayloadSet
+    from services.flask_torch.app import EXTENSION_KEY
+
+    app = _factory(factory)()
+    settings, model = app.extensions[EXTENSION_KEY]
+    if not model.wait_ready(LOAD_TIMEOUT_S):
+        raise RuntimeError(f"model did not load: {model.load_error or 'timed out'}")
+    spec = settings.spec
+    batch = PayloadSet(spec, 1, ArtifactPaths(artifacts, spec).reference_predictions,
+                       limit=1).batches[0]  # fmt: skip
+    paths = (FLASK_PREDICT_PATH.format(name=spec.name), NOOP_PATH.format(name=spec.name))
+    check_replies(app, paths, batch, spec.num_classes)
+    return {"alone_us": pieces_alone(app, batch.body, iterations),
+            "flow": {BACK_TO_BACK: flow(app, paths, batch.body, iterations, 0.0),
+                     IDLE_GAP: flow(app, paths, batch.body, iterations, gap_s)},
+            "idle_gap_asked_ms": gap_s * 1000.0, "iterations": iterations}  # fmt: skip
+
+
+def in_process_stacks(stacks: Sequence[Any]) -> list[Any]:
+    """The stacks whose app this phase can call in process: a WSGI app factory (the Flask
+    stacks) and a no-op twin."""
+    return [s for s in stacks if getattr(s, "app_factory", None) and s.noop_env is not None]
+
+
+def measure(stack: Any, paths: ArtifactPaths, cores: Sequence[int], made: str | None = None,
+            iterations: int = ITERATIONS, gap_s: float = IDLE_GAP_S) -> dict:  # fmt: skip
+    """One stack's record, measured in a child process pinned to `cores` with the
+    environment its servers get (one worker, one torch thread, the twin on)."""
+    base = {"stack": stack.name, "device": "cpu", "made": made}
+    try:
+        env = stack.app_env(paths, cores, dict(stack.noop_env))
+    except FileNotFoundError as err:
+        return {**base, "skipped": str(err)}
+    argv = [sys.executable, "-m", "loadtests.own_code", "--probe", stack.app_factory,
+            "--artifacts", str(paths.root), "--iterations", str(iterations),
+            "--idle-gap-ms", str(gap_s * 1000.0), "--cores", ",".join(map(str, cores))]
+    done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True,
+                          cwd=REPO_ROOT, check=False)  # fmt: skip
+    if done.returncode != 0:
+        return {**base, "skipped": f"probe failed: {done.stderr.strip()[-400:]}"}
+    return {**base, "skipped": None, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def measure_all(stacks: Sequence[Any], paths: ArtifactPaths, cores: Sequence[int],
+                made: str | None = None, iterations: int = ITERATIONS) -> list[dict]:  # fmt: skip
+    """Every stack this phase can call in process (in_process_stacks), one at a time."""
+    records = []
+    for stack in in_process_stacks(stacks):
+        records.append(measure(stack, paths, cores, made, iterations))
+        print(f"own code: {stack.name} in process "
+              + ("done" if records[-1]["skipped"] is None else
+                 f"not measured: {records[-1]['skipped']}"), flush=True)  # fmt: skip
+    return records
+
+
+# --- the arithmetic and the report ----------------------------------------------------
+
+
+def ours_alone_us(record: Mapping[str, Any]) -> float:
+    """Our pieces' hot-loop p50s summed (the model apart)."""
+    return sum(record["alone_us"][piece] for piece in OUR_PIECES)
+
+
+def ours_in_flow_us(record: Mapping[str, Any], mode: str) -> float:
+    """The issue's arithmetic in process: predict - twin - the model alone."""
+    got = record["flow"][mode]
+    return got["predict_us"] - got["noop_us"] - record["alone_us"][MODEL]
+
+
+def _served_ours_us(record: Mapping[str, Any], floors: Sequence[Mapping[str, Any]]
+                    ) -> float | None:  # fmt: skip
+    for floor in floors:
+        if (floor.get("stack") == record["stack"] and not floor.get("preset")
+                and floor.get("our_code_ms") is not None):
+            return floor["our_code_ms"] * 1000.0
+    return None
+
+
+def _us(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def _verdict(us: float | None) -> str:
+    if us is None:
+        return "not measured"
+    return "met" if us <= GOAL_US else "not met"
+
+
+def _stage_growth(record: Mapping[str, Any]) -> str:
+    """Each stage alone -> back to back -> after the idle gap, us (the gate alone stands
+    for the queue stage: at one request at a time, its wait is the gate's own cost)."""
+    parts = []
+    for stage in (*STAGES, APP_STAGE):
+        alone = record["alone_us"].get("gate" if stage == "queue" else stage)
+        seen = [record["flow"][mode]["stages_us"].get(stage) for mode in (BACK_TO_BACK, IDLE_GAP)]
+        if all(v is None for v in seen):
+            continue
+        parts.append(f"{stage} " + " → ".join(_us(v) for v in (alone, *seen)))
+    return ", ".join(parts)
+
+
+def markdown(records: Sequence[Mapping[str, Any]], floors: Sequence[Mapping[str, Any]] = ()
+             ) -> list[str]:  # fmt: skip
+    """The report's section: per stack, our code alone, in the app's flow and served."""
+    if not records:
+        return []
+    gap = next((r["flow"][IDLE_GAP]["gap_us"] / 1000.0 for r in records if not r.get("skipped")),
+               IDLE_GAP_S * 1e3)  # fmt: skip
+    lines = [
+        "## Our own code in process: alone, in the app's flow, served",
+        "",
+        "Why our code's served share is several times what its pieces cost: each Flask "
+        "stack's own app (factory, model, settings, twin on) in one process pinned to the "
+        "servers' cores, called as a WSGI callable, no HTTP server and no network. *Alone*: "
+        "each piece of the predict route in a hot loop (decode with its validation, the "
+        "admission gate, convert, encode; the model apart). *Back to back*: the predict "
+        "route's requests, then the twin's, in alternating blocks as the floor table's wrk "
+        "runs; our code = predict − twin − the "
+        f"model alone, the issue's arithmetic without the HTTP server. *After an idle gap*: "
+        f"the same with the core idle before each request ({gap:.2f} ms, the shortest sleep "
+        "gives here), as a served request arrives after the core waited for the client. "
+        "*Served*: the floor table's our code (wrk). "
+        f"µs, medians; goal for our own share ≤ {GOAL_US:g} µs.",
+        "",
+        "| stack | our pieces alone | model alone | back to back: predict / twin / our code "
+        "| after an idle gap: predict / twin / our code | served: our code |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    notes = []
+    for r in records:
+        if r.get("skipped"):
+            notes.append(f"- {r['stack']}: **not measured**: {r['skipped']}")
+            continue
+        pieces = ", ".join(f"{p} {r['alone_us'][p]:.1f}" for p in OUR_PIECES)
+        cells = [f"{_us(ours_alone_us(r))} ({pieces})", _us(r["alone_us"][MODEL])]
+        for mode in (BACK_TO_BACK, IDLE_GAP):
+            got = r["flow"][mode]
+            cells.append(f"{_us(got['predict_us'])} / {_us(got['noop_us'])} / "
+                         f"**{_us(ours_in_flow_us(r, mode))}**")  # fmt: skip
+        cells.append(_us(_served_ours_us(r, floors)))
+        lines.append(f"| {r['stack']} | " + " | ".join(cells) + " |")
+        notes.append(f"- {r['stack']}, each stage alone → back to back → after the idle gap "
+                     f"(µs): {_stage_growth(r)}.")  # fmt: skip
+        notes.append(f"- {r['stack']}, our own share against the ≤ {GOAL_US:g} µs goal: "
+                     + "; ".join(f"{where} {_us(us)} µs, {_verdict(us)}" for where, us in (
+                         ("alone", ours_alone_us(r)),
+                         ("back to back", ours_in_flow_us(r, BACK_TO_BACK)),
+                         ("after an idle gap", ours_in_flow_us(r, IDLE_GAP)),
+                         ("served", _served_ours_us(r, floors)))) + ".")  # fmt: skip
+    made = next((r["made"] for r in records if r.get("made")), None)
+    return [*lines, "", *notes, *(["", f"Measured by {made}"] if made else []), ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probe", metavar="FACTORY", default=None,
+                        help="in this process: measure the app FACTORY builds, print JSON")
+    parser.add_argument("--stacks", default=None)
+    parser.add_argument("--artifacts", type=Path, default=None)
+    parser.add_argument("--iterations", type=int, default=ITERATIONS)
+    parser.add_argument("--idle-gap-ms", type=float, default=IDLE_GAP_S * 1000.0)
+    parser.add_argument("--cores", default="", help="comma-separated CPU ids to pin to")
+    args = parser.parse_args(argv)
+    cores = [int(c) for c in args.cores.split(",") if c]
+    if args.probe:
+        if cores:
+            os.sched_setaffinity(0, set(cores))
+        got = probe(args.probe, args.artifacts, args.iterations, args.idle_gap_ms / 1000.0)
+        print(json.dumps(got))
+        return 0
+    from digitnet.artifacts import DEFAULT_ARTIFACTS
+    from harness.artifacts import ensure_artifacts
+    from loadtests.environment import provenance
+    from loadtests.runner import split_cores
+    from services.process import usable_cores
+    from services.registry import load_stack, parse_stacks, stack_names
+
+    names = parse_stacks(args.stacks) if args.stacks else stack_names()
+    paths = ensure_artifacts(args.artifacts or DEFAULT_ARTIFACTS)
+    server_cores = cores or split_cores(usable_cores())[0]
+    records = measure_all([load_stack(n) for n in names], paths, server_cores,
+                          f"`python -m loadtests.own_code`: {provenance()}")  # fmt: skip
+    print("\n".join(markdown(records)))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Our own code in process (loadtests.own_code): its arithmetic and report section, the
+replies it checks before it times anything, and the probe on a real flask_torch app in a
+pinned child process (structure only, never a timing)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from digitnet.clients import FLASK_PREDICT_PATH
+from digitnet.noop import NOOP_PATH
+from harness.payload import PayloadSet
+from loadtests import own_code
+from loadtests.own_code import BACK_TO_BACK, IDLE_GAP, MODEL, OUR_PIECES
+from services.flask_torch.app import create_app
+from services.flask_torch.settings import Settings
+from services.process import usable_cores
+from services.registry import load_stack, stack_names
+
+
+def record(stack: str = "flask_torch", **changes) -> dict:
+    flow = {"predict_us": 280.0, "noop_us": 50.0,
+            "stages_us": {"decode": 31.0, "queue": 10.0, "convert": 6.0, "model": 94.0,
+                          "encode": 14.0, "app": 262.0}}  # fmt: skip
+    return {"stack": stack, "device": "cpu", "skipped": None, "made": "made here",
+            "alone_us": {"decode": 13.0, "gate": 4.0, "convert": 3.0, "encode": 3.0,
+                         MODEL: 50.0},
+            "flow": {BACK_TO_BACK: flow,
+                     IDLE_GAP: {**flow, "predict_us": 330.0, "noop_us": 100.0, "gap_us": 180.0}},
+            "idle_gap_asked_ms": 0.1, "iterations": 100, **changes}  # fmt: skip
+
+
+def test_our_share_alone_is_the_sum_of_our_pieces_without_the_model() -> None:
+    assert own_code.ours_alone_us(record()) == pytest.approx(13.0 + 4.0 + 3.0 + 3.0)
+
+
+def test_our_share_in_the_flow_is_predict_less_twin_less_the_model_alone() -> None:
+    assert own_code.ours_in_flow_us(record(), BACK_TO_BACK) == pytest.approx(280 - 50 - 50)
+    assert own_code.ours_in_flow_us(record(), IDLE_GAP) == pytest.approx(330 - 100 - 50)
+
+
+def test_the_section_holds_each_stack_its_served_share_and_the_goal() -> None:
+    floors = [{"stack": "flask_torch", "our_code_ms": 0.385},
+              {"stack": "flask_torch", "preset": "latency", "our_code_ms": 9.0}]  # fmt: skip
+    skipped = {"stack": "flask_tf", "device": "cpu", "skipped": "probe failed: no TF"}
+    text = "\n".join(own_code.markdown([record(), skipped], floors))
+    row = next(line for line in text.splitlines() if line.startswith("| flask_torch |"))
+    # Alone 23 us; back to back 180, after the gap 180; served from the plain floor row.
+    assert "| 23 (decode 13.0, gate 4.0, convert 3.0, encode 3.0) | 50 |" in row
+    assert "280 / 50 / **180**" in row and "330 / 100 / **180**" in row
+    assert row.endswith("| 385 |")
+    assert "alone 23 µs, met; back to back 180 µs, not met" in text
+    assert "served 385 µs, not met" in text
+    assert "decode 13 → 31 → 31" in text and "queue 4 → 10 → 10" in text
+    assert "flask_tf: **not measured**: probe failed: no TF" in text
+    assert "Measured by made here" in text
+    assert "(0.18 ms, the shortest sleep gives here)" in text
+
+
+def test_without_records_there_is_no_section() -> None:
+    assert own_code.markdown([], [{"stack": "flask_torch", "our_code_ms": 0.3}]) == []
+
+
+def test_only_stacks_with_an_app_factory_and_a_twin_are_called_in_process() -> None:
+    stacks = [load_stack(name) for name in stack_names()]
+    assert {s.name for s in own_code.in_process_stacks(stacks)} == {"flask_tf", "flask_torch"}
+
+
+class WrongModel:
+    """A ServedModel that is ready and answers zeros: a wrong answer, not an error."""
+
+    ready = True
+    load_error = None
+    device = "cpu"
+
+    def load(self) -> None:
+        pass
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return True
+
+    def predict_timed(self, images: np.ndarray) -> tuple[np.ndarray, float]:
+        return np.zeros((len(images), 10), dtype=np.float32), 0.0
+
+
+class UnloadedModel(WrongModel):
+    """Never ready: the predict route answers 503."""
+
+    ready = False
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return False
+
+
+@pytest.fixture
+def served(artifacts, spec, limits) -> tuple[Settings, tuple[str, str], object]:
+    settings = Settings(model_path=artifacts.torchscript, spec=spec, limits=limits,
+                        torch_threads=1, device="cpu", warmup_iterations=1, noop_route=True,
+                        load_wait_s=0.0)  # fmt: skip
+    paths = (FLASK_PREDICT_PATH.format(name=spec.name), NOOP_PATH.format(name=spec.name))
+    batch = PayloadSet(spec, 1, artifacts.reference_predictions, limit=1).batches[0]
+    return settings, paths, batch
+
+
+def test_a_wrong_answer_is_refused_before_anything_is_timed(served) -> None:
+    settings, paths, batch = served
+    app = create_app(settings, model=WrongModel())
+    with pytest.raises(RuntimeError, match="answered wrongly in process"):
+        own_code.check_replies(app, paths, batch, settings.spec.num_classes)
+
+
+def test_an_error_reply_is_refused_before_anything_is_timed(served) -> None:
+    settings, paths, batch = served
+    app = create_app(settings, model=UnloadedModel())
+    with pytest.raises(RuntimeError, match="answered 503"):
+        own_code.check_replies(app, paths, batch, settings.spec.num_classes)
+
+
+def test_a_stack_without_its_model_file_is_skipped_with_the_reason(artifacts, tmp_path) -> None:
+    empty = dataclasses.replace(artifacts, root=tmp_path)
+    got = own_code.measure(load_stack("flask_torch"), empty, usable_cores()[:1])
+    assert "missing" in got["skipped"] and "make artifacts" in got["skipped"]
+
+
+@pytest.mark.integration
+def test_the_probe_measures_a_real_flask_torch_app_in_a_pinned_child(artifacts) -> None:
+    got = own_code.measure(load_stack("flask_torch"), artifacts, usable_cores()[:1], "here",
+                           iterations=40)  # fmt: skip
+    assert got["skipped"] is None, got["skipped"]
+    assert set(got["alone_us"]) == {*OUR_PIECES, MODEL}
+    assert all(us > 0 for us in got["alone_us"].values())
+    assert got["idle_gap_asked_ms"] == pytest.approx(own_code.IDLE_GAP_S * 1000.0)
+    for mode in (BACK_TO_BACK, IDLE_GAP):
+        flow = got["flow"][mode]
+        assert flow["predict_us"] > 0 and flow["noop_us"] > 0
+        # The gap as it lasted: none back to back, at least the one asked after a gap.
+        assert (flow["gap_us"] == 0) == (mode == BACK_TO_BACK)
+        assert mode == BACK_TO_BACK or flow["gap_us"] >= own_code.IDLE_GAP_S * 1e6
+        # The stages come from the predict replies' own Server-Timing header.
+        assert {"decode", "queue", "convert", "model", "encode", "app"} <= set(flow["stages_us"])
