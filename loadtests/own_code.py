@@ -5,12 +5,13 @@ The framework floor phase (loadtests.framework_floor) finds our code's share of 
 p50 as the issue defines it: the predict path's p50 less the no-op twin's, less the
 model's in-process time. Served, that share is several times what our code's pieces cost
 one by one. This phase measures where the difference arises, with no HTTP server and no
-network: a Flask stack's own app (its factory, model and settings, the twin's route on)
-in one process pinned to the servers' cores, called as a WSGI callable.
+network: each stack's own code in one process pinned to the servers' cores, called as
+loadtests.in_process calls it (a Flask stack's app as a WSGI callable; TorchServe's .mar in
+its own Python worker code, without the frontend), the twin beside it.
 
     alone         each piece in a hot loop: decode (the codec, validation included), the
-                  admission gate's enter and leave, convert and model (the app's own
-                  split of a forward pass), encode
+                  admission gate's enter and leave (Flask), convert and model (split as
+                  the stack's own stages split them), encode
     back to back  the predict route's requests, then the twin's, in alternating blocks
                   (as the floor phase's wrk runs alternate): the app's whole path, with
                   nothing else run between requests
@@ -24,30 +25,26 @@ The stages each request reports (STAGE_HEADER) show how every piece grows from a
 the flow: the same code, run once between a web stack's code and a forward pass instead
 of thousands of times in a row.
 
-The gate runs its threads path here (no gevent hub, no connection registry), one Event
-more per request than a lone connection under gunicorn takes.
-
-    python -m loadtests.own_code --stacks flask_torch --cores 0
+    python -m loadtests.own_code --stacks flask_torch,torchserve --cores 0
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import io
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.codec import APP_STAGE, JSON_CONTENT_TYPE, STAGE_HEADER, STAGES, parse_server_timing
-from loadtests.baselines import time_calls
+from digitnet.codec import APP_STAGE, STAGES, parse_server_timing
+from loadtests.in_process import MODEL, PROBES, Route
+from services.stack import ServingStack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OWN_CODE_FILE = "own_code.jsonl"
@@ -58,10 +55,8 @@ OWN_CODE_FILE = "own_code.jsonl"
 IDLE_GAP_S = 0.0001
 ITERATIONS = 2000
 FLOW_BLOCKS = 4
-# A Flask worker loads its model in a background thread; TF's takes seconds.
-LOAD_TIMEOUT_S = 120.0
-MODEL = "model"
-# The pieces of our code, in the order a request runs them; the model is apart.
+# The pieces of our code, in the order a request runs them (the gate is the Flask app's
+# alone); the model is apart.
 OUR_PIECES = ("decode", "gate", "convert", "encode")
 BACK_TO_BACK = "back to back"
 IDLE_GAP = "after an idle gap"
@@ -69,38 +64,7 @@ IDLE_GAP = "after an idle gap"
 GOAL_US = 60.0
 
 
-def _factory(spec: str) -> Callable[[], Any]:
-    """"package.module:create_app()" (gunicorn's form, FlaskStack.app_factory) -> the function."""
-    module, _, call = spec.partition(":")
-    return getattr(importlib.import_module(module), call.removesuffix("()"))
-
-
-def _environ(path: str, body: bytes) -> dict[str, Any]:
-    return {"REQUEST_METHOD": "POST", "PATH_INFO": path, "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
-            "CONTENT_TYPE": JSON_CONTENT_TYPE, "CONTENT_LENGTH": str(len(body)),
-            "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr}  # fmt: skip
-
-
-def wsgi_call(app: Callable, path: str, body: bytes) -> tuple[float, str, str, bytes]:
-    """One request through the WSGI callable, its reply read whole: (seconds, status,
-    STAGE_HEADER's value, the reply's body)."""
-    got: list = []
-    started = time.perf_counter()
-    reply = app(_environ(path, body), lambda status, headers, exc_info=None: got.extend(
-        (status, headers)))  # fmt: skip
-    content = b"".join(reply)
-    close = getattr(reply, "close", None)
-    if close is not None:
-        close()
-    elapsed = time.perf_counter() - started
-    status, headers = got
-    timing = next((v for k, v in headers if k.lower() == STAGE_HEADER.lower()), "")
-    return elapsed, status, timing, content
-
-
-def flow(app: Callable, paths: tuple[str, str], body: bytes, iterations: int,
-         gap_s: float) -> dict:  # fmt: skip
+def flow(routes: tuple[Route, Route], iterations: int, gap_s: float) -> dict:
     """`iterations` predict requests and as many of the twin's, each after `gap_s` idle (0:
     back to back), in FLOW_BLOCKS alternating blocks as the floor phase's wrk runs
     alternate (a route's requests follow each other, and a drift hits both alike):
@@ -109,13 +73,13 @@ def flow(app: Callable, paths: tuple[str, str], body: bytes, iterations: int,
     stages: dict[str, list[float]] = {}
     gaps: list[float] = []
     for _block in range(FLOW_BLOCKS):
-        for index, path in enumerate(paths):
+        for index, route in enumerate(routes):
             for _ in range(max(1, iterations // FLOW_BLOCKS)):
                 if gap_s:
                     slept = time.perf_counter()
                     time.sleep(gap_s)
                     gaps.append((time.perf_counter() - slept) * 1e6)
-                elapsed, _status, timing, _content = wsgi_call(app, path, body)
+                elapsed, timing = route()
                 totals[index].append(elapsed * 1e6)
                 if index == 0:
                     for name, ms in parse_server_timing(timing).items():
@@ -125,80 +89,30 @@ def flow(app: Callable, paths: tuple[str, str], body: bytes, iterations: int,
             "gap_us": statistics.median(gaps) if gaps else 0.0}  # fmt: skip
 
 
-def pieces_alone(app: Any, body: bytes, iterations: int) -> dict[str, float]:
-    """Each piece of the predict route in a hot loop, through the app's own objects (p50,
-    us); convert and model are the app's split of predict_timed, as its stages are."""
-    from digitnet.wire import WIRE_CODECS
-    from services.flask_torch.app import ADMISSION_KEY, EXTENSION_KEY
+def probe(stack_name: str, artifacts: Path, iterations: int, gap_s: float) -> dict:
+    """In this process (given the environment the stack's server would give): its own
+    code built and checked (loadtests.in_process), then the pieces alone and the flow
+    both ways."""
+    from digitnet.spec import ModelSpec
+    from services.registry import load_stack
 
-    settings, model = app.extensions[EXTENSION_KEY]
-    codec = WIRE_CODECS[JSON_CONTENT_TYPE]
-    images, fmt = codec.decode_request(body, settings.spec, settings.limits)
-    logits, _compute = model.predict_timed(images)
-    alone = {"decode": time_calls(lambda: codec.decode_request(body, settings.spec,
-                                                               settings.limits),
-                                  iterations)["p50_us"],  # fmt: skip
-             "encode": time_calls(lambda: codec.encode_reply(logits, fmt), iterations)["p50_us"]}
-    gate = app.extensions.get(ADMISSION_KEY)
-    alone["gate"] = 0.0 if gate is None else time_calls(
-        lambda: (gate.enter(), gate.leave(None)), iterations)["p50_us"]  # fmt: skip
-    totals, computes = [], []
-    for _ in range(iterations):
-        started = time.perf_counter()
-        _logits, compute_s = model.predict_timed(images)
-        totals.append(time.perf_counter() - started - compute_s)
-        computes.append(compute_s)
-    alone["convert"] = statistics.median(totals) * 1e6
-    alone[MODEL] = statistics.median(computes) * 1e6
-    return alone
-
-
-def check_replies(app: Callable, paths: tuple[str, str], batch: Any, num_classes: int) -> None:
-    """Both routes answer 200 in process, and the predict route the right answer: the
-    figures are of the path that serves, not of an error page."""
-    from harness.payload import check_json_reply
-
-    for path in paths:
-        _elapsed, status, _timing, content = wsgi_call(app, path, batch.body)
-        if not status.startswith("200"):
-            raise RuntimeError(f"{path} answered {status} in process: {content[:200]!r}")
-    wrong = check_json_reply(batch, json.loads(wsgi_call(app, paths[0], batch.body)[3]),
-                             num_classes)  # fmt: skip
-    if wrong:
-        raise RuntimeError(f"{paths[0]} answered wrongly in process: {wrong}")
-
-
-def probe(factory: str, artifacts: Path, iterations: int, gap_s: float) -> dict:
-    """In this process (given the environment its stack's servers get): the app built,
-    its model loaded, its replies checked, then the pieces alone and the flow both ways."""
-    from digitnet.clients import FLASK_PREDICT_PATH
-    from digitnet.noop import NOOP_PATH
-    from harness.payload import PayloadSet
-    from services.flask_torch.app import EXTENSION_KEY
-
-    app = _factory(factory)()
-    settings, model = app.extensions[EXTENSION_KEY]
-    if not model.wait_ready(LOAD_TIMEOUT_S):
-        raise RuntimeError(f"model did not load: {model.load_error or 'timed out'}")
-    spec = settings.spec
-    batch = PayloadSet(spec, 1, ArtifactPaths(artifacts, spec).reference_predictions,
-                       limit=1).batches[0]  # fmt: skip
-    paths = (FLASK_PREDICT_PATH.format(name=spec.name), NOOP_PATH.format(name=spec.name))
-    check_replies(app, paths, batch, spec.num_classes)
-    return {"alone_us": pieces_alone(app, batch.body, iterations),
-            "flow": {BACK_TO_BACK: flow(app, paths, batch.body, iterations, 0.0),
-                     IDLE_GAP: flow(app, paths, batch.body, iterations, gap_s)},
+    stack = load_stack(stack_name)
+    got = PROBES[stack.in_process](stack, ArtifactPaths(artifacts, ModelSpec.from_env()))
+    return {"alone_us": got.alone(iterations),
+            "flow": {BACK_TO_BACK: flow((got.predict, got.twin), iterations, 0.0),
+                     IDLE_GAP: flow((got.predict, got.twin), iterations, gap_s)},
             "idle_gap_asked_ms": gap_s * 1000.0, "iterations": iterations}  # fmt: skip
 
 
-def in_process_stacks(stacks: Sequence[Any]) -> list[Any]:
-    """The stacks whose app this phase can call in process: a WSGI app factory (the Flask
-    stacks) and a no-op twin."""
-    return [s for s in stacks if getattr(s, "app_factory", None) and s.noop_env is not None]
+def in_process_stacks(stacks: Sequence[ServingStack]) -> list[ServingStack]:
+    """The stacks whose own code this phase can call in process (a probe for their
+    `in_process`) beside their no-op twin."""
+    return [s for s in stacks if s.in_process in PROBES and s.noop_env is not None]
 
 
-def measure(stack: Any, paths: ArtifactPaths, cores: Sequence[int], made: str | None = None,
-            iterations: int = ITERATIONS, gap_s: float = IDLE_GAP_S) -> dict:  # fmt: skip
+def measure(stack: ServingStack, paths: ArtifactPaths, cores: Sequence[int],
+            made: str | None = None, iterations: int = ITERATIONS,
+            gap_s: float = IDLE_GAP_S) -> dict:  # fmt: skip
     """One stack's record, measured in a child process pinned to `cores` with the
     environment its servers get (one worker, one torch thread, the twin on)."""
     base = {"stack": stack.name, "device": "cpu", "made": made}
@@ -206,7 +120,7 @@ def measure(stack: Any, paths: ArtifactPaths, cores: Sequence[int], made: str | 
         env = stack.app_env(paths, cores, dict(stack.noop_env))
     except FileNotFoundError as err:
         return {**base, "skipped": str(err)}
-    argv = [sys.executable, "-m", "loadtests.own_code", "--probe", stack.app_factory,
+    argv = [sys.executable, "-m", "loadtests.own_code", "--probe", stack.name,
             "--artifacts", str(paths.root), "--iterations", str(iterations),
             "--idle-gap-ms", str(gap_s * 1000.0), "--cores", ",".join(map(str, cores))]
     done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True,
@@ -216,7 +130,7 @@ def measure(stack: Any, paths: ArtifactPaths, cores: Sequence[int], made: str | 
     return {**base, "skipped": None, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
-def measure_all(stacks: Sequence[Any], paths: ArtifactPaths, cores: Sequence[int],
+def measure_all(stacks: Sequence[ServingStack], paths: ArtifactPaths, cores: Sequence[int],
                 made: str | None = None, iterations: int = ITERATIONS) -> list[dict]:  # fmt: skip
     """Every stack this phase can call in process (in_process_stacks), one at a time."""
     records = []
@@ -233,7 +147,7 @@ def measure_all(stacks: Sequence[Any], paths: ArtifactPaths, cores: Sequence[int
 
 def ours_alone_us(record: Mapping[str, Any]) -> float:
     """Our pieces' hot-loop p50s summed (the model apart)."""
-    return sum(record["alone_us"][piece] for piece in OUR_PIECES)
+    return sum(us for piece, us in record["alone_us"].items() if piece != MODEL)
 
 
 def ours_in_flow_us(record: Mapping[str, Any], mode: str) -> float:
@@ -284,14 +198,15 @@ def markdown(records: Sequence[Mapping[str, Any]], floors: Sequence[Mapping[str,
     lines = [
         "## Our own code in process: alone, in the app's flow, served",
         "",
-        "Why our code's served share is several times what its pieces cost: each Flask "
-        "stack's own app (factory, model, settings, twin on) in one process pinned to the "
-        "servers' cores, called as a WSGI callable, no HTTP server and no network. *Alone*: "
-        "each piece of the predict route in a hot loop (decode with its validation, the "
-        "admission gate, convert, encode; the model apart). *Back to back*: the predict "
-        "route's requests, then the twin's, in alternating blocks as the floor table's wrk "
-        "runs; our code = predict − twin − the "
-        f"model alone, the issue's arithmetic without the HTTP server. *After an idle gap*: "
+        "Why our code's served share is several times what its pieces cost: each stack's "
+        "own code in one process pinned to the servers' cores, no HTTP server and no "
+        "network (a Flask stack's app called as a WSGI callable; TorchServe's .mar in its "
+        "own Python worker code, each request a frame as its frontend sends it), its "
+        "no-op twin beside it. *Alone*: each piece of the predict path in a hot loop "
+        "(decode with its validation, Flask's admission gate, convert, encode; the model "
+        "apart). *Back to back*: the predict path's requests, then the twin's, in "
+        "alternating blocks as the floor table's wrk runs; our code = predict − twin − the "
+        "model alone, the issue's arithmetic without the HTTP server. *After an idle gap*: "
         f"the same with the core idle before each request ({gap:.2f} ms, the shortest sleep "
         "gives here), as a served request arrives after the core waited for the client. "
         "*Served*: the floor table's our code (wrk). "
@@ -306,7 +221,8 @@ def markdown(records: Sequence[Mapping[str, Any]], floors: Sequence[Mapping[str,
         if r.get("skipped"):
             notes.append(f"- {r['stack']}: **not measured**: {r['skipped']}")
             continue
-        pieces = ", ".join(f"{p} {r['alone_us'][p]:.1f}" for p in OUR_PIECES)
+        pieces = ", ".join(f"{p} {r['alone_us'][p]:.1f}" for p in OUR_PIECES
+                           if p in r["alone_us"])  # fmt: skip
         cells = [f"{_us(ours_alone_us(r))} ({pieces})", _us(r["alone_us"][MODEL])]
         for mode in (BACK_TO_BACK, IDLE_GAP):
             got = r["flow"][mode]
@@ -328,8 +244,8 @@ def markdown(records: Sequence[Mapping[str, Any]], floors: Sequence[Mapping[str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probe", metavar="FACTORY", default=None,
-                        help="in this process: measure the app FACTORY builds, print JSON")
+    parser.add_argument("--probe", metavar="STACK", default=None,
+                        help="in this process: measure STACK's own code, print JSON")
     parser.add_argument("--stacks", default=None)
     parser.add_argument("--artifacts", type=Path, default=None)
     parser.add_argument("--iterations", type=int, default=ITERATIONS)

@@ -122,10 +122,22 @@ class ServingStack:
     # Environment variables that set its workers and threads; read back from the running
     # processes for the run's environment block.
     thread_settings: tuple[str, ...] = ()
+    # How loadtests.own_code calls this stack's own code in process, without its server:
+    # "wsgi" (a Flask app factory) or "torchserve" (the .mar in TorchServe's own Python
+    # worker code); None where it runs only inside its server. app_env gives that code
+    # the environment its server would.
+    in_process: str | None = None
     # docker-compose.yml service and k8s Deployment (None: not deployed that way, and why).
     compose_service: str | None = None
     k8s_deployment: str | None = None
     not_deployed_why: str = ""
+
+    def app_env(self, paths: ArtifactPaths, cores: Sequence[int] | None = None,
+                env: Mapping[str, str] | None = None) -> dict[str, str]:  # fmt: skip
+        """What the stack's own code reads from its environment where its server starts
+        (the model's spec and file, its thread count for `cores`), `env` over it: for
+        loadtests.own_code, where `in_process` is set."""
+        raise NotImplementedError(f"{self.name} declares no in-process code (in_process)")
 
     # --- artifacts -------------------------------------------------------------------
     def build(self, paths: ArtifactPaths) -> None:

@@ -98,6 +98,8 @@ class FlaskStack(ServingStack):
     )
     # The app dispatches on Content-Type (services/flask_torch/app.py), whatever the model.
     codecs = (JSON, BINARY)
+    # loadtests.own_code calls the app factory's WSGI app in process.
+    in_process = "wsgi"
 
     def model_file(self, paths: ArtifactPaths) -> Path:
         raise NotImplementedError
@@ -105,7 +107,7 @@ class FlaskStack(ServingStack):
     def app_env(self, paths: ArtifactPaths, cores: Sequence[int] | None = None,
                 env: Mapping[str, str] | None = None) -> dict[str, str]:  # fmt: skip
         """What the app factory reads (the model's spec and file, the worker and thread
-        split for `cores`), `env` over it: the servers' and loadtests.own_code's."""
+        split for `cores`), `env` over it: gunicorn's and loadtests.own_code's."""
         model = self.model_file(paths)
         if not model.exists():
             raise FileNotFoundError(f"{model} missing: run `make artifacts`")

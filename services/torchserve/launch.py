@@ -230,6 +230,13 @@ def local_vmargs(vmargs: str, builtin_logging: bool = False) -> str:
     return vmargs.replace(IMAGE_LOG_CONFIG, LOG_CONFIG.resolve().as_uri())
 
 
+def decode_input_request() -> str:
+    """decode_input_request as a local run's derived config gives it (DECODE_INPUT_ENV, else
+    the committed config's): what the frontend tells its workers to do with JSON bodies."""
+    return (os.environ.get(DECODE_INPUT_ENV)
+            or read_properties(CONFIG_TEMPLATE.read_text())["decode_input_request"])  # fmt: skip
+
+
 def local_overrides(
     paths: ArtifactPaths, ports: Mapping[str, int], plan: CoreSplit, noop: bool = False
 ) -> dict[str, str]:
@@ -315,9 +322,23 @@ class TorchServeStack(ServingStack):
     # decoding JSON bodies itself (decode_input_request's default).
     default_preset = {"DIGITNET_BATCHING": "off", DECODE_INPUT_ENV: "true",
                       LOGGING_ENV: BUILTIN_LOGGING}
+    # loadtests.own_code loads the .mar into TorchServe's own Python worker code.
+    in_process = "torchserve"
     compose_service = "torchserve"
     image = ("digitnet-torchserve", "services/torchserve/Dockerfile")
     k8s_deployment = "torchserve"
+
+    def app_env(self, paths: ArtifactPaths, cores: Sequence[int] | None = None,
+                env: Mapping[str, str] | None = None) -> dict[str, str]:  # fmt: skip
+        plan = plan_for(cores)
+        return {
+            THREADS_ENV: str(plan.threads),
+            "OMP_NUM_THREADS": str(plan.threads),
+            # The handler reads the model's size from these (ModelSpec.from_env): without
+            # them a heavier variant's workers warm up with the default's shape and die.
+            **paths.spec.env(),
+            **(env or {}),
+        }
 
     @staticmethod
     def _torchserve_bin() -> Path:
@@ -389,12 +410,7 @@ class TorchServeStack(ServingStack):
             # clash with any other TorchServe on the machine; each run gets its own.
             "TMPDIR": str(tmp_dir),
             "TEMP": str(tmp_dir),
-            THREADS_ENV: str(plan.threads),
-            "OMP_NUM_THREADS": str(plan.threads),
-            # The handler reads the model's size from these (ModelSpec.from_env): without
-            # them a heavier variant's workers warm up with the default's shape and die.
-            **paths.spec.env(),
-            **(env or {}),
+            **self.app_env(paths, cores, env),
         }
         server = start_process(
             self.name, argv, run_dir / LOG_FILE, cwd=run_dir, env=server_env, cores=cores

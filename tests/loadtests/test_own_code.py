@@ -1,21 +1,15 @@
-"""Our own code in process (loadtests.own_code): its arithmetic and report section, the
-replies it checks before it times anything, and the probe on a real flask_torch app in a
-pinned child process (structure only, never a timing)."""
+"""Our own code in process (loadtests.own_code): its arithmetic and report section, and the
+probe of a real flask_torch app and a real TorchServe handler in a pinned child process
+(structure only, never a timing)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 
-from digitnet.clients import FLASK_PREDICT_PATH
-from digitnet.noop import NOOP_PATH
-from harness.payload import PayloadSet
 from loadtests import own_code
 from loadtests.own_code import BACK_TO_BACK, IDLE_GAP, MODEL, OUR_PIECES
-from services.flask_torch.app import create_app
-from services.flask_torch.settings import Settings
 from services.process import usable_cores
 from services.registry import load_stack, stack_names
 
@@ -59,63 +53,22 @@ def test_the_section_holds_each_stack_its_served_share_and_the_goal() -> None:
     assert "(0.18 ms, the shortest sleep gives here)" in text
 
 
+def test_a_stack_without_a_gate_lists_the_pieces_it_has() -> None:
+    alone = {"decode": 20.0, "convert": 8.0, "encode": 5.0, MODEL: 70.0}
+    got = record("torchserve", alone_us=alone)
+    assert own_code.ours_alone_us(got) == pytest.approx(33.0)
+    row = next(line for line in own_code.markdown([got]) if line.startswith("| torchserve |"))
+    assert "| 33 (decode 20.0, convert 8.0, encode 5.0) | 70 |" in row
+
+
 def test_without_records_there_is_no_section() -> None:
     assert own_code.markdown([], [{"stack": "flask_torch", "our_code_ms": 0.3}]) == []
 
 
-def test_only_stacks_with_an_app_factory_and_a_twin_are_called_in_process() -> None:
+def test_only_stacks_with_a_probe_and_a_twin_are_called_in_process() -> None:
     stacks = [load_stack(name) for name in stack_names()]
-    assert {s.name for s in own_code.in_process_stacks(stacks)} == {"flask_tf", "flask_torch"}
-
-
-class WrongModel:
-    """A ServedModel that is ready and answers zeros: a wrong answer, not an error."""
-
-    ready = True
-    load_error = None
-    device = "cpu"
-
-    def load(self) -> None:
-        pass
-
-    def wait_ready(self, timeout_s: float) -> bool:
-        return True
-
-    def predict_timed(self, images: np.ndarray) -> tuple[np.ndarray, float]:
-        return np.zeros((len(images), 10), dtype=np.float32), 0.0
-
-
-class UnloadedModel(WrongModel):
-    """Never ready: the predict route answers 503."""
-
-    ready = False
-
-    def wait_ready(self, timeout_s: float) -> bool:
-        return False
-
-
-@pytest.fixture
-def served(artifacts, spec, limits) -> tuple[Settings, tuple[str, str], object]:
-    settings = Settings(model_path=artifacts.torchscript, spec=spec, limits=limits,
-                        torch_threads=1, device="cpu", warmup_iterations=1, noop_route=True,
-                        load_wait_s=0.0)  # fmt: skip
-    paths = (FLASK_PREDICT_PATH.format(name=spec.name), NOOP_PATH.format(name=spec.name))
-    batch = PayloadSet(spec, 1, artifacts.reference_predictions, limit=1).batches[0]
-    return settings, paths, batch
-
-
-def test_a_wrong_answer_is_refused_before_anything_is_timed(served) -> None:
-    settings, paths, batch = served
-    app = create_app(settings, model=WrongModel())
-    with pytest.raises(RuntimeError, match="answered wrongly in process"):
-        own_code.check_replies(app, paths, batch, settings.spec.num_classes)
-
-
-def test_an_error_reply_is_refused_before_anything_is_timed(served) -> None:
-    settings, paths, batch = served
-    app = create_app(settings, model=UnloadedModel())
-    with pytest.raises(RuntimeError, match="answered 503"):
-        own_code.check_replies(app, paths, batch, settings.spec.num_classes)
+    assert {s.name for s in own_code.in_process_stacks(stacks)} == {"flask_tf", "flask_torch",
+                                                                      "torchserve"}
 
 
 def test_a_stack_without_its_model_file_is_skipped_with_the_reason(artifacts, tmp_path) -> None:
@@ -125,11 +78,16 @@ def test_a_stack_without_its_model_file_is_skipped_with_the_reason(artifacts, tm
 
 
 @pytest.mark.integration
-def test_the_probe_measures_a_real_flask_torch_app_in_a_pinned_child(artifacts) -> None:
-    got = own_code.measure(load_stack("flask_torch"), artifacts, usable_cores()[:1], "here",
+@pytest.mark.parametrize(("stack", "pieces"), [
+    ("flask_torch", {*OUR_PIECES, MODEL}),
+    # No admission gate in our handler: TorchServe's frontend queues.
+    ("torchserve", {"decode", "convert", "encode", MODEL}),
+])  # fmt: skip
+def test_the_probe_measures_real_own_code_in_a_pinned_child(artifacts, stack, pieces) -> None:
+    got = own_code.measure(load_stack(stack), artifacts, usable_cores()[:1], "here",
                            iterations=40)  # fmt: skip
     assert got["skipped"] is None, got["skipped"]
-    assert set(got["alone_us"]) == {*OUR_PIECES, MODEL}
+    assert set(got["alone_us"]) == pieces
     assert all(us > 0 for us in got["alone_us"].values())
     assert got["idle_gap_asked_ms"] == pytest.approx(own_code.IDLE_GAP_S * 1000.0)
     for mode in (BACK_TO_BACK, IDLE_GAP):
@@ -139,4 +97,4 @@ def test_the_probe_measures_a_real_flask_torch_app_in_a_pinned_child(artifacts) 
         assert (flow["gap_us"] == 0) == (mode == BACK_TO_BACK)
         assert mode == BACK_TO_BACK or flow["gap_us"] >= own_code.IDLE_GAP_S * 1e6
         # The stages come from the predict replies' own Server-Timing header.
-        assert {"decode", "queue", "convert", "model", "encode", "app"} <= set(flow["stages_us"])
+        assert {"decode", "convert", "model", "encode", "app"} <= set(flow["stages_us"])

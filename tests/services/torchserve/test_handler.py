@@ -36,7 +36,7 @@ from services.torchserve.handler import (
     select_codec,
     torch_threads,
 )
-from tests.services.torchserve.conftest import FrontendRequest
+from services.torchserve.worker_frames import FrontendRequest
 
 ATOL = 1e-5
 # config.properties sets decode_input_request=false; TorchServe's default is true.

@@ -15,8 +15,11 @@ from services.cores import CoreSplit
 from services.process import ServerProcess
 from services.torchserve.launch import (
     CONFIG_TEMPLATE,
+    DECODE_INPUT_ENV,
     STACK,
+    THREADS_ENV,
     WORKERS_ENV,
+    decode_input_request,
     derive_config,
     local_overrides,
     model_store,
@@ -167,3 +170,18 @@ def test_the_twin_path_is_read_back_from_the_config_the_server_runs(
     server = ServerProcess("torchserve", pid=0, log_path=tmp_path / "torchserve.log")
     assert STACK.noop_path(server) == path
     assert STACK._model_name(server) == "digitnet"
+
+
+def test_decode_input_request_is_the_configs_unless_the_environment_says(monkeypatch) -> None:
+    monkeypatch.delenv(DECODE_INPUT_ENV, raising=False)
+    assert decode_input_request() == read_properties(CONFIG_TEMPLATE.read_text())[
+        "decode_input_request"] == "false"  # fmt: skip
+    monkeypatch.setenv(DECODE_INPUT_ENV, "true")
+    assert decode_input_request() == "true"
+
+
+def test_the_handlers_environment_follows_the_cores_and_the_spec(artifacts) -> None:
+    env = STACK.app_env(artifacts, [0], {"EXTRA": "1"})
+    assert env[THREADS_ENV] == env["OMP_NUM_THREADS"] == "1"
+    assert env["EXTRA"] == "1"
+    assert all(env[name] == value for name, value in artifacts.spec.env().items())

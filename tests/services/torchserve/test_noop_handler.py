@@ -20,7 +20,7 @@ from digitnet.data import DigitsSplit
 from digitnet.noop import noop_reply
 from digitnet.spec import ModelSpec
 from services.torchserve.launch import noop_mar_path
-from tests.services.torchserve.conftest import FrontendRequest
+from services.torchserve.worker_frames import FrontendRequest
 
 
 def test_every_request_of_a_batch_gets_the_fixed_reply_without_being_decoded(
