@@ -26,6 +26,7 @@ the flow: the same code, run once between a web stack's code and a forward pass 
 of thousands of times in a row.
 
     python -m loadtests.own_code --stacks flask_torch,torchserve --cores 0
+    python -m loadtests.own_code --into-run results/<run-id>     # then make report RUN=...
 """
 
 from __future__ import annotations
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument("--idle-gap-ms", type=float, default=IDLE_GAP_S * 1000.0)
     parser.add_argument("--cores", default="", help="comma-separated CPU ids to pin to")
+    parser.add_argument("--into-run", type=Path, default=None,
+                        help="replace RUN's own_code.jsonl (its floors give the served column)")
     args = parser.parse_args(argv)
     cores = [int(c) for c in args.cores.split(",") if c]
     if args.probe:
@@ -262,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     from digitnet.artifacts import DEFAULT_ARTIFACTS
     from harness.artifacts import ensure_artifacts
     from loadtests.environment import provenance
+    from loadtests.framework_floor import FLOOR_FILE
     from loadtests.runner import split_cores
     from services.process import usable_cores
     from services.registry import load_stack, parse_stacks, stack_names
@@ -271,7 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     server_cores = cores or split_cores(usable_cores())[0]
     records = measure_all([load_stack(n) for n in names], paths, server_cores,
                           f"`python -m loadtests.own_code`: {provenance()}")  # fmt: skip
-    print("\n".join(markdown(records)))
+    floors: list[dict] = []
+    if args.into_run:
+        (args.into_run / OWN_CODE_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+        floor_file = args.into_run / FLOOR_FILE
+        if floor_file.exists():
+            floors = [json.loads(line) for line in floor_file.read_text().splitlines() if line]
+    print("\n".join(markdown(records, floors)))
     return 0
 
 
