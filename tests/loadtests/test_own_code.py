@@ -5,6 +5,7 @@ probe of a real flask_torch app and a real TorchServe handler in a pinned child 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -98,3 +99,19 @@ def test_the_probe_measures_real_own_code_in_a_pinned_child(artifacts, stack, pi
         assert mode == BACK_TO_BACK or flow["gap_us"] >= own_code.IDLE_GAP_S * 1e6
         # The stages come from the predict replies' own Server-Timing header.
         assert {"decode", "convert", "model", "encode", "app"} <= set(flow["stages_us"])
+
+
+@pytest.mark.integration
+def test_into_a_run_it_replaces_the_runs_file_and_reads_its_floors(artifacts, tmp_path,
+                                                                    capsys) -> None:
+    (tmp_path / "framework_floor.jsonl").write_text(
+        '{"stack": "flask_torch", "our_code_ms": 0.4321}\n')
+    (tmp_path / own_code.OWN_CODE_FILE).write_text('{"stack": "stale"}\n')
+    assert own_code.main(["--stacks", "flask_torch", "--artifacts", str(artifacts.root),
+                          "--iterations", "20", "--into-run", str(tmp_path)]) == 0
+    (got,) = [json.loads(line) for line in
+              (tmp_path / own_code.OWN_CODE_FILE).read_text().splitlines()]  # fmt: skip
+    assert got["stack"] == "flask_torch" and got["skipped"] is None, got["skipped"]
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("| flask_torch |"))  # fmt: skip
+    assert row.endswith("| 432 |")
