@@ -127,7 +127,9 @@ def measure(stack: ServingStack, paths: ArtifactPaths, cores: Sequence[int],
     done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True,
                           cwd=REPO_ROOT, check=False)  # fmt: skip
     if done.returncode != 0:
-        return {**base, "skipped": f"probe failed: {done.stderr.strip()[-400:]}"}
+        # The exception's own line, the last of the traceback: a report line, not a dump.
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        return {**base, "skipped": f"probe failed: {lines[-1][:300]}"}
     return {**base, "skipped": None, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
@@ -197,6 +199,7 @@ def markdown(records: Sequence[Mapping[str, Any]], floors: Sequence[Mapping[str,
     gap = next((r["flow"][IDLE_GAP]["gap_us"] / 1000.0 for r in records if not r.get("skipped")),
                IDLE_GAP_S * 1e3)  # fmt: skip
     lines = [
+        "",
         "## Our own code in process: alone, in the app's flow, served",
         "",
         "Why our code's served share is several times what its pieces cost: each stack's "

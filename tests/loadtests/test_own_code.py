@@ -72,6 +72,15 @@ def test_only_stacks_with_a_probe_and_a_twin_are_called_in_process() -> None:
                                                                       "torchserve"}
 
 
+def test_a_probe_that_fails_is_skipped_with_its_exceptions_line(artifacts, monkeypatch) -> None:
+    # A stack the child cannot find: its KeyError's line, not the whole traceback.
+    stack = load_stack("flask_torch")
+    monkeypatch.setattr(stack, "name", "no_such_stack")
+    got = own_code.measure(stack, artifacts, usable_cores()[:1])
+    assert got["skipped"].startswith("probe failed: KeyError:"), got["skipped"]
+    assert "no_such_stack" in got["skipped"] and "\n" not in got["skipped"]
+
+
 def test_a_stack_without_its_model_file_is_skipped_with_the_reason(artifacts, tmp_path) -> None:
     empty = dataclasses.replace(artifacts, root=tmp_path)
     got = own_code.measure(load_stack("flask_torch"), empty, usable_cores()[:1])
