@@ -172,6 +172,11 @@ def _us(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
+def _us1(value: float | None) -> str:
+    # One decimal where a figure is held against the goal: "60, not met" would puzzle.
+    return "–" if value is None else f"{value:.1f}"
+
+
 def _verdict(us: float | None) -> str:
     if us is None:
         return "not measured"
@@ -237,7 +242,7 @@ def markdown(records: Sequence[Mapping[str, Any]], floors: Sequence[Mapping[str,
         notes.append(f"- {r['stack']}, each stage alone → back to back → after the idle gap "
                      f"(µs): {_stage_growth(r)}.")  # fmt: skip
         notes.append(f"- {r['stack']}, our own share against the ≤ {GOAL_US:g} µs goal: "
-                     + "; ".join(f"{where} {_us(us)} µs, {_verdict(us)}" for where, us in (
+                     + "; ".join(f"{where} {_us1(us)} µs, {_verdict(us)}" for where, us in (
                          ("alone", ours_alone_us(r)),
                          ("back to back", ours_in_flow_us(r, BACK_TO_BACK)),
                          ("after an idle gap", ours_in_flow_us(r, IDLE_GAP)),

@@ -46,8 +46,8 @@ def test_the_section_holds_each_stack_its_served_share_and_the_goal() -> None:
     assert "| 23 (decode 13.0, gate 4.0, convert 3.0, encode 3.0) | 50 |" in row
     assert "280 / 50 / **180**" in row and "330 / 100 / **180**" in row
     assert row.endswith("| 385 |")
-    assert "alone 23 µs, met; back to back 180 µs, not met" in text
-    assert "served 385 µs, not met" in text
+    assert "alone 23.0 µs, met; back to back 180.0 µs, not met" in text
+    assert "served 385.0 µs, not met" in text
     assert "decode 13 → 31 → 31" in text and "queue 4 → 10 → 10" in text
     assert "flask_tf: **not measured**: probe failed: no TF" in text
     assert "Measured by made here" in text
