@@ -55,6 +55,9 @@ OWN_CODE_FILE = "own_code.jsonl"
 # asked is short and the one measured is recorded: what matters is that the core idles.
 IDLE_GAP_S = 0.0001
 ITERATIONS = 2000
+# A probe loads a model (TF's in seconds) and times 4 x ITERATIONS requests and the pieces:
+# about 20 s here. Past this it is stuck, and a bench must go on without it.
+PROBE_TIMEOUT_S = 600.0
 FLOW_BLOCKS = 4
 # The pieces of our code, in the order a request runs them (the gate is the Flask app's
 # alone); the model is apart.
@@ -124,8 +127,11 @@ def measure(stack: ServingStack, paths: ArtifactPaths, cores: Sequence[int],
     argv = [sys.executable, "-m", "loadtests.own_code", "--probe", stack.name,
             "--artifacts", str(paths.root), "--iterations", str(iterations),
             "--idle-gap-ms", str(gap_s * 1000.0), "--cores", ",".join(map(str, cores))]
-    done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True,
-                          cwd=REPO_ROOT, check=False)  # fmt: skip
+    try:
+        done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True,
+                              cwd=REPO_ROOT, check=False, timeout=PROBE_TIMEOUT_S)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {**base, "skipped": f"probe did not finish within {PROBE_TIMEOUT_S:g} s"}
     if done.returncode != 0:
         # The exception's own line, the last of the traceback: a report line, not a dump.
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]

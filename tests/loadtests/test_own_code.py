@@ -81,6 +81,12 @@ def test_a_probe_that_fails_is_skipped_with_its_exceptions_line(artifacts, monke
     assert "no_such_stack" in got["skipped"] and "\n" not in got["skipped"]
 
 
+def test_a_probe_that_does_not_finish_in_time_is_skipped(artifacts, monkeypatch) -> None:
+    monkeypatch.setattr(own_code, "PROBE_TIMEOUT_S", 0.05)
+    got = own_code.measure(load_stack("flask_torch"), artifacts, usable_cores()[:1])
+    assert got["skipped"] == "probe did not finish within 0.05 s"
+
+
 def test_a_stack_without_its_model_file_is_skipped_with_the_reason(artifacts, tmp_path) -> None:
     empty = dataclasses.replace(artifacts, root=tmp_path)
     got = own_code.measure(load_stack("flask_torch"), empty, usable_cores()[:1])
