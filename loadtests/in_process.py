@@ -209,12 +209,14 @@ def torchserve_probe(stack: Any, paths: ArtifactPaths) -> Probe:
                                       work / "twin", batch_size=1)  # fmt: skip
     batch = _answer_key(paths)
     request = FrontendRequest(batch.body)
+    answers = {}
     for name, served in ((spec.name, service), (noop_model_name(spec), twin)):
         code, replies = run_batch(served, [request])
         if code != 200 or replies[0].status != 200:
             raise RuntimeError(f"{name} answered {code}/{replies[0].status} in process: "
                                f"{replies[0].body[:200]!r}")  # fmt: skip
-    _check_answer(batch, run_batch(service, [request])[1][0].body, spec.num_classes, spec.name)
+        answers[name] = replies[0].body
+    _check_answer(batch, answers[spec.name], spec.num_classes, spec.name)
     frame = encode_inference_frame([request])
 
     def route(served: Any) -> Route:

@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.artifacts import ensure_artifacts
     from loadtests.environment import provenance
     from loadtests.framework_floor import FLOOR_FILE
+    from loadtests.report import read_jsonl
     from loadtests.runner import split_cores
     from services.process import usable_cores
     from services.registry import load_stack, parse_stacks, stack_names
@@ -292,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     floors: list[dict] = []
     if args.into_run:
         (args.into_run / OWN_CODE_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
-        floor_file = args.into_run / FLOOR_FILE
-        if floor_file.exists():
-            floors = [json.loads(line) for line in floor_file.read_text().splitlines() if line]
+        floors = read_jsonl(args.into_run / FLOOR_FILE)
     print("\n".join(markdown(records, floors)))
     return 0
 
