@@ -43,15 +43,17 @@ the method is MEASURED:
 Where the server times neither its HTTP stages nor anything but its handler, yet counts
 its own job queue and request time (FROM_COUNTERS: TorchServe, whose frontend is Java; our
 handler names its span and stages like the Flask app), the counters are read around each
-of COUNTER_PROBES sequential requests, so each difference is one request's own figure:
+of COUNTER_BURSTS bursts of COUNTER_BURST back-to-back requests on one keep-alive
+connection, as wrk sends them at one connection (see COUNTER_BURST for why not around
+single requests): each difference a mean over its burst, the median over the bursts:
 
     client and network  = the null server's p50 (an upper bound, as below)
     HTTP front          = the twin's p50 - the null server's - the twin's time in its job
                           (Netty's HTTP work outside the job: parse, job creation, write)
-    job queue           = the predict path's job queue (median)
-    worker protocol     = its job time - queue - the handler's span, request by request
-                          (the frontend's worker thread, the socket to the Python worker,
-                          the worker's message codec)
+    job queue           = the predict path's job queue
+    worker protocol     = its job time - queue - the handler's span (the replies' own),
+                          burst by burst (the frontend's worker thread, the socket to the
+                          Python worker, the worker's message codec)
     app outside stages, the handler's stages, unattributed   as above
 
 The null server (nginx answering the same reply from C) is measured beside it: its p50
@@ -82,6 +84,7 @@ runs it right after the levels of each device (loadtests/sweep.py), the report r
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import statistics
 import sys
@@ -149,17 +152,24 @@ FROM_COUNTERS_MEAN = "from the server's counters, the queue a mean"
 METHOD_NOTES = {MEASURED: "the HTTP server's own stages",
                 FROM_TWIN: "the HTTP server from the twin",
                 FROM_ONE_CONNECTION: "the HTTP server's work at one connection",
-                FROM_COUNTERS: "the server's own counters, read around each of "
-                               "sequential requests",
+                FROM_COUNTERS: "the server's own counters, read around bursts of "
+                               "back-to-back requests",
                 FROM_COUNTERS_MEAN: "the HTTP front and worker protocol as at one "
                                     "connection, the job queue the counters' mean over "
                                     "the run"}  # fmt: skip
-# Sequential requests whose server counters are read before and after each: one request's
-# difference of a cumulative counter is that request's own figure, so these give medians
-# where a load point's difference gives only a mean (means exceed the p50: measured,
-# TorchServe's total 1.2-1.3 ms a request against wrk's p50 of 0.97). The counters are
-# updated just after the reply is sent, so the second read is retried until they move.
-COUNTER_PROBES = 200
+# Bursts of back-to-back requests whose server counters are read before and after each:
+# a burst's difference of a cumulative counter is the mean of its requests, and the median
+# over bursts drops the bursts a stray slow request spoiled (a whole load point's
+# difference is a mean with every such request in it: TorchServe's total 1.2-1.3 ms a
+# request against wrk's p50 of 0.97). Not single requests with a scrape between each:
+# those run after the server idled for the scrape, a colder context than wrk's (measured,
+# TorchServe under the latency preset, one run: job total 2.0 ms a request read around
+# single requests, 1.12 around bursts of 10, 0.90 around bursts of 50, wrk's p50 1.08 ms;
+# the in-process phase, loadtests/own_code.py, shows what an idle gap costs). The
+# counters are updated just after each reply is sent, so the second read is retried
+# until they have moved by the whole burst.
+COUNTER_BURSTS = 24
+COUNTER_BURST = 25
 COUNTER_READS = 50
 COUNTER_READ_PAUSE_S = 0.001
 # The counters' stages of a served request, in the attribution's order: the frontend's
@@ -325,44 +335,72 @@ def attributed(predict_p50_ms: float, outside_app_ms: Mapping[str, float], app_m
 
 def counter_spans(url: str, body: bytes, headers: dict[str, str], metrics_url: str,
                   breakdown: Callable[[Mapping, Mapping], dict],
-                  probes: int = COUNTER_PROBES) -> dict | None:  # fmt: skip
-    """Medians (ms) over `probes` sequential requests of the server's own spans of each,
-    from its cumulative counters read before and after it (see COUNTER_PROBES): queue_ms
-    and total_ms (breakdown()'s server_queue_ms and server_total_ms of one request), and
-    worker_ms, the total less the queue and the reply's own APP_STAGE (the handler's
-    span), request by request. None where the counters give no queue and total per
-    request (a server that counts nothing, or none that moved)."""
+                  bursts: int = COUNTER_BURSTS,
+                  burst: int = COUNTER_BURST) -> dict | None:  # fmt: skip
+    """Medians (ms) over `bursts` bursts of `burst` back-to-back requests of the server's
+    own spans, from its cumulative counters read before and after each burst (see
+    COUNTER_BURST): queue_ms and total_ms (breakdown()'s server_queue_ms and
+    server_total_ms, the burst's means), and worker_ms, the total less the queue and the
+    mean of the replies' own APP_STAGE (the handler's span), burst by burst. None where
+    the counters give no queue and total per burst (a server that counts nothing, or none
+    that moved)."""
     queue: list[float] = []
     total: list[float] = []
     worker: list[float] = []
-    with requests.Session() as session:
-        for index in range(probes + SERVED_SKIP):
+    target = urlsplit(url)
+    connection = http.client.HTTPConnection(target.hostname, target.port,
+                                            timeout=PROBE_TIMEOUT_S)  # fmt: skip
+    try:
+        for index in range(bursts + 1):  # the first burst warms the connection up
             before = scrape(metrics_url)
-            reply = session.post(url, data=body, headers=headers, timeout=PROBE_TIMEOUT_S)
-            got = one_request(before, metrics_url, breakdown)
-            if got is None and not total and index >= SERVED_SKIP:
-                break  # its counters do not move per request: nothing to read
-            if index < SERVED_SKIP or reply.status_code != 200 or got is None:
+            apps = _burst(connection, target.path, body, headers, burst)
+            got = counted_since(before, metrics_url, breakdown, burst)
+            if got is None and not total and index > 0:
+                break  # its counters do not move with its requests: nothing to read
+            if index == 0 or got is None or apps is None:
                 continue
             queue.append(got["server_queue_ms"])
             total.append(got["server_total_ms"])
-            app = parse_server_timing(reply.headers.get(STAGE_HEADER)).get(APP_STAGE)
-            if app is not None:
-                worker.append(got["server_total_ms"] - got["server_queue_ms"] - app)
+            if apps:
+                worker.append(got["server_total_ms"] - got["server_queue_ms"]
+                              - statistics.fmean(apps))  # fmt: skip
+    finally:
+        connection.close()
     if not total:
         return None
     return {"queue_ms": statistics.median(queue), "total_ms": statistics.median(total),
             "worker_ms": statistics.median(worker) if worker else None,
-            "probes": len(total)}  # fmt: skip
+            "bursts": len(total), "burst": burst}  # fmt: skip
 
 
-def one_request(before: Mapping[str, float], metrics_url: str,
-                breakdown: Callable[[Mapping, Mapping], dict]) -> dict | None:  # fmt: skip
-    """breakdown() of the one request sent since `before`, read until its counters moved
-    (they are updated just after the reply leaves); None if they never do."""
+def _burst(connection: http.client.HTTPConnection, path: str, body: bytes,
+           headers: dict[str, str], count: int) -> list[float] | None:  # fmt: skip
+    """`count` POSTs back to back, each reply read whole before the next is sent: their
+    APP_STAGE figures (ms; empty where the server names none), None if one was not a 200
+    (the burst's counters then hold a request unlike the others; all are sent, so the
+    counters still move by `count`)."""
+    apps: list[float] = []
+    failed = False
+    for _ in range(count):
+        connection.request("POST", path, body=body, headers=headers)
+        reply = connection.getresponse()
+        reply.read()
+        failed = failed or reply.status != 200
+        app = parse_server_timing(reply.getheader(STAGE_HEADER)).get(APP_STAGE)
+        if app is not None:
+            apps.append(app)
+    return None if failed or len(apps) not in (0, count) else apps
+
+
+def counted_since(before: Mapping[str, float], metrics_url: str,
+                  breakdown: Callable[[Mapping, Mapping], dict],
+                  requests_sent: int) -> dict | None:  # fmt: skip
+    """breakdown() of the `requests_sent` requests sent since `before`, read until its
+    counters moved by all of them (they are updated just after each reply leaves); None
+    if they never do."""
     for _ in range(COUNTER_READS):
         got = breakdown(before, scrape(metrics_url))
-        if (got.get("server_requests") == 1 and got.get("server_total_ms", 0) > 0
+        if (got.get("server_requests") == requests_sent and got.get("server_total_ms", 0) > 0
                 and "server_queue_ms" in got):
             return got
         time.sleep(COUNTER_READ_PAUSE_S)
@@ -642,7 +680,7 @@ def _attributed(whole: dict) -> str:
     negative = [name for name, ms in whole["stages_ms"].items() if ms < 0]
     if negative:
         # A share that is a difference of figures read apart (wrk's p50s, the counters'
-        # sequential requests, which run slower than wrk's back-to-back ones) is negative
+        # burst means, which a slow request in a burst raises) is negative
         # where they disagree by more than it is: its size bounds their disagreement.
         notes.append(f"{', '.join(negative)} below 0: the figures it is the difference of, "
                      "read apart, disagree by at least that much")  # fmt: skip
@@ -703,11 +741,13 @@ def markdown(records: Sequence[dict]) -> list[str]:
         "server's p50 (nginx answering the same reply) bounds it from above; what is left "
         "is shown as unattributed. Where the server counts its own job queue and request "
         "time instead (TorchServe's frontend counters), they are read around each of "
-        f"{COUNTER_PROBES} sequential requests, so each difference is one request's own "
-        "figure: the HTTP front is the twin's p50 less the null server's and the twin's "
-        "time in its job, the job queue the predict path's median, the worker protocol "
-        "its job time less queue and the handler's span (the socket to the Python worker "
-        "and back), the client's share the null server's p50. A stack that batches across requests "
+        f"{COUNTER_BURSTS} bursts of {COUNTER_BURST} back-to-back requests on one "
+        "connection, as wrk sends them (each burst's difference a mean of its requests, "
+        "the median over the bursts): the HTTP front is the twin's p50 less the null "
+        "server's and the twin's time in its job, the job queue the predict path's, the "
+        "worker protocol its job time less queue and the handler's span (the socket to the "
+        "Python worker and back), the client's share the null server's p50. A stack that "
+        "batches across requests "
         "waits for a batch on its twin too, so it is started again under the "
         f"`{LATENCY_PRESET}` batching preset (batching off, twin included) and measured "
         "the same way: its own row, and a line holding its p50 against that floor "

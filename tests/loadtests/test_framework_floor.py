@@ -3,8 +3,13 @@ against a real flask_torch server with its no-op twin (structure only, never a t
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
+from digitnet.codec import APP_STAGE, STAGE_HEADER, server_timing
 from harness.lifecycle import running_stack
 from loadtests import framework_floor
 from loadtests.framework_floor import (
@@ -19,6 +24,7 @@ from loadtests.null_server import nginx_available
 from loadtests.wrk import wrk_available
 from services.process import usable_cores
 from services.registry import load_stack
+from services.torchserve import metrics
 
 BASELINES = [{"path": "TorchScript", "batch_size": 1, "p50_us": 30.0},
              {"path": "TorchScript", "batch_size": 8, "p50_us": 90.0}]  # fmt: skip
@@ -119,8 +125,9 @@ def test_without_http_stages_the_http_servers_share_comes_from_the_twin() -> Non
 def test_with_the_servers_counters_its_share_splits_into_front_queue_and_worker() -> None:
     # TorchServe: the handler times its span and stages, the frontend counts its job.
     stages = {"decode": 0.05, "convert": 0.01, "model": 0.15, "encode": 0.02}
-    predict_counted = {"queue_ms": 0.02, "total_ms": 0.70, "worker_ms": 0.33, "probes": 200}
-    noop_counted = {"queue_ms": 0.01, "total_ms": 0.35, "worker_ms": 0.30, "probes": 200}
+    burst = {"bursts": 24, "burst": 25}
+    predict_counted = {"queue_ms": 0.02, "total_ms": 0.70, "worker_ms": 0.33, **burst}
+    noop_counted = {"queue_ms": 0.01, "total_ms": 0.35, "worker_ms": 0.30, **burst}
     whole = attribution(0.97, 0.53, 0.08, {**stages, "app": 0.30}, {"app": 0.02},
                         (predict_counted, noop_counted))  # fmt: skip
     assert whole["method"] == framework_floor.FROM_COUNTERS
@@ -140,7 +147,7 @@ def test_with_the_servers_counters_its_share_splits_into_front_queue_and_worker(
     assert half["method"] == framework_floor.FROM_TWIN
     md = framework_floor._attributed(whole)
     assert "HTTP front 0.100, job queue 0.020, worker protocol 0.330" in md
-    assert "the server's own counters, read around each of sequential requests" in md
+    assert "the server's own counters, read around bursts of back-to-back requests" in md
     assert "below 0" not in md
     # A twin whose job time exceeds its p50 less the client's: the front comes out below 0,
     # and the line says what that means.
@@ -327,7 +334,7 @@ def test_a_batching_stack_is_measured_again_under_the_latency_preset(artifacts,
         assert record[side]["runs"] == 1 and record[side]["errors"] == 0
     assert record["framework_floor_ms"] == record["noop"]["p50_ms"] > 0
     # The handler names its span and stages, the frontend counts each request's job: the
-    # p50 is attributed from both, read around each of sequential requests (the client's
+    # p50 is attributed from both, read around bursts of back-to-back requests (the client's
     # share is the null server's, so only with nginx).
     assert set(record["timings_under_wrk"]["noop"]) == {"app"}
     assert set(record["timings_under_wrk"]["predict"]) == {"decode", "convert", "model",
@@ -337,7 +344,7 @@ def test_a_batching_stack_is_measured_again_under_the_latency_preset(artifacts,
         assert whole["method"] == framework_floor.FROM_COUNTERS
         for side in ("predict", "noop"):
             counted = whole["counted"][side]
-            assert counted["probes"] == framework_floor.COUNTER_PROBES
+            assert counted["bursts"] == framework_floor.COUNTER_BURSTS
             assert 0 <= counted["queue_ms"] <= counted["total_ms"]
             assert counted["worker_ms"] is not None
         # Near capacity the job queue is the counters' mean over the timed run.
@@ -351,3 +358,73 @@ def test_a_batching_stack_is_measured_again_under_the_latency_preset(artifacts,
     # The server ran under the preset: batching off in the registration it was given.
     config = (tmp_path / "torchserve-latency" / "config.properties").read_text()
     assert '"batchSize":1' in config.replace(" ", ""), config
+
+
+class CountingServer(BaseHTTPRequestHandler):
+    """A server that counts its jobs as TorchServe's frontend does: each predict request
+    adds JOB_US to the total and QUEUE_US to the queue counter and names an app span of
+    APP_MS; `failing` answers the next predict requests with 500 (counted all the same)."""
+
+    JOB_US, QUEUE_US, APP_MS = 900.0, 30.0, 0.4
+    protocol_version = "HTTP/1.1"
+    counts = {"requests": 0, "inference_us": 0.0, "queue_us": 0.0}
+    failing = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        counts = type(self).counts
+        counts["requests"] += 1
+        counts["inference_us"] += self.JOB_US
+        counts["queue_us"] += self.QUEUE_US
+        status = 200
+        if type(self).failing:
+            type(self).failing -= 1
+            status = 500
+        self._reply(status, b"{}", {STAGE_HEADER: server_timing({APP_STAGE: self.APP_MS / 1e3})})
+
+    def do_GET(self) -> None:  # noqa: N802
+        text = "".join(f"# TYPE {name} counter\n{name} {type(self).counts[key]}\n"
+                       for key, name in metrics.COUNTERS.items())  # fmt: skip
+        self._reply(200, text.encode(), {})
+
+    def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def counting() -> Iterator[tuple[str, type[CountingServer]]]:
+    handler = type("Handler", (CountingServer,), {"counts": {"requests": 0, "inference_us": 0.0,
+                                                             "queue_us": 0.0}})  # fmt: skip
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_counters_are_read_around_bursts_of_back_to_back_requests(counting) -> None:
+    url, handler = counting
+    got = framework_floor.counter_spans(f"{url}/predictions/m", b"{}", {}, f"{url}/metrics",
+                                        metrics.breakdown, bursts=3, burst=4)  # fmt: skip
+    assert got is not None
+    # A warm-up burst, then 3 read: each burst's difference is the mean of its 4 requests.
+    assert handler.counts["requests"] == 4 * 4
+    assert (got["bursts"], got["burst"]) == (3, 4)
+    assert got["total_ms"] == pytest.approx(0.9) and got["queue_ms"] == pytest.approx(0.03)
+    # The job less its queue and the replies' own app span.
+    assert got["worker_ms"] == pytest.approx(0.9 - 0.03 - 0.4)
+
+
+def test_a_burst_with_a_failed_request_is_left_out(counting) -> None:
+    url, handler = counting
+    handler.failing = 4 + 1  # the warm-up burst, then one request of the first read burst
+    got = framework_floor.counter_spans(f"{url}/predictions/m", b"{}", {}, f"{url}/metrics",
+                                        metrics.breakdown, bursts=3, burst=4)  # fmt: skip
+    assert got is not None and got["bursts"] == 2
