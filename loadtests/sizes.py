@@ -7,7 +7,8 @@ no code changes) and every available stack serves each size:
 1. Per variant: artifacts (trained, exported, each stack's own build) under
    `<root>/<variant>`, fewer epochs for the heavy ones (timing needs weights, not accuracy;
    the accuracy reached is recorded), and the in-process batch-1 p50 of TorchScript and the
-   SavedModel signature on the server cores (loadtests.baselines, one thread).
+   SavedModel signature on the server cores (`python -m loadtests.baselines` in a pinned
+   child, one thread: in_process_p50_ms).
 2. Per stack: started on the server cores; parity of its replies against torch eager on
    the whole test split (max |diff| must stay within PARITY_ATOL); then wrk on the
    generator cores at 1, 4 and 16 connections (`runs` x `duration_s` each).
@@ -25,6 +26,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -106,18 +110,25 @@ def build_variant(variant: Variant, root: Path) -> tuple[ArtifactPaths, dict]:
 
 
 def in_process_p50_ms(paths: ArtifactPaths, cores: Sequence[int]) -> dict[str, float]:
-    """Batch-1 p50 (ms) of each IN_PROCESS_PATHS entry, pinned like `make baselines`."""
-    from loadtests.baselines import tf_runners, time_calls, torch_runners
-
-    previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, set(cores))
-    try:
-        sample = np.zeros((1, paths.spec.side, paths.spec.side), dtype=np.float32)
-        runners = {**torch_runners(paths), **tf_runners(paths)}
-        return {name: time_calls(runners[name](sample), BASELINE_ITERATIONS)["p50_us"] / 1000.0
-                for name in IN_PROCESS_PATHS}  # fmt: skip
-    finally:
-        os.sched_setaffinity(0, previous)
+    """Batch-1 p50 (ms) of each IN_PROCESS_PATHS entry, measured as `make baselines` and
+    the bench measure them: `python -m loadtests.baselines` in a child pinned to `cores`
+    before either framework starts, one intra-op thread each. Not in this process: TF's
+    thread pools here were set up by earlier work (a variant's training, the previous
+    variant's figures) with TF's default thread counts, which no later pin or setting
+    changes, so the figure need not be one core's. Measured: the reference run of
+    2026-12-06 read the xlarge SavedModel at 3.5 ms this way against flask_tf's served
+    7.9 (a 55% "overhead" at every size); a pinned child reads 6.4-7.0 ms here."""
+    with tempfile.TemporaryDirectory(prefix="digitnet-sizes-") as tmp:
+        out = Path(tmp) / "baselines.json"
+        subprocess.run([sys.executable, "-m", "loadtests.baselines",
+                        "--artifacts", str(paths.root), "--batches", "1",
+                        "--iterations", str(BASELINE_ITERATIONS),
+                        "--cores", ",".join(map(str, cores)), "--out", str(out)],
+                       env={**os.environ, **paths.spec.env()}, check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        rows = json.loads(out.read_text())
+    p50s = {row["path"]: row["p50_us"] / 1000.0 for row in rows if row["batch_size"] == 1}
+    return {name: p50s[name] for name in IN_PROCESS_PATHS}
 
 
 def served_parity(client, paths: ArtifactPaths, reference: np.ndarray) -> float:

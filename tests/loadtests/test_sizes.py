@@ -61,6 +61,8 @@ def test_a_heavier_variant_is_served_at_its_own_size(name: str, tiny, tmp_path) 
         pytest.skip(why)
     paths, in_process, reference = tiny
     assert paths.spec.side == 16 and reference.shape[1] == paths.spec.num_classes
+    # Both floor paths timed at the variant's own size (a child given its spec).
+    assert set(in_process) == set(sizes.IN_PROCESS_PATHS) and min(in_process.values()) > 0
     cores = (usable_cores()[:1], usable_cores()[-1:])
     record = sizes.measure_stack(name, TINY, paths, in_process, reference, cores, 1, 1,
                                  tmp_path)  # fmt: skip
