@@ -789,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.paths import timestamped_dir
     from loadtests.environment import provenance
     from loadtests.profiles import PROFILES
+    from loadtests.report import write_jsonl
     from loadtests.runner import split_cores
     from services.process import usable_cores
     from services.registry import load_stack, parse_stacks, stack_names
@@ -830,13 +831,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"floors: {got['stack']} under the {got['preset']!r} batching preset done",
               flush=True)  # fmt: skip
     records = [{**r, "made": f"`make floors`: {made}"} for r in records]
-    (out / FLOOR_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_jsonl(out / FLOOR_FILE, records)
     print("\n".join(markdown(records)))
     print(f"floors: wrote {out / FLOOR_FILE}")
     # Then why our code's share is what it is: the same app in process (loadtests.own_code).
     own = own_code.measure_all([load_stack(name) for name in args.stacks], paths,
                                server_cores, f"`make floors`: {made}")  # fmt: skip
-    (out / own_code.OWN_CODE_FILE).write_text("".join(json.dumps(r) + "\n" for r in own))
+    write_jsonl(out / own_code.OWN_CODE_FILE, own)
     print("\n".join(own_code.markdown(own, records)))
     print(f"floors: wrote {out / own_code.OWN_CODE_FILE}")
     return 0

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.artifacts import ensure_artifacts
     from loadtests.environment import provenance
     from loadtests.framework_floor import FLOOR_FILE
-    from loadtests.report import read_jsonl
+    from loadtests.report import read_jsonl, write_jsonl
     from loadtests.runner import split_cores
     from services.process import usable_cores
     from services.registry import load_stack, parse_stacks, stack_names
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"`python -m loadtests.own_code`: {provenance()}")  # fmt: skip
     floors: list[dict] = []
     if args.into_run:
-        (args.into_run / OWN_CODE_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_jsonl(args.into_run / OWN_CODE_FILE, records)
         floors = read_jsonl(args.into_run / FLOOR_FILE)
     print("\n".join(markdown(records, floors)))
     return 0

@@ -97,6 +97,11 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def write_jsonl(path: Path, records: Sequence[dict]) -> None:
+    """`records` as read_jsonl reads them, one JSON line each, replacing the file."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
 def load_run(run_dir: Path) -> RunData:
     """Reads a run folder, recomputing each window's figures from its raw records."""
     env = json.loads((run_dir / "environment.json").read_text())
