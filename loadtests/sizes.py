@@ -112,12 +112,13 @@ def build_variant(variant: Variant, root: Path) -> tuple[ArtifactPaths, dict]:
 def in_process_p50_ms(paths: ArtifactPaths, cores: Sequence[int]) -> dict[str, float]:
     """Batch-1 p50 (ms) of each IN_PROCESS_PATHS entry, measured as `make baselines` and
     the bench measure them: `python -m loadtests.baselines` in a child pinned to `cores`
-    before either framework starts, one intra-op thread each. Not in this process: TF's
-    thread pools here were set up by earlier work (a variant's training, the previous
-    variant's figures) with TF's default thread counts, which no later pin or setting
-    changes, so the figure need not be one core's. Measured: the reference run of
-    2026-12-06 read the xlarge SavedModel at 3.5 ms this way against flask_tf's served
-    7.9 (a 55% "overhead" at every size); a pinned child reads 6.4-7.0 ms here."""
+    before either framework starts, one intra-op thread each. Not in this process: TF
+    here runs with its default thread counts (they cannot be set once TF has started,
+    and earlier work, a variant's training or the previous variant's figures, starts it)
+    and with whatever state that work left. Measured: the reference run of 2026-12-06
+    read the xlarge SavedModel at 3.5 ms in this process against flask_tf's served 7.9
+    (a 55% "overhead" at every size); a pinned child reads 6.3-7.2 ms here (and the same
+    in-process code, run again, 6.3: the state that made 3.5 was not reproduced)."""
     with tempfile.TemporaryDirectory(prefix="digitnet-sizes-") as tmp:
         out = Path(tmp) / "baselines.json"
         subprocess.run([sys.executable, "-m", "loadtests.baselines",

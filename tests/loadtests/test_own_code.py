@@ -38,11 +38,15 @@ def test_our_share_in_the_flow_is_predict_less_twin_less_the_model_alone() -> No
 
 def test_the_section_holds_each_stack_its_served_share_and_the_goal() -> None:
     floors = [{"stack": "flask_torch", "our_code_ms": 0.385},
-              {"stack": "flask_torch", "preset": "latency", "our_code_ms": 9.0}]  # fmt: skip
+              {"stack": "torchserve", "our_code_ms": 0.9},
+              {"stack": "torchserve", "preset": "latency", "our_code_ms": 0.46}]  # fmt: skip
     skipped = {"stack": "flask_tf", "device": "cpu", "skipped": "probe failed: no TF"}
-    text = "\n".join(own_code.markdown([record(), skipped], floors))
+    text = "\n".join(own_code.markdown([record(), record("torchserve"), skipped], floors))
     row = next(line for line in text.splitlines() if line.startswith("| flask_torch |"))
-    # Alone 23 us; back to back 180, after the gap 180; served from the plain floor row.
+    # A batching stack's served share from its row with batching off, as the probe runs.
+    served = next(line for line in text.splitlines() if line.startswith("| torchserve |"))
+    assert served.endswith("| 460 |")
+    # Alone 23 us; back to back 180, after the gap 180; served from its only floor row.
     assert "| 23 (decode 13.0, gate 4.0, convert 3.0, encode 3.0) | 50 |" in row
     assert "280 / 50 / **180**" in row and "330 / 100 / **180**" in row
     assert row.endswith("| 385 |")
