@@ -269,6 +269,8 @@ class BatchingPolicy:
 
 BATCHING_PRESET_ENV = "DIGITNET_BATCHING_PRESET"
 DEFAULT_BATCHING_PRESET = "default"
+# The preset that batches nothing: the lowest latency at low load.
+LATENCY_PRESET = "latency"
 # Named policies, one variable away (DIGITNET_BATCHING_PRESET, `make ... BATCHING=`), from
 # the batching sweep's Pareto front of p99 at one connection against capacity on a 2-core
 # box (loadtests/batching.py; TorchServe, two sweeps: results 20261205-093608 and ff-1).
@@ -279,7 +281,7 @@ DEFAULT_BATCHING_PRESET = "default"
 # (6318 and 5685 req/s) at 8 x 5 ms's p50.
 BATCHING_PRESETS: dict[str, BatchingPolicy] = {
     DEFAULT_BATCHING_PRESET: BatchingPolicy(),  # 8 x 2 ms
-    "latency": BatchingPolicy(enabled=False),
+    LATENCY_PRESET: BatchingPolicy(enabled=False),
     "throughput": BatchingPolicy(max_batch_size=16, max_delay_ms=5.0),
 }
 

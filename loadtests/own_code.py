@@ -44,6 +44,7 @@ from typing import Any
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.codec import APP_STAGE, STAGES, parse_server_timing
+from digitnet.spec import LATENCY_PRESET
 from loadtests.in_process import MODEL, PROBES, Route
 from services.stack import ServingStack
 
@@ -66,9 +67,6 @@ BACK_TO_BACK = "back to back"
 IDLE_GAP = "after an idle gap"
 # The goal the issue sets for our own share at batch 1 on the default model.
 GOAL_US = 60.0
-# The floor table's preset that batches nothing (framework_floor.LATENCY_PRESET; not
-# imported: framework_floor imports this module).
-LATENCY_PRESET = "latency"
 
 
 def flow(routes: tuple[Route, Route], iterations: int, gap_s: float) -> dict:
