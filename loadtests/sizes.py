@@ -117,7 +117,7 @@ def in_process_p50_ms(paths: ArtifactPaths, cores: Sequence[int]) -> dict[str, f
     and earlier work, a variant's training or the previous variant's figures, starts it)
     and with whatever state that work left. Measured: the reference run of 2026-12-06
     read the xlarge SavedModel at 3.5 ms in this process against flask_tf's served 7.9
-    (a 55% "overhead" at every size); a pinned child reads 6.3-7.2 ms here (and the same
+    (a 55% "overhead" at every size); a pinned child reads 6.4-7.3 ms here (and the same
     in-process code, run again, 6.3: the state that made 3.5 was not reproduced)."""
     with tempfile.TemporaryDirectory(prefix="digitnet-sizes-") as tmp:
         out = Path(tmp) / "baselines.json"
