@@ -45,7 +45,8 @@ its own job queue and request time (FROM_COUNTERS: TorchServe, whose frontend is
 handler names its span and stages like the Flask app), the counters are read around each
 of COUNTER_BURSTS bursts of COUNTER_BURST back-to-back requests on one keep-alive
 connection, as wrk sends them at one connection (see COUNTER_BURST for why not around
-single requests): each difference a mean over its burst, the median over the bursts:
+single requests): each difference a mean over its burst, the median over the clean
+bursts (no request in them slow, as the client timed them):
 
     client and network  = the null server's p50 (an upper bound, as below)
     HTTP front          = the twin's p50 - the null server's - the twin's time in its job
@@ -157,18 +158,21 @@ METHOD_NOTES = {MEASURED: "the HTTP server's own stages",
                                     "connection, the job queue the counters' mean over "
                                     "the run"}  # fmt: skip
 # Bursts of back-to-back requests whose server counters are read before and after each:
-# a burst's difference of a cumulative counter is the mean of its requests, and the median
-# over bursts drops the bursts a stray slow request spoiled (a whole load point's
-# difference is a mean with every such request in it: TorchServe's total 1.2-1.3 ms a
-# request against wrk's p50 of 0.97). Not single requests with a scrape between each:
-# those run after the server idled for the scrape, a colder context than wrk's (measured,
-# TorchServe under the latency preset, one run: job total 2.0 ms a request read around
-# single requests, 1.12 around bursts of 10, 0.90 around bursts of 50, wrk's p50 1.08 ms;
-# the in-process phase, loadtests/own_code.py, shows what an idle gap costs). The
-# counters are updated just after each reply is sent, so the second read is retried
-# until they have moved by the whole burst.
-COUNTER_BURSTS = 24
-COUNTER_BURST = 25
+# a burst's difference of a cumulative counter is the mean of its requests. Not single
+# requests with a scrape between each: those run after the server idled for the scrape,
+# a colder context than wrk's (measured, TorchServe under the latency preset, one run: job
+# total 2.0 ms a request read around single requests, 1.12 around bursts of 10, 0.90
+# around bursts of 50, wrk's p50 1.08 ms; the in-process phase, loadtests/own_code.py,
+# shows what an idle gap costs). A mean holds every slow request of its burst, and the
+# p50 none: so only the clean bursts count, those whose slowest request, as the client
+# timed it, took at most CLEAN_BURST_FACTOR x the median request (measured, the same
+# server, three rounds: worker protocol 1.47 / 0.49 / 0.44 ms over all bursts of 25, 0.57
+# / 0.47 / 0.48 over the clean bursts of 10, 14-16 of 48 clean); where none is clean,
+# every burst counts and the record says so. The counters are updated just after each
+# reply is sent, so the second read is retried until they have moved by the whole burst.
+COUNTER_BURSTS = 48
+COUNTER_BURST = 10
+CLEAN_BURST_FACTOR = 1.5
 COUNTER_READS = 50
 COUNTER_READ_PAUSE_S = 0.001
 # The counters' stages of a served request, in the attribution's order: the frontend's
@@ -336,59 +340,71 @@ def counter_spans(url: str, body: bytes, headers: dict[str, str], metrics_url: s
                   breakdown: Callable[[Mapping, Mapping], dict],
                   bursts: int = COUNTER_BURSTS,
                   burst: int = COUNTER_BURST) -> dict | None:  # fmt: skip
-    """Medians (ms) over `bursts` bursts of `burst` back-to-back requests of the server's
-    own spans, from its cumulative counters read before and after each burst (see
-    COUNTER_BURST): queue_ms and total_ms (breakdown()'s server_queue_ms and
-    server_total_ms, the burst's means), and worker_ms, the total less the queue and the
-    mean of the replies' own APP_STAGE (the handler's span), burst by burst. None where
+    """Medians (ms) over the clean bursts of `bursts` bursts of `burst` back-to-back
+    requests of the server's own spans, from its cumulative counters read before and after
+    each burst (see COUNTER_BURST): queue_ms and total_ms (breakdown()'s server_queue_ms
+    and server_total_ms, the burst's means), and worker_ms, the total less the queue and
+    the mean of the replies' own APP_STAGE (the handler's span), burst by burst. None where
     the counters give no queue and total per burst (a server that counts nothing, or none
     that moved)."""
-    queue: list[float] = []
-    total: list[float] = []
-    worker: list[float] = []
+    read: list[tuple[dict, Burst]] = []
     target = urlsplit(url)
     connection = http.client.HTTPConnection(target.hostname, target.port,
                                             timeout=PROBE_TIMEOUT_S)  # fmt: skip
     try:
         for index in range(bursts + 1):  # the first burst warms the connection up
             before = scrape(metrics_url)
-            apps = _burst(connection, target.path, body, headers, burst)
+            sent = _burst(connection, target.path, body, headers, burst)
             got = counted_since(before, metrics_url, breakdown, burst)
-            if got is None and not total and index > 0:
+            if got is None and not read and index > 0:
                 break  # its counters do not move with its requests: nothing to read
-            if index == 0 or got is None or apps is None:
-                continue
-            queue.append(got["server_queue_ms"])
-            total.append(got["server_total_ms"])
-            if apps:
-                worker.append(got["server_total_ms"] - got["server_queue_ms"]
-                              - statistics.fmean(apps))  # fmt: skip
+            if index > 0 and got is not None and sent is not None:
+                read.append((got, sent))
     finally:
         connection.close()
-    if not total:
+    if not read:
         return None
-    return {"queue_ms": statistics.median(queue), "total_ms": statistics.median(total),
+    typical = statistics.median(s for _, sent in read for s in sent.client_ms)
+    clean = [(got, sent) for got, sent in read
+             if max(sent.client_ms) <= CLEAN_BURST_FACTOR * typical]  # fmt: skip
+    used = clean or read
+    worker = [got["server_total_ms"] - got["server_queue_ms"] - statistics.fmean(sent.app_ms)
+              for got, sent in used if sent.app_ms]  # fmt: skip
+    return {"queue_ms": statistics.median(got["server_queue_ms"] for got, _ in used),
+            "total_ms": statistics.median(got["server_total_ms"] for got, _ in used),
             "worker_ms": statistics.median(worker) if worker else None,
-            "bursts": len(total), "burst": burst}  # fmt: skip
+            "bursts": len(read), "clean": len(clean), "burst": burst,
+            "client_p50_ms": typical}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Burst:
+    """One burst's requests as the client saw them: each one's time from its send to its
+    reply read whole, and the replies' APP_STAGE (empty where the server names none)."""
+
+    client_ms: list[float]
+    app_ms: list[float]
 
 
 def _burst(connection: http.client.HTTPConnection, path: str, body: bytes,
-           headers: dict[str, str], count: int) -> list[float] | None:  # fmt: skip
-    """`count` POSTs back to back, each reply read whole before the next is sent: their
-    APP_STAGE figures (ms; empty where the server names none), None if one was not a 200
-    (the burst's counters then hold a request unlike the others; all are sent, so the
-    counters still move by `count`)."""
+           headers: dict[str, str], count: int) -> Burst | None:  # fmt: skip
+    """`count` POSTs back to back, each reply read whole before the next is sent; None if
+    one was not a 200 (the burst's counters then hold a request unlike the others; all
+    are sent, so the counters still move by `count`)."""
+    client: list[float] = []
     apps: list[float] = []
     failed = False
     for _ in range(count):
+        started = time.perf_counter()
         connection.request("POST", path, body=body, headers=headers)
         reply = connection.getresponse()
         reply.read()
+        client.append((time.perf_counter() - started) * 1000.0)
         failed = failed or reply.status != 200
         app = parse_server_timing(reply.getheader(STAGE_HEADER)).get(APP_STAGE)
         if app is not None:
             apps.append(app)
-    return None if failed or len(apps) not in (0, count) else apps
+    return None if failed or len(apps) not in (0, count) else Burst(client, apps)
 
 
 def counted_since(before: Mapping[str, float], metrics_url: str,
@@ -742,7 +758,8 @@ def markdown(records: Sequence[dict]) -> list[str]:
         "time instead (TorchServe's frontend counters), they are read around each of "
         f"{COUNTER_BURSTS} bursts of {COUNTER_BURST} back-to-back requests on one "
         "connection, as wrk sends them (each burst's difference a mean of its requests, "
-        "the median over the bursts): the HTTP front is the twin's p50 less the null "
+        "the median over the clean bursts, those whose slowest request took at most "
+        f"{CLEAN_BURST_FACTOR:g}× the median one): the HTTP front is the twin's p50 less the null "
         "server's and the twin's time in its job, the job queue the predict path's, the "
         "worker protocol its job time less queue and the handler's span (the socket to the "
         "Python worker and back), the client's share the null server's p50. A stack that "

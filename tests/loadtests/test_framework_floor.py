@@ -4,6 +4,7 @@ against a real flask_torch server with its no-op twin (structure only, never a t
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -125,7 +126,7 @@ def test_without_http_stages_the_http_servers_share_comes_from_the_twin() -> Non
 def test_with_the_servers_counters_its_share_splits_into_front_queue_and_worker() -> None:
     # TorchServe: the handler times its span and stages, the frontend counts its job.
     stages = {"decode": 0.05, "convert": 0.01, "model": 0.15, "encode": 0.02}
-    burst = {"bursts": 24, "burst": 25}
+    burst = {"bursts": 48, "clean": 20, "burst": 10}
     predict_counted = {"queue_ms": 0.02, "total_ms": 0.70, "worker_ms": 0.33, **burst}
     noop_counted = {"queue_ms": 0.01, "total_ms": 0.35, "worker_ms": 0.30, **burst}
     whole = attribution(0.97, 0.53, 0.08, {**stages, "app": 0.30}, {"app": 0.02},
@@ -363,18 +364,23 @@ def test_a_batching_stack_is_measured_again_under_the_latency_preset(artifacts,
 class CountingServer(BaseHTTPRequestHandler):
     """A server that counts its jobs as TorchServe's frontend does: each predict request
     adds JOB_US to the total and QUEUE_US to the queue counter and names an app span of
-    APP_MS; `failing` answers the next predict requests with 500 (counted all the same)."""
+    APP_MS; `failing` answers the next predict requests with 500 (counted all the same),
+    the requests numbered in `slow` take SLOW_S more, in its job as on the client's clock."""
 
-    JOB_US, QUEUE_US, APP_MS = 900.0, 30.0, 0.4
+    JOB_US, QUEUE_US, APP_MS, SLOW_S = 900.0, 30.0, 0.4, 0.05
     protocol_version = "HTTP/1.1"
     counts = {"requests": 0, "inference_us": 0.0, "queue_us": 0.0}
     failing = 0
+    slow: frozenset[int] = frozenset()  # these requests (1, 2, ...) take SLOW_S more
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers["Content-Length"]))
         counts = type(self).counts
         counts["requests"] += 1
         counts["inference_us"] += self.JOB_US
+        if counts["requests"] in type(self).slow:
+            time.sleep(self.SLOW_S)
+            counts["inference_us"] += self.SLOW_S * 1e6
         counts["queue_us"] += self.QUEUE_US
         status = 200
         if type(self).failing:
@@ -416,7 +422,8 @@ def test_counters_are_read_around_bursts_of_back_to_back_requests(counting) -> N
     assert got is not None
     # A warm-up burst, then 3 read: each burst's difference is the mean of its 4 requests.
     assert handler.counts["requests"] == 4 * 4
-    assert (got["bursts"], got["burst"]) == (3, 4)
+    assert (got["bursts"], got["burst"]) == (3, 4) and 0 <= got["clean"] <= 3
+    assert got["client_p50_ms"] > 0
     assert got["total_ms"] == pytest.approx(0.9) and got["queue_ms"] == pytest.approx(0.03)
     # The job less its queue and the replies' own app span.
     assert got["worker_ms"] == pytest.approx(0.9 - 0.03 - 0.4)
@@ -428,3 +435,16 @@ def test_a_burst_with_a_failed_request_is_left_out(counting) -> None:
     got = framework_floor.counter_spans(f"{url}/predictions/m", b"{}", {}, f"{url}/metrics",
                                         metrics.breakdown, bursts=3, burst=4)  # fmt: skip
     assert got is not None and got["bursts"] == 2
+
+
+def test_a_burst_holding_a_slow_request_is_left_out_of_the_medians(counting) -> None:
+    url, handler = counting
+    # One request in each of the first three bursts read (after the warm-up's 4): most
+    # bursts, but few requests, so the median request stays a fast one.
+    handler.slow = frozenset({6, 10, 14})
+    got = framework_floor.counter_spans(f"{url}/predictions/m", b"{}", {}, f"{url}/metrics",
+                                        metrics.breakdown, bursts=5, burst=4)  # fmt: skip
+    assert got is not None and (got["bursts"], got["clean"]) == (5, 2)
+    # The clean bursts' means, untouched by the 50 ms requests (over all five, the median
+    # burst would hold one).
+    assert got["total_ms"] == pytest.approx(0.9) and got["worker_ms"] == pytest.approx(0.47)
