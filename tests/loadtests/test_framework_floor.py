@@ -126,7 +126,7 @@ def test_without_http_stages_the_http_servers_share_comes_from_the_twin() -> Non
 def test_with_the_servers_counters_its_share_splits_into_front_queue_and_worker() -> None:
     # TorchServe: the handler times its span and stages, the frontend counts its job.
     stages = {"decode": 0.05, "convert": 0.01, "model": 0.15, "encode": 0.02}
-    burst = {"bursts": 48, "clean": 20, "burst": 10}
+    burst = {"bursts": 96, "clean": 40, "burst": 5}
     predict_counted = {"queue_ms": 0.02, "total_ms": 0.70, "worker_ms": 0.33, **burst}
     noop_counted = {"queue_ms": 0.01, "total_ms": 0.35, "worker_ms": 0.30, **burst}
     whole = attribution(0.97, 0.53, 0.08, {**stages, "app": 0.30}, {"app": 0.02},
