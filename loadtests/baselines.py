@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,15 @@ def measure(paths: ArtifactPaths, batches: tuple[int, ...], iterations: int) -> 
             stats = time_calls(bind(sample), iterations)
             results.append({"path": name, "batch_size": batch, **stats})
     return results
+
+
+def command(artifacts: Path, batches: Sequence[int], iterations: int, cores: Sequence[int],
+            out: Path) -> list[str]:  # fmt: skip
+    """This module's command line, for a child pinned to `cores` before either framework
+    starts (how the bench and the size sweep measure their floors); it writes `out`."""
+    return [sys.executable, "-m", "loadtests.baselines", "--artifacts", str(artifacts),
+            "--batches", ",".join(map(str, batches)), "--iterations", str(iterations),
+            "--cores", ",".join(map(str, cores)), "--out", str(out)]  # fmt: skip
 
 
 def main() -> None:

@@ -144,7 +144,7 @@ MEASURED = "measured"
 FROM_TWIN = "from the twin"
 FROM_ONE_CONNECTION = "from one connection"
 # Or, where the server counts its own queue and request time (TorchServe's frontend
-# counters, services/torchserve/metrics.py), from those counters read around each request.
+# counters, services/torchserve/metrics.py), from those counters read around bursts.
 FROM_COUNTERS = "from the server's counters"
 # Near capacity, the job queue's share as its mean over the timed run (see near_capacity).
 FROM_COUNTERS_MEAN = "from the server's counters, the queue a mean"

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from digitnet.spec import ModelSpec, ServingLimits
 from harness.artifacts import build_all, complete
 from harness.lifecycle import skipped_reason, start_stack
 from loadtests import splits
+from loadtests.baselines import command as baseline_command
 from loadtests.closed_wrk import (
     SLO_P99_MS,
     capacity_cell,
@@ -121,10 +121,7 @@ def in_process_p50_ms(paths: ArtifactPaths, cores: Sequence[int]) -> dict[str, f
     in-process code, run again, 6.3: the state that made 3.5 was not reproduced)."""
     with tempfile.TemporaryDirectory(prefix="digitnet-sizes-") as tmp:
         out = Path(tmp) / "baselines.json"
-        subprocess.run([sys.executable, "-m", "loadtests.baselines",
-                        "--artifacts", str(paths.root), "--batches", "1",
-                        "--iterations", str(BASELINE_ITERATIONS),
-                        "--cores", ",".join(map(str, cores)), "--out", str(out)],
+        subprocess.run(baseline_command(paths.root, (1,), BASELINE_ITERATIONS, cores, out),
                        env={**os.environ, **paths.spec.env()}, check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
         rows = json.loads(out.read_text())

@@ -35,7 +35,6 @@ import dataclasses
 import json
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -59,6 +58,7 @@ from loadtests import (
     stability,
     wrk,
 )
+from loadtests.baselines import command as baseline_command
 from loadtests.calibration import GeneratorFloor
 from loadtests.distributed import Workers
 from loadtests.null_server import NullServer, capture_reply, nginx_available
@@ -611,14 +611,6 @@ def sweep(profile: Profile, stacks: list[str], paths: ArtifactPaths, run_dir: Pa
 
 def run_baselines(run: Run) -> None:
     print(f"bench: baselines in-process on cores {run.server_cores} ...", flush=True)
-    subprocess.run(
-        [
-            sys.executable, "-m", "loadtests.baselines",
-            "--artifacts", str(run.paths.root),
-            "--batches", ",".join(map(str, run.profile.baseline_batches)),
-            "--iterations", str(run.profile.baseline_iterations),
-            "--cores", ",".join(map(str, run.server_cores)),
-            "--out", str(run.run_dir / "baselines.json"),
-        ],
-        check=True,
-    )  # fmt: skip
+    subprocess.run(baseline_command(run.paths.root, run.profile.baseline_batches,
+                                    run.profile.baseline_iterations, run.server_cores,
+                                    run.run_dir / "baselines.json"), check=True)  # fmt: skip
