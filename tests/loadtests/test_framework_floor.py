@@ -179,6 +179,11 @@ def test_near_capacity_the_http_servers_share_is_given_and_the_rest_is_measured(
     assert whole["named_share"] == pytest.approx(1 - 0.36 / 12.0)
 
 
+def test_near_capacity_the_worker_protocol_is_the_mean_job_beyond_queue_and_handler() -> None:
+    mean = {"server_requests": 400, "server_queue_ms": 1.4, "server_total_ms": 3.0}
+    assert framework_floor.worker_protocol_ms(mean, 0.6) == pytest.approx(1.0)
+
+
 def test_runs_give_medians_and_their_spread() -> None:
     summary = summarize_runs([wrk_run(0.4, 1.0), wrk_run(0.5, 2.0, errors=2),
                               wrk_run(0.6, 3.0)])  # fmt: skip
@@ -354,8 +359,10 @@ def test_a_batching_stack_is_measured_again_under_the_latency_preset(artifacts,
         assert near["counted_mean"]["server_requests"] > 0
         assert near["attribution"]["stages_ms"]["job queue"] == (
             near["counted_mean"]["server_queue_ms"])
-        assert near["attribution"]["stages_ms"]["worker protocol"] == (
-            whole["stages_ms"]["worker protocol"])
+        # And the worker protocol the mean job beyond its queue and the handler's span.
+        app_ms = near["timings_under_wrk"]["predict"]["app"][0]
+        assert near["attribution"]["stages_ms"]["worker protocol"] == pytest.approx(
+            framework_floor.worker_protocol_ms(near["counted_mean"], app_ms))
     # The server ran under the preset: batching off in the registration it was given.
     config = (tmp_path / "torchserve-latency" / "config.properties").read_text()
     assert '"batchSize":1' in config.replace(" ", ""), config
