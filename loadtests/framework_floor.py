@@ -119,6 +119,7 @@ from loadtests.batching import environment
 from loadtests.null_server import NullServer, capture_reply, nginx_available
 from loadtests.runner import targets_of
 from loadtests.server_metrics import scrape
+from services.process import pinned
 from services.stack import CPU, REST, ServingStack
 
 FLOOR_FILE = "framework_floor.jsonl"
@@ -194,7 +195,8 @@ SERVER_SHARES = ("HTTP server", HTTP_FRONT, JOB_QUEUE, WORKER_PROTOCOL)
 @dataclass(frozen=True)
 class FloorPlan:
     """How long the phase runs per stack (loadtests.profiles: framework_floor_*), wrk's
-    cores (`cores`) and the null server's (`server_cores`: the servers')."""
+    cores (`cores`, which this process's own clients are pinned to as well: the served
+    probes, the counters' bursts) and the null server's (`server_cores`: the servers')."""
 
     runs: int
     duration_s: int
@@ -583,7 +585,9 @@ def measure_stack(running: RunningStack, device: str, baselines: Sequence[dict],
     if problems:
         return skipped(stack.name, device, "; ".join(problems))
     predict, noop = interleaved(urls, body, headers, plan, script_dir)
-    served = served_timings(target.url, body, headers)
+    # This process's own clients run on wrk's cores too, never beside the server.
+    with pinned(plan.cores):
+        served = served_timings(target.url, body, headers)
     under_wrk: tuple[dict, dict] = ({}, {})
     null: list[dict] = []
     counted: tuple[dict | None, dict | None] = (None, None)
@@ -595,7 +599,8 @@ def measure_stack(running: RunningStack, device: str, baselines: Sequence[dict],
                           for url in urls)  # fmt: skip
         null = null_runs(target.url, body, headers, plan, script_dir)
         if counters is not None:
-            counted = tuple(counter_spans(url, body, headers, *counters) for url in urls)
+            with pinned(plan.cores):
+                counted = tuple(counter_spans(url, body, headers, *counters) for url in urls)
     got = record(stack.name, device, (target.path, noop_path), predict, noop,
                  model_ms(baselines, stack.floor_path, device), stack.floor_path, plan,
                  served, under_wrk, null, counted)  # fmt: skip

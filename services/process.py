@@ -11,7 +11,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,23 @@ def free_port(host: str = LOOPBACK) -> int:
 def usable_cores() -> list[int]:
     """The CPU ids this process may run on (respects taskset and cgroup pinning)."""
     return sorted(os.sched_getaffinity(0))
+
+
+@contextmanager
+def pinned(cores: Sequence[int] | None) -> Iterator[None]:
+    """This process on `cores` inside the block, on the ones it had after it; unchanged
+    where none are given. For a client timed in this process (not a child under taskset):
+    left free, the kernel tends to wake it on the core whose reply woke it, the server's,
+    where it takes the server's time."""
+    if not cores:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cores))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def wait_until(
