@@ -4,16 +4,16 @@ figures change between scrapes."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from loadtests import dcgm, runner
 from loadtests.gpu_telemetry import GpuDevice, GpuSampler, gpu_summary
 from loadtests.runner import Target
+from tests.http_fixture import base_url, serving
 
 NAMESPACE = "digitnet-serving"
 
@@ -66,12 +66,8 @@ def exporter() -> Iterator[tuple[str, list[float]]]:
             self.end_headers()
             self.wfile.write(body)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/metrics", utils
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(Handler) as httpd:
+        yield f"{base_url(httpd)}/metrics", utils
 
 
 def test_the_sampler_keeps_each_refresh_once_and_summarizes_like_nvml(exporter) -> None:

@@ -3,10 +3,9 @@ against a real flask_torch server with its no-op twin (structure only, never a t
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -26,6 +25,7 @@ from loadtests.wrk import wrk_available
 from services.process import usable_cores
 from services.registry import load_stack
 from services.torchserve import metrics
+from tests.http_fixture import base_url, serving
 
 BASELINES = [{"path": "TorchScript", "batch_size": 1, "p50_us": 30.0},
              {"path": "TorchScript", "batch_size": 8, "p50_us": 90.0}]  # fmt: skip
@@ -415,11 +415,8 @@ class CountingServer(BaseHTTPRequestHandler):
 def counting() -> Iterator[tuple[str, type[CountingServer]]]:
     handler = type("Handler", (CountingServer,), {"counts": {"requests": 0, "inference_us": 0.0,
                                                              "queue_us": 0.0}})  # fmt: skip
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
+    with serving(handler) as server:
+        yield base_url(server), handler
 
 
 def test_counters_are_read_around_bursts_of_back_to_back_requests(counting) -> None:

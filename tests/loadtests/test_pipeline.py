@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from contextlib import ExitStack
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -17,8 +16,9 @@ from loadtests import runner
 from loadtests.profiles import PROFILES
 from loadtests.report import write_report
 from loadtests.settings import Mode
-from services.process import LOOPBACK, usable_cores
+from services.process import usable_cores
 from services.registry import load_stack
+from tests.http_fixture import base_url, serving
 
 pytestmark = pytest.mark.integration
 SMOKE = PROFILES["smoke"]
@@ -71,17 +71,11 @@ class WrongAnswers(BaseHTTPRequestHandler):
 
 
 def test_wrong_answers_are_failures_not_fast_successes(artifacts, tmp_path):
-    server = ThreadingHTTPServer((LOOPBACK, 0), WrongAnswers)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        client = load_stack("flask_torch").remote_client(
-            "rest", f"http://{LOOPBACK}:{server.server_port}", artifacts.spec)
+    with serving(WrongAnswers) as server:
+        client = load_stack("flask_torch").remote_client("rest", base_url(server), artifacts.spec)
         target = runner.target_for(load_stack("flask_torch"), client, server_pid=os.getpid())
         point = runner.run_point(target, runner.Load(Mode.CLOSED, 1, 1), SMOKE, artifacts,
                                  tmp_path, usable_cores()[-1:], repeat=0)
-    finally:
-        server.shutdown()
     # Digit 0 is right about a tenth of the time; every other reply must count as failed.
     assert point["requests"] > 0
     assert point["failures"] >= 0.7 * point["requests"]

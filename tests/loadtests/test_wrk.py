@@ -4,9 +4,8 @@ wrk really sends (checked by a small recording server)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -20,6 +19,7 @@ from loadtests.wrk import (
     run_wrk,
     wrk_available,
 )
+from tests.http_fixture import base_url, serving
 
 WRK_OK, WRK_REASON = wrk_available()
 needs_wrk = pytest.mark.skipif(not WRK_OK, reason=WRK_REASON)
@@ -141,12 +141,8 @@ class Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder() -> Iterator[tuple[str, type[Recorder]]]:
     handler = type("Handler", (Recorder,), {"seen": [], "status": 200})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
+    with serving(handler) as server:
+        yield base_url(server), handler
 
 
 @pytest.mark.integration

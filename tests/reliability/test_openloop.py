@@ -10,13 +10,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from reliability import openloop
 from reliability.client import OK, REFUSED, RESET, TIMEOUT, Endpoint, http_kind
 from reliability.overload import Shot, generator_figures, piecewise_schedule
+from tests.http_fixture import serving
 
 BODY = b'{"instances": [[0.5]]}'
 
@@ -75,13 +76,8 @@ class Handler(BaseHTTPRequestHandler):
 def server() -> Iterator[tuple[str, int]]:
     if openloop.binary()[0] is None:
         pytest.skip(openloop.binary()[1])
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd.server_address
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(Handler) as httpd:
+        yield httpd.server_address
 
 
 def run(address: tuple[str, int], path: str, rate: float = 200.0, seconds: float = 0.5,
