@@ -126,7 +126,7 @@ def test_without_http_stages_the_http_servers_share_comes_from_the_twin() -> Non
 def test_with_the_servers_counters_its_share_splits_into_front_queue_and_worker() -> None:
     # TorchServe: the handler times its span and stages, the frontend counts its job.
     stages = {"decode": 0.05, "convert": 0.01, "model": 0.15, "encode": 0.02}
-    burst = {"bursts": 96, "clean": 40, "burst": 5}
+    burst = {"bursts": 96, "clean": 40, "burst": 5, "client_p50_ms": 1.04}
     predict_counted = {"queue_ms": 0.02, "total_ms": 0.70, "worker_ms": 0.33, **burst}
     noop_counted = {"queue_ms": 0.01, "total_ms": 0.35, "worker_ms": 0.30, **burst}
     whole = attribution(0.97, 0.53, 0.08, {**stages, "app": 0.30}, {"app": 0.02},
@@ -150,6 +150,9 @@ def test_with_the_servers_counters_its_share_splits_into_front_queue_and_worker(
     assert "HTTP front 0.100, job queue 0.020, worker protocol 0.330" in md
     assert "the server's own counters, read around bursts of back-to-back requests" in md
     assert "below 0" not in md
+    # With wrk's p50 beside it, the line says how the bursts' pace compares.
+    assert ("40 of 96 predict bursts clean; a burst's request took 1.040 at the median "
+            "against wrk's 0.970") in framework_floor._attributed(whole, 0.97)
     # A twin whose job time exceeds its p50 less the client's: the front comes out below 0,
     # and the line says what that means.
     slow = attribution(0.97, 0.40, 0.08, {**stages, "app": 0.30}, {"app": 0.02},
