@@ -191,7 +191,8 @@ def run_overload(paths: ArtifactPaths, stacks: list[str], settings: OverloadSett
 def run_floods(paths: ArtifactPaths, stacks: list[str], settings: FloodSettings,
                into_run: Path | None) -> int:
     from reliability.floods import floods
-    from reliability.overload import OVERLOAD_ENV, guard_line, pinned, split_cores
+    from reliability.overload import OVERLOAD_ENV, guard_line, split_cores
+    from services.process import pinned
 
     server_cores, generator_cores = split_cores(usable_cores())
     print(f"floods: servers on cores {server_cores}, the clients on cores {generator_cores}; "

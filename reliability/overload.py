@@ -37,8 +37,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +53,7 @@ from reliability.client import OTHER, Connection, Endpoint, endpoint_of, http_ki
 from reliability.load import MAX_RUN_S, ClosedLoop, Sample, outcome_counts, send_one
 from reliability.settings import OverloadSettings
 from services.guard import GUARD_ENV, NGINX, OFF, nginx_binary
+from services.process import pinned
 
 MIB = 2**20
 # Answers that say "not now" rather than "broken": TorchServe's full job queue and our
@@ -104,19 +104,6 @@ def split_cores(cores: list[int]) -> tuple[list[int], list[int]]:
         return cores, cores
     generator = max(1, len(cores) // 4)
     return cores[:-generator], cores[-generator:]
-
-
-@contextmanager
-def pinned(cores: Sequence[int]) -> Iterator[None]:
-    """Runs this thread, and the threads it starts meanwhile, on `cores`; restored after.
-    Linux applies affinity per thread and new threads inherit it, so the generator's
-    senders and sampler, started inside, stay on the generator's cores."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, set(cores))
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 # --- the schedule and the sender pool -----------------------------------------------------

@@ -35,10 +35,12 @@ def usable_cores() -> list[int]:
 
 @contextmanager
 def pinned(cores: Sequence[int] | None) -> Iterator[None]:
-    """This process on `cores` inside the block, on the ones it had after it; unchanged
-    where none are given. For a client timed in this process (not a child under taskset):
-    left free, the kernel tends to wake it on the core whose reply woke it, the server's,
-    where it takes the server's time."""
+    """Runs this thread, and the threads it starts meanwhile, on `cores` inside the block,
+    on the ones it had after it; unchanged where none are given. Linux applies affinity
+    per thread and new threads inherit it, so a load generator's senders and samplers
+    started inside stay on its cores. For clients run in this process (not a child under
+    taskset): left free, the kernel tends to wake one on the core whose reply woke it, the
+    server's, where it takes the server's time."""
     if not cores:
         yield
         return

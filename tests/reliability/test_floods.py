@@ -22,10 +22,10 @@ from reliability.floods import (
     flood_verdicts,
     floods,
 )
-from reliability.overload import MIB, OVERLOAD_ENV, pinned, split_cores
+from reliability.overload import MIB, OVERLOAD_ENV, split_cores
 from reliability.report import floods_markdown
 from reliability.settings import FloodSettings
-from services.process import usable_cores
+from services.process import pinned, usable_cores
 
 SETTINGS = FloodSettings(big_clients=4, max_p99_ratio=2.0)
 
