@@ -31,7 +31,7 @@ from harness.lifecycle import skipped_reason, start_stack
 from harness.paths import timestamped_dir
 from harness.payload import PayloadSet, check_json_reply
 from loadtests.runner import split_cores
-from services.process import usable_cores
+from services.process import pinned, usable_cores
 from services.registry import load_stack, parse_stacks, stack_names
 from services.stack import ServingStack
 
@@ -94,10 +94,12 @@ def measure_once(stack: ServingStack, paths: ArtifactPaths, run_dir: Path, cores
     }  # fmt: skip
 
 
-def measure(stacks: list[str], paths: ArtifactPaths, out: Path, cores: list[int],
-            repeats: int) -> tuple[list[dict], dict[str, str]]:
+def measure(stacks: list[str], paths: ArtifactPaths, out: Path, cores: list[int], repeats: int,
+            client_cores: list[int] | None = None) -> tuple[list[dict], dict[str, str]]:
     """Every stack that can run here, `repeats` times per warm-up mode, interleaved so a
-    drift of the machine spreads over all of them; appended to out/coldstart.jsonl."""
+    drift of the machine spreads over all of them; appended to out/coldstart.jsonl. The
+    servers start on `cores`; this process, which waits for them and times their first
+    requests, runs on `client_cores` meanwhile (the generator's, as in a bench run)."""
     plugins, skipped = [], {}
     for name in stacks:
         reason = skipped_reason(name)
@@ -106,7 +108,7 @@ def measure(stacks: list[str], paths: ArtifactPaths, out: Path, cores: list[int]
         else:
             skipped[name] = reason
     records = []
-    with tempfile.TemporaryDirectory(prefix="coldstart-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="coldstart-") as tmp, pinned(client_cores):
         for repeat in range(repeats):
             for stack in plugins:
                 for warmup in warmup_modes(stack):
@@ -200,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / COLDSTART_FILE).unlink(missing_ok=True)
     # The same split as a bench run: the servers' cores, not the generator's.
-    server_cores, _ = split_cores(usable_cores())
-    records, skipped = measure(args.stacks, paths, out, server_cores, args.repeats)
+    server_cores, generator_cores = split_cores(usable_cores())
+    records, skipped = measure(args.stacks, paths, out, server_cores, args.repeats,
+                               generator_cores)  # fmt: skip
     md = markdown(records, skipped)
     (out / "COLDSTART.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

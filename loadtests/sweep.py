@@ -604,7 +604,8 @@ def sweep(profile: Profile, stacks: list[str], paths: ArtifactPaths, run_dir: Pa
         # After every server is stopped: each start is from nothing, on the server cores.
         print(f"bench: cold start, {profile.coldstart_repeats} per stack and warm-up mode",
               flush=True)  # fmt: skip
-        coldstart.measure(stacks, paths, run_dir, server_cores, profile.coldstart_repeats)
+        coldstart.measure(stacks, paths, run_dir, server_cores, profile.coldstart_repeats,
+                          generator_cores)  # fmt: skip
     env_block["sweep_minutes"] = round((time.monotonic() - started) / 60, 1)
     (run_dir / "environment.json").write_text(json.dumps(env_block, indent=2) + "\n")
 

@@ -40,9 +40,12 @@ def test_stacks_without_a_warmup_switch_run_once_and_say_why():
 
 @pytest.mark.integration
 def test_one_real_stack_is_started_from_nothing_with_and_without_warmup(artifacts, tmp_path):
+    before = usable_cores()
+    # The server on the first core, this process (its waits and first requests) on the last.
     records, skipped = coldstart.measure(["flask_torch"], artifacts, tmp_path,
-                                         cores=usable_cores()[:1],
-                                         repeats=1)  # fmt: skip
+                                         cores=before[:1], repeats=1,
+                                         client_cores=before[-1:])  # fmt: skip
+    assert usable_cores() == before
     assert skipped == {}
     assert [(r["stack"], r["warmup"]) for r in records] == [("flask_torch", True),
                                                            ("flask_torch", False)]  # fmt: skip
