@@ -29,6 +29,35 @@ def test_the_summary_gives_median_and_range_per_stack_and_warmup_mode():
     assert rows[("a", False)]["first_ms"]["median"] == 40.0
 
 
+def test_a_start_that_never_gets_ready_is_kept_and_the_others_go_on(artifacts, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    starts = []
+
+    def measure_once(stack, paths, run_dir, cores, warmup, repeat):
+        starts.append((repeat, warmup))
+        if repeat == 0 and warmup:
+            raise RuntimeError("ray_serve: Exception: The current node timed out during "
+                               "startup.\n(the server's log tail)")  # fmt: skip
+        return {**record(stack.name, warmup, 2.0, 9.0), "repeat": repeat, "start_error": None}
+
+    monkeypatch.setattr(coldstart, "measure_once", measure_once)
+    records, _ = coldstart.measure(["flask_torch"], artifacts, tmp_path, cores=[0], repeats=2)
+    assert starts == [(0, True), (0, False), (1, True), (1, False)]
+    failed = records[0]
+    assert failed["start_error"] == ("ray_serve: Exception: The current node timed out "
+                                     "during startup.")  # fmt: skip
+    assert failed["ready_s"] is None and failed["first_ms"] is None
+    written = (tmp_path / coldstart.COLDSTART_FILE).read_text().splitlines()
+    assert [json.loads(line) for line in written] == records
+    # The medians are the other starts'; the table says how many never got ready, and why.
+    on = next(r for r in coldstart.summarize(records) if r["warmup"])
+    assert (on["repeats"], on["failed_starts"]) == (2, 1)
+    assert on["ready_s"] == {"median": 2.0, "min": 2.0, "max": 2.0}
+    md = "\n".join(coldstart.markdown(records))
+    assert "flask_torch, warm-up on: **1 of 2 starts never got ready**" in md
+    assert "warm-up off: **" not in md
+
+
 def test_stacks_without_a_warmup_switch_run_once_and_say_why():
     tf_serving = load_stack("tf_serving")
     assert coldstart.warmup_modes(tf_serving) == [True]
