@@ -32,6 +32,9 @@ READY_TIMEOUT_S = env_float("DIGITNET_READY_TIMEOUT_S", 180.0)
 # fresh ones; ports the caller chose are never changed.
 PORT_RACE_SIGNS = ("Address already in use", "Failed to bind", "Connection in use")
 PORT_RACE_RETRIES = 2
+# What a start that never got ready raises: a plugin's RuntimeError (its first line why,
+# then the server's log tail), a TimeoutError, or an OSError from the spawn.
+START_ERRORS = (RuntimeError, TimeoutError, OSError)
 
 
 @dataclass
@@ -109,6 +112,12 @@ def launch(
         return RunningStack(plugin, server, paths, chosen, plugin.clients(server, paths),
                             ready_s)  # fmt: skip
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def start_failure(err: BaseException) -> str:
+    """Why a start failed, in one line (a START_ERRORS error's first; the server's log is
+    in its run folder)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def lost_port_race(err: BaseException) -> bool:

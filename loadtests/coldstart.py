@@ -27,7 +27,7 @@ import psutil
 
 from digitnet.artifacts import DEFAULT_ARTIFACTS, ArtifactPaths
 from harness.artifacts import ensure_artifacts
-from harness.lifecycle import skipped_reason, start_stack
+from harness.lifecycle import START_ERRORS, skipped_reason, start_failure, start_stack
 from harness.paths import timestamped_dir
 from harness.payload import PayloadSet, check_json_reply
 from loadtests.runner import split_cores
@@ -95,12 +95,10 @@ def measure_once(stack: ServingStack, paths: ArtifactPaths, run_dir: Path, cores
 
 
 def failed_start(stack: ServingStack, warmup: bool, repeat: int, error: Exception) -> dict:
-    """The record of a start that never got ready: no figures, and why (the first line of
-    the launcher's error; its log tail went to the run's server folder)."""
-    why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The record of a start that never got ready: no figures, and why."""
     return {"stack": stack.name, "repeat": repeat, "warmup": warmup, "ready_s": None,
             "stop_s": None, "rss_mb_at_ready": None, "first_ms": None, "second_ms": None,
-            "warm_ms": None, "problems": [], "start_error": why}  # fmt: skip
+            "warm_ms": None, "problems": [], "start_error": start_failure(error)}  # fmt: skip
 
 
 def measure(stacks: list[str], paths: ArtifactPaths, out: Path, cores: list[int], repeats: int,
@@ -124,7 +122,7 @@ def measure(stacks: list[str], paths: ArtifactPaths, out: Path, cores: list[int]
                     run_dir = Path(tmp) / f"{stack.name}-{repeat}-{int(warmup)}"
                     try:
                         record = measure_once(stack, paths, run_dir, cores, warmup, repeat)
-                    except (RuntimeError, TimeoutError, OSError) as err:
+                    except START_ERRORS as err:
                         # A start that fails is a finding of its own (Ray Serve's node
                         # start timed out once in 18 starts here): kept, and the phase
                         # goes on with the other starts, never lost with the whole run.

@@ -20,14 +20,29 @@ def lines(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_a_smoke_sweep_calibrates_cross_checks_and_searches(artifacts, tmp_path) -> None:
+def test_a_smoke_sweep_calibrates_cross_checks_and_searches(artifacts, tmp_path,
+                                                            monkeypatch) -> None:  # fmt: skip
     for ok, why in (nginx_available(), wrk_available()):
         if not ok:
             pytest.skip(why)
-    sweep(PROFILES["smoke"], ["flask_torch"], artifacts, tmp_path, ["cpu"],
+    from loadtests import sweep as sweep_module
+
+    real_start = sweep_module.start_stack
+
+    def start_stack(stack, *args, **kwargs):
+        # A second stack whose start never gets ready, as Ray Serve's once did here.
+        if stack.name == "flask_tf":
+            raise RuntimeError("flask_tf: not ready in time\n(the server's log tail)")
+        return real_start(stack, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "start_stack", start_stack)
+    sweep(PROFILES["smoke"], ["flask_torch", "flask_tf"], artifacts, tmp_path, ["cpu"],
           baselines=lambda run: None)  # fmt: skip
 
     env = json.loads((tmp_path / "environment.json").read_text())
+    # The stack that did not start is skipped with its reason; the bench went on without it.
+    assert env["skipped"]["flask_tf/cpu"] == "did not start: flask_tf: not ready in time"
+    assert list(env["servers"]) == ["flask_torch/cpu"]
     assert env["calibrated"] is True and env["interleaved"] is True
     assert env["arrivals"] == {"kind": "poisson", "seed": 0}
     assert env["servers"]["flask_torch/cpu"]["worker_class"] == "gevent"
