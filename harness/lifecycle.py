@@ -120,6 +120,14 @@ def start_failure(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def did_not_start(err: BaseException, config: str | None = None) -> str:
+    """A phase's skip reason for a stack whose start failed (under `config`, where the
+    phase starts it in several): a phase goes on with the other stacks, never lost whole
+    to one failed start (Ray Serve's node start timed out once in 18 starts here)."""
+    under = f" under {config}" if config else ""
+    return f"did not start{under}: {start_failure(err)}"
+
+
 def lost_port_race(err: BaseException) -> bool:
     """Whether a start failed because a port chosen free was taken before the server bound
     it (the error carries the server's log tail)."""

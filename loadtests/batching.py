@@ -31,7 +31,7 @@ from pathlib import Path
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import BatchingPolicy, ModelSpec, preset_of
-from harness.lifecycle import skipped_reason, start_stack
+from harness.lifecycle import START_ERRORS, did_not_start, skipped_reason, start_stack
 from loadtests import splits
 from loadtests.closed_wrk import (
     SLO_P99_MS,
@@ -206,8 +206,12 @@ def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int, durat
             print(f"batching: {name}: skipped ({reason[:80]})", flush=True)
             continue
         for policy in policies:
-            record = measure_policy(name, policy, paths, cores, runs, duration_s,
-                                    out / "servers")  # fmt: skip
+            try:
+                record = measure_policy(name, policy, paths, cores, runs, duration_s,
+                                        out / "servers")  # fmt: skip
+            except START_ERRORS as err:
+                skipped[name] = did_not_start(err, policy.label)
+                continue
             records.append(record)
             files.append(record)
             print(f"batching: {name} {policy.label}: p50 {record['p50_1_ms']:.3f} ms at one "

@@ -18,7 +18,7 @@ from pathlib import Path
 from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec
 from digitnet.wire import CODECS_BY_NAME
-from harness.lifecycle import skipped_reason, start_stack
+from harness.lifecycle import START_ERRORS, did_not_start, skipped_reason, start_stack
 from loadtests import splits
 from loadtests.closed_wrk import (
     SLO_P99_MS,
@@ -88,7 +88,12 @@ def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int,
         if reason is not None:
             skipped[name] = reason
             continue
-        for record in measure_stack(name, paths, cores, runs, duration_s, out / "servers"):
+        try:
+            measured = measure_stack(name, paths, cores, runs, duration_s, out / "servers")
+        except START_ERRORS as err:
+            skipped[name] = did_not_start(err)
+            continue
+        for record in measured:
             records.append(record)
             files.append(record)
             print(f"codecs: {name} {record['codec']}: p50 {record['p50_1_ms']:.3f} ms at one "

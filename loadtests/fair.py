@@ -28,7 +28,7 @@ from pathlib import Path
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec
-from harness.lifecycle import skipped_reason, start_stack
+from harness.lifecycle import START_ERRORS, did_not_start, skipped_reason, start_stack
 from loadtests import splits
 from loadtests.batching import environment
 from loadtests.closed_wrk import (
@@ -142,8 +142,12 @@ def run(paths: ArtifactPaths, out: Path, stacks: Sequence[str], runs: int,
         if stack.default_preset is None:
             same[name] = stack.default_preset_why
         for preset in presets:
-            record = measure_preset(name, preset, paths, cores, runs, duration_s,
-                                    out / "servers")  # fmt: skip
+            try:
+                record = measure_preset(name, preset, paths, cores, runs, duration_s,
+                                        out / "servers")  # fmt: skip
+            except START_ERRORS as err:
+                skipped[name] = did_not_start(err, preset)
+                continue
             records.append(record)
             files.append(record)
             print(f"fair: {name} {preset}: p50 {record['p50_1_ms']:.3f} ms at one connection, "

@@ -112,7 +112,7 @@ from digitnet.codec import (
     parse_server_timing,
 )
 from digitnet.spec import LATENCY_PRESET, batching_preset
-from harness.lifecycle import START_ERRORS, RunningStack, start_failure, start_stack
+from harness.lifecycle import START_ERRORS, RunningStack, did_not_start, start_stack
 from harness.payload import PayloadSet
 from loadtests import own_code, wrk
 from loadtests.batching import environment
@@ -626,8 +626,8 @@ def measure_preset(stack: ServingStack, paths: ArtifactPaths, baselines: Sequenc
             running = start_stack(stack, paths, server_dir / f"{stack.name}-{preset}", exits,
                                   cores=plan.server_cores, env=env)  # fmt: skip
         except (*START_ERRORS, ValueError) as err:
-            got = skipped(stack.name, device, f"did not start under the {preset!r} "
-                                              f"batching preset: {start_failure(err)}")  # fmt: skip
+            got = skipped(stack.name, device,
+                          did_not_start(err, f"the {preset!r} batching preset"))
         else:
             got = measure_stack(running, device, baselines, plan, script_dir)
     return {**got, "preset": preset}
@@ -909,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
                 running = start_stack(stack, paths, out / "servers" / "floors" / name, exits,
                                       cores=server_cores, env=dict(stack.noop_env))
             except START_ERRORS as err:
-                records.append(skipped(name, CPU, f"did not start: {start_failure(err)}"))
+                records.append(skipped(name, CPU, did_not_start(err)))
                 continue
             records.append(measure_stack(running, CPU, baselines, plan, out / "raw"))
         print(f"floors: {name} done", flush=True)

@@ -39,7 +39,7 @@ import numpy as np
 from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import ModelSpec, ServingLimits
 from harness.artifacts import build_all, complete
-from harness.lifecycle import skipped_reason, start_stack
+from harness.lifecycle import START_ERRORS, did_not_start, skipped_reason, start_stack
 from loadtests import splits
 from loadtests.baselines import command as baseline_command
 from loadtests.closed_wrk import (
@@ -165,8 +165,11 @@ def measure_stack(name: str, variant: Variant, paths: ArtifactPaths, in_process:
         return {**head, "skipped": reason}
     server_cores, generator_cores = cores
     with ExitStack() as exits:
-        running = start_stack(stack, paths, run_dir / f"{variant.name}-{name}", exits,
-                              cores=server_cores, env=stack.device_env(CPU))  # fmt: skip
+        try:
+            running = start_stack(stack, paths, run_dir / f"{variant.name}-{name}", exits,
+                                  cores=server_cores, env=stack.device_env(CPU))  # fmt: skip
+        except START_ERRORS as err:
+            return {**head, "skipped": did_not_start(err)}
         read_back = stack.serving_config(running.server)
         url = rest_request(running)[0]
         client = next(c for c in running.clients if getattr(c, "url", None) == url)

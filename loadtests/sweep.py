@@ -43,7 +43,7 @@ from pathlib import Path
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.codec import JSON_CONTENT_TYPE
-from harness.lifecycle import START_ERRORS, RunningStack, start_failure, start_stack
+from harness.lifecycle import START_ERRORS, RunningStack, did_not_start, start_stack
 from harness.payload import PayloadSet
 from loadtests import (
     analysis,
@@ -385,9 +385,8 @@ def run_device(run: Run, device: str, stacks: list[str], env_block: dict) -> Non
                                       env={**server_env(stack, device, cuda_available()),
                                            **twin_env(stack, run.profile)})  # fmt: skip
             except START_ERRORS as err:
-                # One stack that does not start (Ray Serve's node start timed out once in
-                # 18 starts here) is skipped with its reason; the bench goes on without it.
-                env_block["skipped"][key] = f"did not start: {start_failure(err)}"
+                # Skipped with its reason: the bench goes on without it (did_not_start).
+                env_block["skipped"][key] = did_not_start(err)
                 print(f"bench: {key} SKIPPED: {env_block['skipped'][key]}", flush=True)
                 continue
             running.append(started)
