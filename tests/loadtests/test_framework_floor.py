@@ -399,6 +399,7 @@ class CountingServer(BaseHTTPRequestHandler):
         self._reply(status, b"{}", {STAGE_HEADER: server_timing({APP_STAGE: self.APP_MS / 1e3})})
 
     def do_GET(self) -> None:  # noqa: N802
+        type(self).counts["reads"] = type(self).counts.get("reads", 0) + 1
         text = "".join(f"# TYPE {name} counter\n{name} {type(self).counts[key]}\n"
                        for key, name in metrics.COUNTERS.items())  # fmt: skip
         self._reply(200, text.encode(), {})
@@ -429,6 +430,9 @@ def test_counters_are_read_around_bursts_of_back_to_back_requests(counting) -> N
     assert got is not None
     # A warm-up burst, then 3 read: each burst's difference is the mean of its 4 requests.
     assert handler.counts["requests"] == 4 * 4
+    # One read before the first burst, then one between bursts: the read that closes a
+    # burst opens the next (this server counts a request before it answers it).
+    assert handler.counts["reads"] == 1 + 4
     assert (got["bursts"], got["burst"]) == (3, 4) and 0 <= got["clean"] <= 3
     assert got["client_p50_ms"] > 0
     assert got["total_ms"] == pytest.approx(0.9) and got["queue_ms"] == pytest.approx(0.03)
