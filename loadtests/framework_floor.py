@@ -165,22 +165,21 @@ METHOD_NOTES = {MEASURED: "the HTTP server's own stages",
 # because a scrape slows the request after it (measured, TorchServe under the latency
 # preset, three rounds: a burst's median request 0.84 / 0.78 / 0.74 ms with two reads
 # between bursts, 0.79 / 0.75 / 0.73 with one, wrk's p50 0.73 / 0.70 / 0.73; clean bursts
-# 45 / 44 / 86 of 96 against 64 / 79 / 86; a burst's first request after a scrape 0.92-1.01
-# ms, the others 0.74-0.80, in bursts of 10). Not single
-# requests with a scrape between each: those run after the server idled for the scrape,
-# a colder context than wrk's (measured, TorchServe under the latency preset, one run: job
-# total 2.0 ms a request read around single requests, 1.12 around bursts of 10, 0.90
-# around bursts of 50, wrk's p50 1.08 ms; the in-process phase, loadtests/own_code.py,
-# shows what an idle gap costs). A mean holds every slow request of its burst, and the
-# p50 none: so only the clean bursts count, those whose slowest request, as the client
-# timed it, took at most CLEAN_BURST_FACTOR x the median request (measured, the same
-# server, three rounds: worker protocol 1.47 / 0.49 / 0.44 ms over all bursts of 25, 0.57
-# / 0.47 / 0.48 over the clean bursts of 10); where none is clean, every burst counts
-# and the record says so. Short bursts and a factor of 2, because TorchServe's tail is
-# heavy (its p90 is 3-4x its median at one connection): of 960 requests in bursts of 10,
-# 15-22 of 96 bursts were clean at 1.5x; in bursts of 5 at 2x, 75-96 of 192. The counters
-# are updated just after each reply is sent, so the second read is retried until they
-# have moved by the whole burst.
+# 45 / 44 / 86 of 96 against 64 / 79 / 86; a burst's first request after a scrape
+# 0.92-1.01 ms, the others 0.74-0.80, in bursts of 10). Not single requests with a scrape
+# between each: those run after the server idled for the scrape, a colder context than
+# wrk's (measured, TorchServe under the latency preset, one run: job total 2.0 ms a
+# request read around single requests, 1.12 around bursts of 10, 0.90 around bursts of 50,
+# wrk's p50 1.08 ms; the in-process phase, loadtests/own_code.py, shows what an idle gap
+# costs). A mean holds every slow request of its burst, and the p50 none: so only the
+# clean bursts count, those whose slowest request, as the client timed it, took at most
+# CLEAN_BURST_FACTOR x the median request (measured, the same server, three rounds: worker
+# protocol 1.47 / 0.49 / 0.44 ms over all bursts of 25, 0.57 / 0.47 / 0.48 over the clean
+# bursts of 10); where none is clean, every burst counts and the record says so. Short
+# bursts and a factor of 2, because TorchServe's tail is heavy (its p90 is 3-4x its median
+# at one connection): of 960 requests in bursts of 10, 15-22 of 96 bursts were clean at
+# 1.5x; in bursts of 5 at 2x, 75-96 of 192. The counters are updated just after each reply
+# is sent, so the read after a burst is retried until they have moved by the whole burst.
 COUNTER_BURSTS = 96
 COUNTER_BURST = 5
 CLEAN_BURST_FACTOR = 2.0
@@ -381,7 +380,7 @@ def counter_spans(url: str, body: bytes, headers: dict[str, str], metrics_url: s
     clean = [(got, sent) for got, sent in read
              if max(sent.client_ms) <= CLEAN_BURST_FACTOR * typical]  # fmt: skip
     used = clean or read
-    worker = [got["server_total_ms"] - got["server_queue_ms"] - statistics.fmean(sent.app_ms)
+    worker = [worker_protocol_ms(got, statistics.fmean(sent.app_ms))
               for got, sent in used if sent.app_ms]  # fmt: skip
     return {"queue_ms": statistics.median(got["server_queue_ms"] for got, _ in used),
             "total_ms": statistics.median(got["server_total_ms"] for got, _ in used),
@@ -697,12 +696,12 @@ def near_capacity(url: str, body: bytes, headers: dict[str, str], plan: FloorPla
 
 
 def worker_protocol_ms(mean: Mapping[str, float], app_ms: float) -> float:
-    """Near capacity, the worker protocol's share: the counters' mean job over the run less
-    its mean queue and the handler's span there (its median over the same run), as at one
-    connection burst by burst. Not the one-connection figure: under a batching load one
-    job's trip to the worker carries the whole batch, both ways (measured, TorchServe's
-    default preset at 16 connections: 1.03 ms against 0.54 at one connection, which left
-    0.83 of a 3.45 ms p50 unattributed)."""
+    """The worker protocol's share: the counters' mean job less its mean queue and the
+    handler's span over the same requests (a burst's, at one connection; near capacity
+    the timed run's, the span its median there). Near capacity not the one-connection
+    figure: under a batching load one job's trip to the worker carries the whole batch,
+    both ways (measured, TorchServe's default preset at 16 connections: 1.03 ms against
+    0.54 at one connection, which left 0.83 of a 3.45 ms p50 unattributed)."""
     return mean["server_total_ms"] - mean["server_queue_ms"] - app_ms
 
 
