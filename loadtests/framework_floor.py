@@ -112,7 +112,13 @@ from digitnet.codec import (
     parse_server_timing,
 )
 from digitnet.spec import LATENCY_PRESET, batching_preset
-from harness.lifecycle import START_ERRORS, RunningStack, did_not_start, start_stack
+from harness.lifecycle import (
+    START_ERRORS,
+    RunningStack,
+    did_not_start,
+    skipped_reason,
+    start_stack,
+)
 from harness.payload import PayloadSet
 from loadtests import own_code, wrk
 from loadtests.batching import environment
@@ -821,7 +827,9 @@ def markdown(records: Sequence[dict]) -> list[str]:
         "",
         "wrk at one connection, batch 1, on each stack's predict path and on its no-op "
         "twin (the same server, config, port and headers answering a fixed reply the size "
-        "of a prediction, without decoding the body or running the model), interleaved. "
+        "of a prediction, without decoding the body or running the model; TF Serving's, "
+        "a second, trivial SavedModel, as TF Serving decodes every body into tensors "
+        "before a model runs), interleaved. "
         "The served p50 splits into framework floor (the twin's p50) + our code + model "
         "(the in-process batch-1 p50 of the stack's floor path, a hot loop); ms, p99 in "
         "brackets. The last two columns split it again with the model as the server timed "
@@ -909,11 +917,14 @@ def main(argv: list[str] | None = None) -> int:
     # Taken now, as the splits do: the report says this section was measured apart.
     made = provenance()
     records = []
+    here = []
     for name in args.stacks:
         stack = load_stack(name)
-        if stack.noop_env is None:
-            records.append(skipped(name, CPU, stack.noop_why))
+        reason = stack.noop_why if stack.noop_env is None else skipped_reason(stack)
+        if reason is not None:
+            records.append(skipped(name, CPU, reason))
             continue
+        here.append(stack)
         with ExitStack() as exits:
             try:
                 running = start_stack(stack, paths, out / "servers" / "floors" / name, exits,
@@ -923,8 +934,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             records.append(measure_stack(running, CPU, baselines, plan, out / "raw"))
         print(f"floors: {name} done", flush=True)
-    for got in preset_floors([load_stack(name) for name in args.stacks], paths, baselines,
-                             plan, out / "raw", out / "servers" / "floors"):  # fmt: skip
+    for got in preset_floors(here, paths, baselines, plan, out / "raw",
+                             out / "servers" / "floors"):  # fmt: skip
         records.append(got)
         print(f"floors: {got['stack']} under the {got['preset']!r} batching preset done",
               flush=True)  # fmt: skip

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from digitnet.artifacts import ArtifactPaths
+from digitnet.noop import NOOP_ENV
 from digitnet.spec import ModelSpec
+from services.process import ServerProcess
 from services.tf_serving.config_protos import config_messages, parse_text_proto
-from services.tf_serving.launch import STACK, TfServingStack, write_run_configs
+from services.tf_serving.launch import STACK, TfServingStack, noop_savedmodel, write_run_configs
 from services.tf_serving.server_flags import REPO_CONFIGS, ConfigFiles, derive_threads
 
 
@@ -50,3 +52,36 @@ def test_run_configs_point_at_local_artifacts(tmp_path: Path) -> None:
     assert batching.max_batch_size == repo_batching.max_batch_size
 
     assert files.monitoring_config.read_text() == REPO_CONFIGS.monitoring_config.read_text()
+
+
+def _started_in(run_dir: Path) -> ServerProcess:
+    # What start() records: the log in the folder it wrote the run's configs to.
+    return ServerProcess(name="tf_serving", pid=0, log_path=run_dir / "tf_serving.log")
+
+
+def test_run_configs_serve_the_twin_beside_the_model_only_when_asked(tmp_path: Path) -> None:
+    spec = ModelSpec()
+    paths = ArtifactPaths(tmp_path / "art", spec)
+    messages = config_messages()
+
+    def models(files: ConfigFiles) -> list:
+        config = parse_text_proto(files.model_config, messages.model_server_config)
+        return list(config.model_config_list.config)
+
+    (only,) = models(write_run_configs(paths, tmp_path / "plain", cores=2))
+    assert only.name == spec.name
+    assert STACK.noop_path(_started_in(tmp_path / "plain")) is None
+
+    entry, twin = models(write_run_configs(paths, tmp_path / "twin", cores=2, noop=True))
+    assert (entry.name, twin.name) == (spec.name, f"{spec.name}_noop")
+    assert Path(twin.base_path) == noop_savedmodel(paths).parent.resolve()
+    assert Path(twin.base_path).parent == Path(entry.base_path).parent
+    # The same version policy and platform: only the name and the folder differ.
+    assert twin.model_version_policy == entry.model_version_policy
+    assert twin.model_platform == entry.model_platform
+    # Read back from the config the server starts with, as the floor phase asks for it.
+    assert STACK.noop_path(_started_in(tmp_path / "twin")) == f"/v1/models/{spec.name}_noop:predict"
+
+
+def test_the_twin_is_turned_on_by_the_shared_switch() -> None:
+    assert dict(STACK.noop_env) == {NOOP_ENV: "1"}

@@ -15,10 +15,12 @@ import tensorflow as tf
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import TFS_METRICS_PATH, TFS_PREDICT_PATH, TfServingGrpcClient
-from digitnet.codec import encode_request
+from digitnet.codec import decode_predictions, encode_request
 from digitnet.data import DigitsSplit
+from digitnet.noop import noop_logits, noop_model_name
 from digitnet.savedmodel import load_signature
 from digitnet.spec import CLASSES_KEY, INPUT_KEY, LOGITS_KEY, ModelSpec
+from harness.lifecycle import running_stack
 from services.process import ServerProcess, free_port
 from services.tf_serving.launch import STACK
 
@@ -98,3 +100,21 @@ def test_prometheus_metrics(server) -> None:
     response = requests.get(server.endpoints["metrics"], timeout=10)
     assert response.status_code == 200
     assert ":tensorflow:serving:" in response.text
+
+
+def test_the_twin_answers_beside_the_model(artifacts, spec: ModelSpec, images, expected,
+                                           tmp_path) -> None:  # fmt: skip
+    # A server of its own: the module's server runs without the twin, as production does.
+    with running_stack(STACK, artifacts, tmp_path, env=dict(STACK.noop_env)) as running:
+        rest = running.server.endpoints["rest"]
+        path = STACK.noop_path(running.server)
+        assert path == TFS_PREDICT_PATH.format(name=noop_model_name(spec))
+        twin = requests.post(rest + path, json=encode_request(images[:1]), timeout=10)
+        real = requests.post(rest + TFS_PREDICT_PATH.format(name=spec.name),
+                             json=encode_request(images[:1]), timeout=10)  # fmt: skip
+    assert twin.status_code == real.status_code == 200
+    logits, classes = decode_predictions(twin.json(), 1, spec.num_classes)
+    np.testing.assert_allclose(logits, noop_logits(spec)[None, :], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(classes, [noop_logits(spec).argmax()])
+    np.testing.assert_allclose(decode_predictions(real.json(), 1, spec.num_classes)[0],
+                               expected[0][:1], rtol=0, atol=LOGITS_TOLERANCE)  # fmt: skip

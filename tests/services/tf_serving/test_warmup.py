@@ -24,7 +24,7 @@ from digitnet.spec import (
     ServingLimits,
 )
 from services.process import free_port
-from services.tf_serving.launch import STACK
+from services.tf_serving.launch import STACK, noop_savedmodel
 from services.tf_serving.warmup import (
     MAX_WARMUP_RECORDS,
     WARMUP_RECORDS_PER_BATCH,
@@ -112,7 +112,10 @@ def test_the_plugin_build_writes_the_warmup_file(tmp_path: Path, monkeypatch) ->
     export_savedmodel(DigitConvNetKeras(spec).build_for_spec(), paths.tf_serving_base)
     STACK.build(paths)
     version_dir = paths.savedmodel
-    assert STACK.artifact_files(paths) == [warmup_path(version_dir)]
+    twin = noop_savedmodel(paths)
+    assert STACK.artifact_files(paths) == [warmup_path(version_dir), twin / "saved_model.pb"]
+    assert all(path.is_file() for path in STACK.artifact_files(paths))
+    assert len(read_warmup_requests(twin)) == 2 * WARMUP_RECORDS_PER_BATCH
 
     logs = read_warmup_requests(version_dir)
     assert [
