@@ -229,13 +229,38 @@ def aggregate_repeats(points: Sequence[dict]) -> dict:
     return merged
 
 
+# What a server that counts its batches in rows (TF Serving's batching metrics) gives
+# beside its histogram of rows per batch: sums over the point, added up over windows.
+ROW_SUMS = ("batch_rows", "batch_passes", "request_rows", "request_count")
+
+
 def merge_batches(points: Sequence[dict]) -> dict:
-    """The windows' observed forward passes added up ({} when no window has them)."""
+    """The windows' observed forward passes added up ({} when no window has them): from
+    the replies' counts (batch_hist), or from a server's histogram of rows per batch
+    (batch_rows_hist, with ROW_SUMS)."""
     hist: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    sums = dict.fromkeys(ROW_SUMS, 0.0)
     for point in points:
         for size, passes in (point.get("batch_hist") or {}).items():
             hist[size] = hist.get(size, 0) + passes
-    return batch_summary(hist) if hist else {}
+        if point.get("batch_rows_hist"):
+            for label, passes in point["batch_rows_hist"].items():
+                rows[label] = rows.get(label, 0) + passes
+            for key in ROW_SUMS:
+                sums[key] += point[key]
+    if hist:
+        return batch_summary(hist)
+    return rows_summary(rows, sums) if rows else {}
+
+
+def rows_summary(hist: Mapping[str, int], sums: Mapping[str, float]) -> dict:
+    """batch_rows_hist in increasing rows, the sums, and batch_mean: requests per batch,
+    the mean rows per batch over the mean rows per request."""
+    ordered = dict(sorted(hist.items(), key=lambda item: int(item[0].split("-")[0].rstrip("+"))))
+    per_batch = sums["batch_rows"] / sums["batch_passes"]
+    per_request = sums["request_rows"] / sums["request_count"]
+    return {"batch_rows_hist": ordered, **sums, "batch_mean": per_batch / per_request}
 
 
 def knee(levels: Sequence[float], rps: Sequence[float]) -> int | None:

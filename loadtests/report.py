@@ -52,7 +52,7 @@ SUMMARY_KEYS = (
     "generator_calibrated", "generator_reason", "lateness_p50_ms", "lateness_p99_ms",
     "generator_fell_behind", "pool_wait_p99_ms", "neighbours_cpu_pct",
     "stable", "stability_reason", "windows", "wrk", "wrk_runs", "wrk_skipped", "divergence",
-    "served_device", "batch_hist", "batch_mean",
+    "served_device", "batch_hist", "batch_mean", "batch_rows_hist", *analysis.ROW_SUMS,
 )  # fmt: skip
 # What identifies a load level, in points.jsonl and levels.jsonl alike.
 LEVEL_FIELDS = ("stack", "protocol", "device", "batch_size", "mode", "users", "rate")
@@ -1266,9 +1266,9 @@ def model_compute_ms(record: dict) -> float | None:
 
 def batches_section(records: list[dict]) -> list[str]:
     """The forward passes each server actually formed at each level, from the request
-    count its replies name (BATCH_HEADER): a batching config whose batches never fill
-    shows here at a glance."""
-    rows = [r for r in records if r.get("batch_hist")]
+    count its replies name (BATCH_HEADER), or from its own histogram of rows per batch
+    (TF Serving): a batching config whose batches never fill shows here at a glance."""
+    rows = [r for r in records if r.get("batch_hist") or r.get("batch_rows_hist")]
     if not rows:
         return []
     md = [
@@ -1276,14 +1276,19 @@ def batches_section(records: list[dict]) -> list[str]:
         "",
         "Each answered request names how many requests shared its forward pass; k requests "
         "naming k are one pass of k. `size×passes`, over the level's measured windows. "
-        "Flask never batches across requests (always 1); TF Serving's replies say nothing.",
+        "Flask never batches across requests (always 1). TF Serving's replies say nothing: "
+        "its batching session's own histograms give its batches instead, in ranges of rows "
+        "(`rows×batches`; a request of batch n is n rows), and the requests per batch from "
+        "their sums (mean rows per batch over mean rows per request).",
         "",
         "| target | batch | mode | level | mean requests per pass | passes formed |",
         "|" + " --- |" * 6,
     ]
     for r in rows:
         level = r["users"] if r["mode"] == "closed" else r["rate"]
-        formed = ", ".join(f"{size}×{passes}" for size, passes in r["batch_hist"].items())
+        formed = ", ".join(f"{size}×{passes}" for size, passes in r["batch_hist"].items()) \
+            if r.get("batch_hist") else ", ".join(
+                f"{label} rows×{passes}" for label, passes in r["batch_rows_hist"].items())
         md.append(f"| {r['stack']}/{r['protocol']} | {r['batch_size']} | {r['mode']} | "
                   f"{fmt(level, 0)} | {fmt(r['batch_mean'], 2)} | {formed} |")  # fmt: skip
     md.append("")

@@ -128,6 +128,23 @@ def test_windows_passes_add_up_in_a_level():
     assert merged["batch_mean"] == pytest.approx((6 + 4 + 8) / 9)
 
 
+def test_a_servers_histograms_of_rows_add_up_in_a_level():
+    # Two windows of a server that counts its batches in rows (TF Serving), requests of 2
+    # rows: 12 batches holding 64 rows of 32 requests in all.
+    def window(hist: dict, *sums: int) -> dict:
+        return {"rps": 1.0, "batch_rows_hist": hist,
+                **dict(zip(analysis.ROW_SUMS, sums, strict=True))}  # fmt: skip
+
+    merged = analysis.aggregate_repeats([window({"5-8": 2, "2": 4}, 24, 6, 24, 12),
+                                         window({"3-4": 4, "2": 2}, 40, 6, 40, 20)])  # fmt: skip
+    assert merged["batch_rows_hist"] == {"2": 6, "3-4": 4, "5-8": 2}
+    assert list(merged["batch_rows_hist"]) == ["2", "3-4", "5-8"]
+    assert [merged[key] for key in analysis.ROW_SUMS] == [64, 12, 64, 32]
+    # 64 / 12 rows per batch over 2 rows per request.
+    assert merged["batch_mean"] == pytest.approx(64 / 12 / 2)
+    assert "batch_hist" not in merged
+
+
 def test_repeats_are_merged_by_median_with_spread():
     points = [{"rps": r, "p99_ms": p, "requests": 10, "failures": f}
               for r, p, f in [(100, 5, 0), (120, 9, 1), (110, 7, 0)]]

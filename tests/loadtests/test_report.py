@@ -474,7 +474,7 @@ def test_the_wrk_cell_shows_the_median_run_and_the_range_of_the_runs():
     assert wrk_cells({"wrk": runs[1], "divergence": None})[0] == "1000"
 
 
-def test_observed_batch_sizes_are_shown_only_where_servers_named_them():
+def test_observed_batch_sizes_are_shown_only_where_servers_counted_them():
     from loadtests.report import batches_section
 
     level = {"stack": "torchserve", "protocol": "rest", "batch_size": 1, "mode": "closed",
@@ -484,3 +484,7 @@ def test_observed_batch_sizes_are_shown_only_where_servers_named_them():
     assert "| torchserve/rest | 1 | closed | 8 | 3.33 | 1×10, 8×5 |" in md
     assert "tf_serving/rest |" not in md
     assert batches_section([silent]) == []
+    # A server that counts its batches in rows (TF Serving's metrics) shows its ranges.
+    rows = {**silent, "batch_rows_hist": {"1": 3, "3-4": 2}, "batch_mean": 11 / 5}
+    md = "\n".join(batches_section([rows]))
+    assert "| tf_serving/rest | 1 | closed | 8 | 2.20 | 1 rows×3, 3-4 rows×2 |" in md

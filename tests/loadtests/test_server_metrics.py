@@ -3,9 +3,12 @@ each stack plugin reads its own metrics."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from loadtests.server_metrics import parse
+from services.metric_buckets import buckets
 from services.registry import load_stack
 
 TORCHSERVE = """# HELP ts_inference_requests_total Total number of inference requests.
@@ -80,3 +83,61 @@ def test_samples_are_read_by_prometheus_clients_parser_labels_folded():
     assert totals["ts_inference_requests_total"] == 7
     with pytest.raises(ValueError):
         parse('{"code": 401, "message": "Token Authorization failed"}')
+
+
+# The batching session's histograms of rows (TF Serving's batching_util.h: buckets 1, 2, 4,
+# ..., 8192 and past it), cumulative as Prometheus buckets are; a bound may be printed
+# either way ("2" or "2.0"). b1..b8: the batches of at most 1, 2, 4, 8 rows; rows: their sum.
+TF_SERVING_BATCHES = TF_SERVING + """\
+# TYPE :tensorflow:serving:batching_session:processed_batch_size histogram
+:tensorflow:serving:batching_session:processed_batch_size_bucket{{le="1"}} {b1}
+:tensorflow:serving:batching_session:processed_batch_size_bucket{{le="2.0"}} {b2}
+:tensorflow:serving:batching_session:processed_batch_size_bucket{{le="4"}} {b4}
+:tensorflow:serving:batching_session:processed_batch_size_bucket{{le="8"}} {b8}
+:tensorflow:serving:batching_session:processed_batch_size_bucket{{le="16"}} {b8}
+:tensorflow:serving:batching_session:processed_batch_size_bucket{{le="1.79769e+308"}} {b8}
+:tensorflow:serving:batching_session:processed_batch_size_sum {rows}
+:tensorflow:serving:batching_session:processed_batch_size_count {b8}
+# TYPE :tensorflow:serving:batching_session:input_batch_size histogram
+:tensorflow:serving:batching_session:input_batch_size_bucket{{le="1"}} {n}
+:tensorflow:serving:batching_session:input_batch_size_bucket{{le="+Inf"}} {n}
+:tensorflow:serving:batching_session:input_batch_size_sum {n}
+:tensorflow:serving:batching_session:input_batch_size_count {n}
+"""
+
+
+def _tf_batches(n: int, b1: int, b2: int, b4: int, b8: int, rows: int) -> dict:
+    return parse(TF_SERVING_BATCHES.format(n=n, total=1000 * n, run=100 * n, b1=b1, b2=b2,
+                                           b4=b4, b8=b8, rows=rows))  # fmt: skip
+
+
+def test_tf_serving_batches_are_read_from_its_histograms_of_rows() -> None:
+    # Before: 10 batches of one row. Over the point: 100 requests of one row each, in 4
+    # batches of 1, 6 of 2, 10 of 3-4 and 5 of 5-8 rows (4 + 12 + 36 + 48 = 100 rows).
+    before = _tf_batches(n=10, b1=10, b2=10, b4=10, b8=10, rows=10)
+    after = _tf_batches(n=110, b1=14, b2=20, b4=30, b8=35, rows=110)
+    figures = breakdown("tf_serving", before, after)
+    assert figures["server_total_ms"] == pytest.approx(1.0)
+    assert figures["batch_rows_hist"] == {"1": 4, "2": 6, "3-4": 10, "5-8": 5}
+    assert (figures["batch_rows"], figures["batch_passes"]) == (100, 25)
+    assert (figures["request_rows"], figures["request_count"]) == (100, 100)
+
+
+def test_tf_serving_without_batching_has_no_batch_figures() -> None:
+    before = parse(TF_SERVING.format(n=10, total=10_000, run=2_000))
+    after = parse(TF_SERVING.format(n=110, total=310_000, run=52_000))
+    assert "batch_rows_hist" not in breakdown("tf_serving", before, after)
+
+
+def test_buckets_are_kept_by_bound_with_other_labels_folded() -> None:
+    text = """# TYPE h histogram
+h_bucket{model="a",le="1"} 2
+h_bucket{model="b",le="1.0"} 1
+h_bucket{model="a",le="+Inf"} 5
+h_bucket{model="b",le="+Inf"} 1
+h_sum 9
+h_count 6
+"""
+    totals = parse(text)
+    assert buckets(totals, "h") == {1.0: 3.0, math.inf: 6.0}
+    assert totals["h_count"] == 6 and buckets(totals, "missing") == {}
