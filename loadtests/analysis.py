@@ -183,8 +183,13 @@ def observed_batches(batch_requests: np.ndarray) -> dict:
     if len(said) == 0:
         return {}
     sizes, requests = np.unique(said.astype(np.int64), return_counts=True)
-    return batch_summary({str(k): max(1, round(n / k))
-                          for k, n in zip(sizes, requests, strict=True)})  # fmt: skip
+    return passes_from_counts(dict(zip(sizes.tolist(), requests.tolist(), strict=True)))
+
+
+def passes_from_counts(replies: Mapping[int, int]) -> dict:
+    """batch_summary of the passes behind `replies` (requests sharing a pass, as the
+    replies named it -> replies naming it): k replies naming k are one pass of k."""
+    return batch_summary({str(k): max(1, round(n / k)) for k, n in replies.items()})
 
 
 def batch_summary(hist: Mapping[str, int]) -> dict:

@@ -111,7 +111,8 @@ def measure_policy(name: str, policy: BatchingPolicy, paths: ArtifactPaths,
         running = start_stack(stack, paths, run_dir / f"{name}-{policy.label.replace(' ', '')}",
                               exits, cores=cores[0], env=stack.device_env(CPU))  # fmt: skip
         read_back = stack.serving_config(running.server)
-        levels = wrk_levels(running, CONNECTIONS, runs, duration_s, cores[1], run_dir)
+        levels = wrk_levels(running, CONNECTIONS, runs, duration_s, cores[1], run_dir,
+                            batches=True)  # fmt: skip
     capacity = capacity_under_objective(levels, SLO_P99_MS)
     return {
         "stack": name, "policy": policy.label, "enabled": policy.enabled,
@@ -135,13 +136,31 @@ def _read_back(config: Mapping) -> str:
     return ", ".join(f"{k} {v}" for k, v in config.items()) if config else "not reported"
 
 
+def _mean_pass(level: Mapping) -> str:
+    return "–" if level.get("batch_mean") is None else f"{level['batch_mean']:.1f}"
+
+
+def formed(level: Mapping) -> str:
+    """The passes a level formed, `size×passes` (or `rows rows×batches` where the server
+    counts rows), or – when the server said nothing."""
+    if level.get("batch_hist"):
+        return ", ".join(f"{size}×{n}" for size, n in level["batch_hist"].items())
+    if level.get("batch_rows_hist"):
+        return ", ".join(f"{rows} rows×{n}" for rows, n in level["batch_rows_hist"].items())
+    return "–"
+
+
 def markdown(records: Sequence[Mapping], skipped: Mapping[str, str]) -> list[str]:
     md = ["# Batching policy: latency at low load against capacity", "",
           "Closed-loop wrk at 1, 4, 16 and 32 connections, batch 1 per request. Capacity: the "
           f"most req/s of a level whose p99 ≤ {SLO_P99_MS:g} ms (a closed-loop lower bound of "
           "the open-loop SLO capacity). ★: on the Pareto front of p99 at one connection "
           f"against capacity. In brackets: the preset that policy is (`make ... BATCHING=` "
-          "or DIGITNET_BATCHING_PRESET picks it for every stack; digitnet/spec.py).", "",
+          "or DIGITNET_BATCHING_PRESET picks it for every stack; digitnet/spec.py). "
+          "Requests per pass: the forward passes the server formed at each level, read in one "
+          "more wrk run per level that counts the requests each reply says shared its pass "
+          "(TF Serving: its batching metrics, in rows), never a run whose latency is "
+          "reported; `size×passes` at 32 connections.", "",
           f"![p99 against capacity per policy]({PLOT_FILE})",
           ""]  # fmt: skip
     for name in dict.fromkeys(r["stack"] for r in records):
@@ -149,12 +168,15 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str]) -> list[str
         front = {id(p) for p in pareto_front(mine)}
         md += [f"## {name}", "", "| policy | p50 at 1 conn. ms | p99 at 1 conn. ms "
                "| capacity req/s (connections) | p99 ms at 4 / 16 / 32 conn. | front "
-               "| as the server reports it |", "|" + " --- |" * 7]  # fmt: skip
+               "| requests per pass at 1 / 4 / 16 / 32 conn. | passes formed at 32 conn. "
+               "| as the server reports it |", "|" + " --- |" * 9]  # fmt: skip
         for r in mine:
             cap = capacity_cell(r)
             tails = " / ".join(f"{lv['p99_ms']:.1f}" for lv in r["levels"][1:])
             md.append(f"| {policy_label(r)} | {r['p50_1_ms']:.3f} | {r['p99_1_ms']:.3f} | {cap} "
                       f"| {tails} | {'★' if id(r) in front else ''} "
+                      f"| {' / '.join(_mean_pass(lv) for lv in r['levels'])} "
+                      f"| {formed(r['levels'][-1])} "
                       f"| {_read_back(r.get('config_read_back', {}))} |")  # fmt: skip
         md.append("")
         for objective, pick in picks(mine).items():

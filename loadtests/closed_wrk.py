@@ -14,8 +14,9 @@ from pathlib import Path
 
 from digitnet.wire import JSON_WIRE, WireCodec
 from harness.lifecycle import RunningStack
-from loadtests import wrk
+from loadtests import analysis, wrk
 from loadtests.runner import one_image_body, targets_of
+from loadtests.server_metrics import scrape
 from services.stack import CPU, REST
 
 SLO_P99_MS = 50.0
@@ -60,10 +61,11 @@ def rest_request(running: RunningStack, codec: WireCodec = JSON_WIRE
 
 
 def wrk_levels(running: RunningStack, connections: Sequence[int], runs: int, duration_s: int,
-               cores: Sequence[int], script_dir: Path,
-               codec: WireCodec = JSON_WIRE) -> list[dict]:  # fmt: skip
+               cores: Sequence[int], script_dir: Path, codec: WireCodec = JSON_WIRE,
+               batches: bool = False) -> list[dict]:  # fmt: skip
     """Per level: the median p50/p99/req/s of `runs` wrk runs after a discarded second,
-    each request a batch-1 body in `codec`."""
+    each request a batch-1 body in `codec`; with `batches`, the forward passes the server
+    formed at that level too (level_batches)."""
     url, body, headers = rest_request(running, codec)
     levels = []
     for count in connections:
@@ -77,5 +79,26 @@ def wrk_levels(running: RunningStack, connections: Sequence[int], runs: int, dur
             "rps": statistics.median(r["goodput_rps"] for r in got),
             "errors": sum(r["status_errors"] + r["socket_errors"] for r in got),
             "p50_ms_runs": [r["p50_ms"] for r in got],
+            **(level_batches(running, (url, body, headers), count, duration_s, cores,
+                             script_dir) if batches else {}),
         })  # fmt: skip
     return levels
+
+
+def level_batches(running: RunningStack, request: tuple[str, bytes, Mapping[str, str]],
+                  connections: int, duration_s: int, cores: Sequence[int],
+                  script_dir: Path) -> dict:  # fmt: skip
+    """The forward passes the server formed at one level (analysis.batch_summary's fields,
+    or rows_summary's): one more wrk run, in timings mode (its reply callback costs wrk,
+    so it is never a reported run), counting the passes its replies name
+    (digitnet.codec.BATCH_HEADER), with the server's own metrics read around it for a
+    stack whose replies name none (TF Serving counts its batches in rows). {} when the
+    server says nothing."""
+    metrics_url = running.stack.metrics_url(running.server)
+    before = scrape(metrics_url) if metrics_url else {}
+    out = wrk.timings_run(*request, connections, duration_s, cores, script_dir)
+    counts = wrk.parse_batches(out)
+    if counts:
+        return analysis.passes_from_counts(counts)
+    after = scrape(metrics_url) if metrics_url else {}
+    return analysis.merge_batches([running.stack.server_timings(before, after)])

@@ -24,6 +24,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from digitnet.codec import BATCH_HEADER
 from loadtests.tools import probe
 
 INSTALL_HINT = "run scripts/install_tools.sh (Debian package wrk)"
@@ -86,19 +87,27 @@ def lua_string(data: bytes) -> str:
     return '"' + "".join(out) + '"'
 
 
-# Marks the line of server timings (timings mode) among wrk's output.
+# Marks the lines of server timings and of batch counts (timings mode) in wrk's output.
 TIMINGS_MARKER = "WRK_TIMINGS "
+BATCHES_MARKER = "WRK_BATCHES "
 # Timings mode: every 200 reply's Server-Timing durations, kept per thread, their medians
-# printed by done() as one JSON line. The reply callback costs wrk a Lua call and a header
-# table per reply, so a run in this mode reads the server's timings under wrk's own pacing
-# and is never the run whose latency is reported.
+# printed by done() as one JSON line; and how many replies named each count of requests
+# sharing their forward pass (digitnet.codec.BATCH_HEADER), another line. The reply
+# callback costs wrk a Lua call and a header table per reply, so a run in this mode reads
+# the server's timings under wrk's own pacing and is never the run whose latency is
+# reported.
 _TIMINGS_LUA = """
 -- One flat list per stage (timing_<name>) and the list of names: wrk's thread:get copies
--- flat tables between Lua states, and crashes on nested ones.
+-- flat tables between Lua states, and crashes on nested ones. batch_counts: the batch
+-- header's value -> replies (flat too).
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) timing_names = {} end
+function init(args) timing_names = {}; batch_counts = {} end
 function response(status, headers, body)
+  local shared = headers["@BATCH@"] or headers[string.lower("@BATCH@")]
+  if status == 200 and shared and string.match(shared, "^%d+$") then
+    batch_counts[shared] = (batch_counts[shared] or 0) + 1
+  end
   local value = headers["Server-Timing"] or headers["server-timing"]
   if status == 200 and value then
     for name, dur in string.gmatch(value, "([%w_%-]+);dur=([%d%.]+)") do
@@ -131,8 +140,19 @@ function report_timings()
     parts[#parts + 1] = string.format('"%s": [%.6f, %d]', name, median, n)
   end
   io.write("@TIMINGS@{" .. table.concat(parts, ", ") .. "}\\n")
+  local counts, shares = {}, {}
+  for _, thread in ipairs(threads) do
+    for shared, n in pairs(thread:get("batch_counts") or {}) do
+      counts[shared] = (counts[shared] or 0) + n
+    end
+  end
+  for shared, n in pairs(counts) do
+    shares[#shares + 1] = string.format('"%s": %d', shared, n)
+  end
+  io.write("@BATCHES@{" .. table.concat(shares, ", ") .. "}\\n")
 end
-""".replace("@TIMINGS@", TIMINGS_MARKER)
+""".replace("@TIMINGS@", TIMINGS_MARKER).replace("@BATCHES@", BATCHES_MARKER).replace(
+    "@BATCH@", BATCH_HEADER)
 
 
 def render_lua(body: bytes, headers: Mapping[str, str], method: str = "POST",
@@ -270,14 +290,30 @@ def parse_timings(stdout: str) -> dict[str, tuple[float, int]]:
             for name, v in json.loads(line.removeprefix(TIMINGS_MARKER)).items()}
 
 
+def parse_batches(stdout: str) -> dict[int, int]:
+    """The batch-count line of a timings-mode run: requests sharing a forward pass, as the
+    replies named it -> replies that named it; {} when none did."""
+    line = next((x for x in stdout.splitlines() if x.startswith(BATCHES_MARKER)), None)
+    if line is None:
+        return {}
+    return {int(k): int(n) for k, n in json.loads(line.removeprefix(BATCHES_MARKER)).items()}
+
+
 def server_timings(url: str, body: bytes, headers: Mapping[str, str], connections: int,
                    duration_s: int, cores: Sequence[int] | None = None,
                    script_dir: Path | None = None) -> dict[str, tuple[float, int]]:
     """A timings-mode run (see _TIMINGS_LUA): the medians of the server's own stage times
     under wrk's load, stage -> (ms, replies)."""
-    stdout = _run(url, body, headers, connections, duration_s, cores, 1, DEFAULT_TIMEOUT_S,
-                  script_dir, timings=True)
-    return parse_timings(stdout)
+    return parse_timings(timings_run(url, body, headers, connections, duration_s, cores,
+                                     script_dir))  # fmt: skip
+
+
+def timings_run(url: str, body: bytes, headers: Mapping[str, str], connections: int,
+                duration_s: int, cores: Sequence[int] | None = None,
+                script_dir: Path | None = None) -> str:
+    """A timings-mode run's standard output: parse_timings and parse_batches read it."""
+    return _run(url, body, headers, connections, duration_s, cores, 1, DEFAULT_TIMEOUT_S,
+                script_dir, timings=True)
 
 
 def run_wrk(

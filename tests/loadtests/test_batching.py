@@ -62,12 +62,25 @@ def test_the_report_marks_the_front_and_names_the_picks() -> None:
     assert "## torchserve" in md
     # Each policy that is a preset says which (`make ... BATCHING=`).
     assert ("| off (`latency`) | 1.500 | 3.000 | 1500 (16) | 5.0 / 9.0 / 30.0 | ★ "
-            "| batch_size 1 |") in md
+            "| – / – / – / – | – | batch_size 1 |") in md
     assert "| 8 x 2 ms (`default`) | 3.000 | 5.000 | 2400 (16) | 5.0 / 9.0 / 30.0 |  |" in md
     assert "| 16 x 5 ms (`throughput`) | 0.900 | 1.000 | none meets the objective |" in md
     assert "- lowest latency at low load: **off (`latency`)**" in md
     assert "- most capacity under the objective: **16 x 10 ms**" in md
     assert "- tf_serving: **not run**: no binary" in md
+
+
+def test_the_report_shows_the_passes_each_level_formed() -> None:
+    levels = [{"p99_ms": 3.0, "batch_hist": {"1": 50}, "batch_mean": 1.0},
+              {"p99_ms": 5.0, "batch_hist": {"1": 10, "2": 20}, "batch_mean": 50 / 30},
+              {"p99_ms": 9.0},
+              {"p99_ms": 30.0, "batch_hist": {"4": 5, "8": 20}, "batch_mean": 180 / 25}]
+    md = "\n".join(batching.markdown([{**SMALL, "levels": levels}], {}))
+    assert "| 5.0 / 9.0 / 30.0 | ★ | 1.0 / 1.7 / – / 7.2 | 4×5, 8×20 | batch_size 1 |" in md
+    # A server that counts its batches in rows (TF Serving's metrics) shows its ranges.
+    rows = {"p99_ms": 30.0, "batch_rows_hist": {"1": 3, "5-8": 9}, "batch_mean": 6.2}
+    md = "\n".join(batching.markdown([{**SMALL, "levels": [*levels[:3], rows]}], {}))
+    assert "| 1.0 / 1.7 / – / 6.2 | 1 rows×3, 5-8 rows×9 |" in md
 
 
 def test_the_sweep_runs_every_stack_that_batches() -> None:
@@ -92,3 +105,10 @@ def test_each_policy_reaches_the_real_server(artifacts, tmp_path) -> None:
     for record in records:
         assert [lv["connections"] for lv in record["levels"]] == list(batching.CONNECTIONS)
         assert all(lv["errors"] == 0 and lv["rps"] > 0 for lv in record["levels"])
+    # The passes the handler formed, as its replies named them: off never batches; at 32
+    # connections the 4 x 2 ms policy forms passes of more than one and never beyond 4.
+    off, batched = (record["levels"] for record in records)
+    assert all(set(lv["batch_hist"]) == {"1"} for lv in off)
+    assert off[0]["batch_mean"] == 1.0
+    top = batched[-1]["batch_hist"]
+    assert set(top) <= {"1", "2", "3", "4"} and batched[-1]["batch_mean"] > 1.0

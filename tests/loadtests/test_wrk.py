@@ -9,14 +9,19 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from digitnet.codec import BATCH_HEADER
 from loadtests.wrk import (
+    BATCHES_MARKER,
     DIVERGENCE_LIMIT,
     JSON_MARKER,
     compare_clients,
     lua_string,
+    parse_batches,
     parse_output,
+    parse_timings,
     render_lua,
     run_wrk,
+    timings_run,
     wrk_available,
 )
 from tests.http_fixture import base_url, serving
@@ -186,7 +191,7 @@ def test_bad_settings_are_refused() -> None:
 
 
 def test_the_timings_line_gives_each_stage_its_median_and_count() -> None:
-    from loadtests.wrk import TIMINGS_MARKER, parse_timings, render_lua
+    from loadtests.wrk import TIMINGS_MARKER
 
     out = f'Running...\n{TIMINGS_MARKER}{{"decode": [0.045000, 1500], "app": [0.410000, 1500]}}\n'
     assert parse_timings(out) == {"decode": (0.045, 1500), "app": (0.41, 1500)}
@@ -195,3 +200,45 @@ def test_the_timings_line_gives_each_stage_its_median_and_count() -> None:
     # Flat per-stage lists: wrk's thread:get crashes on nested tables.
     assert 'thread:get("timing_" .. name)' in script and "function response(" in script
     assert "function response(" not in render_lua(b"{}", {})
+
+
+class Batching(BaseHTTPRequestHandler):
+    """Answers as a batching server would: every third reply names a pass of 3, the
+    others 1; every fifth names a count wrk must not take (not a number)."""
+
+    protocol_version = "HTTP/1.1"
+    replies = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).replies += 1
+        shared = "junk" if self.replies % 5 == 0 else "3" if self.replies % 3 == 0 else "1"
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.send_header(BATCH_HEADER, shared)
+        self.send_header("Server-Timing", "app;dur=0.250")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *_args) -> None:
+        pass
+
+
+@pytest.mark.integration
+@needs_wrk
+def test_a_timings_run_counts_the_replies_by_the_pass_they_name() -> None:
+    handler = type("Handler", (Batching,), {"replies": 0})
+    with serving(handler) as server:
+        out = timings_run(base_url(server) + "/", b"{}", {}, connections=2, duration_s=1)
+    counts = parse_batches(out)
+    assert set(counts) == {1, 3}
+    named = handler.replies - handler.replies // 5
+    # wrk may stop with a reply or two unread at the end of its duration.
+    assert named - 2 <= sum(counts.values()) <= named
+    assert counts[1] > counts[3] > 0
+    assert parse_timings(out)["app"][0] == pytest.approx(0.25)
+
+
+def test_without_the_batches_line_there_are_no_counts() -> None:
+    assert parse_batches("WRK_TIMINGS {}\n") == {}
+    assert parse_batches(f'{BATCHES_MARKER}{{"1": 7, "8": 16}}\n') == {1: 7, 8: 16}
