@@ -79,7 +79,8 @@ tools: ## Install wrk, nginx-light and h2load (the measurement tools) where the 
 MODEL_SOURCES := $(wildcard digitnet/*.py) harness/artifacts.py tools/artifacts.py \
 	$(wildcard services/*/export.py services/*/build_mar.py) services/torchserve/handler.py \
 	services/torchserve/noop_handler.py \
-	services/torchserve/model-config.yaml
+	services/torchserve/model-config.yaml \
+	services/tf_serving/warmup.py services/tf_serving/noop_model.py
 
 artifacts: $(ARTIFACTS)/metrics.json ## Train on digits, export TorchScript and SavedModel, build each stack's own
 $(ARTIFACTS)/metrics.json: $(VENV)/.ready $(MODEL_SOURCES)
@@ -123,7 +124,7 @@ device-bundle: venv artifacts ## Wheels, a Java runtime and the artifacts to car
 sizes: venv tools ## Model-size sweep (4 sizes, 35 us to ~5 ms in-process): served p50, capacity, overhead share per stack; ~12 min [RUN=]
 	$(PY) -m loadtests.sizes --root $(SIZES_ROOT) $(if $(RUN),--out $(RUN)) $(STACKS_ARG)
 
-batching: artifacts tools ## [RUN=] Batching-policy sweep (off, 4x1 .. 16x10 ms) of every stack that batches: p50 at 1 connection vs capacity, Pareto front, picks; ~8 min
+batching: artifacts tools ## [RUN=] Batching-policy sweep (off, 4x1 .. 16x10 ms) of every stack that batches: p50 at 1 connection vs capacity, Pareto front, picks, the passes each level formed; ~10 min
 	$(PY) -m loadtests.batching --artifacts $(ARTIFACTS) $(if $(RUN),--out $(RUN)) $(STACKS_ARG)
 
 fair: artifacts tools ## [RUN=] The fair fight: each stack out of the box vs ours (configs read back from the servers), capacity gain; ~5 min
