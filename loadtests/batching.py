@@ -37,6 +37,8 @@ from loadtests.closed_wrk import (
     SLO_P99_MS,
     capacity_cell,
     capacity_under_objective,
+    formed,
+    passes_per_level,
     wrk_levels,
 )
 from loadtests.runner import split_cores
@@ -136,20 +138,6 @@ def _read_back(config: Mapping) -> str:
     return ", ".join(f"{k} {v}" for k, v in config.items()) if config else "not reported"
 
 
-def _mean_pass(level: Mapping) -> str:
-    return "–" if level.get("batch_mean") is None else f"{level['batch_mean']:.1f}"
-
-
-def formed(level: Mapping) -> str:
-    """The passes a level formed, `size×passes` (or `rows rows×batches` where the server
-    counts rows), or – when the server said nothing."""
-    if level.get("batch_hist"):
-        return ", ".join(f"{size}×{n}" for size, n in level["batch_hist"].items())
-    if level.get("batch_rows_hist"):
-        return ", ".join(f"{rows} rows×{n}" for rows, n in level["batch_rows_hist"].items())
-    return "–"
-
-
 def markdown(records: Sequence[Mapping], skipped: Mapping[str, str]) -> list[str]:
     md = ["# Batching policy: latency at low load against capacity", "",
           "Closed-loop wrk at 1, 4, 16 and 32 connections, batch 1 per request. Capacity: the "
@@ -175,8 +163,7 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str]) -> list[str
             tails = " / ".join(f"{lv['p99_ms']:.1f}" for lv in r["levels"][1:])
             md.append(f"| {policy_label(r)} | {r['p50_1_ms']:.3f} | {r['p99_1_ms']:.3f} | {cap} "
                       f"| {tails} | {'★' if id(r) in front else ''} "
-                      f"| {' / '.join(_mean_pass(lv) for lv in r['levels'])} "
-                      f"| {formed(r['levels'][-1])} "
+                      f"| {passes_per_level(r['levels'])} | {formed(r['levels'][-1])} "
                       f"| {_read_back(r.get('config_read_back', {}))} |")  # fmt: skip
         md.append("")
         for objective, pick in picks(mine).items():

@@ -46,6 +46,23 @@ def capacity_cell(record: Mapping) -> str:
     return "none meets the objective"
 
 
+def passes_per_level(levels: Sequence[Mapping]) -> str:
+    """Requests per forward pass at each level (level_batches), "1.0 / 4.0 / 8.0", – where
+    the server said nothing."""
+    return " / ".join("–" if lv.get("batch_mean") is None else f"{lv['batch_mean']:.1f}"
+                      for lv in levels)  # fmt: skip
+
+
+def formed(level: Mapping) -> str:
+    """The passes a level formed, `size×passes` (`rows rows×batches` where the server
+    counts rows), or – when the server said nothing."""
+    if level.get("batch_hist"):
+        return ", ".join(f"{size}×{n}" for size, n in level["batch_hist"].items())
+    if level.get("batch_rows_hist"):
+        return ", ".join(f"{rows} rows×{n}" for rows, n in level["batch_rows_hist"].items())
+    return "–"
+
+
 def rest_request(running: RunningStack, codec: WireCodec = JSON_WIRE
                  ) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
     """(URL, batch-1 body of a real digit in `codec`, headers) of the stack's REST predict

@@ -35,6 +35,8 @@ from loadtests.closed_wrk import (
     SLO_P99_MS,
     capacity_cell,
     capacity_under_objective,
+    formed,
+    passes_per_level,
     wrk_levels,
 )
 from loadtests.runner import split_cores
@@ -73,7 +75,8 @@ def measure_preset(name: str, preset: str, paths: ArtifactPaths,
         running = start_stack(stack, paths, run_dir / f"{name}-{preset}", exits,
                               cores=cores[0], env=stack.device_env(CPU))  # fmt: skip
         read_back = stack.serving_config(running.server)
-        levels = wrk_levels(running, CONNECTIONS, runs, duration_s, cores[1], run_dir)
+        levels = wrk_levels(running, CONNECTIONS, runs, duration_s, cores[1], run_dir,
+                            batches=True)  # fmt: skip
     capacity = capacity_under_objective(levels, SLO_P99_MS)
     return {
         "stack": name, "preset": preset, "preset_env": env, "config_read_back": read_back,
@@ -90,9 +93,13 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str],
           "Closed-loop wrk at 1, 4, 16 and 32 connections, batch 1, the same cores for both. "
           f"Capacity: the most req/s of a level whose p99 ≤ {SLO_P99_MS:g} ms (a closed-loop "
           f"lower bound of the open-loop SLO capacity). Goal: ours ≥ {GOAL_GAIN:g} × the "
-          "default's capacity. Configurations as each running server reported them.", "",
+          "default's capacity. Configurations as each running server reported them. "
+          "Requests per pass: the forward passes the server formed at each level, counted "
+          "in one more wrk run per level from the requests each reply says shared its pass "
+          "(never a reported run); `size×passes` at 32 connections.", "",
           "| stack | preset | p50 at 1 conn. ms | p99 at 1 conn. ms | capacity req/s "
-          "(connections) | p99 ms at 4 / 16 / 32 conn. | gain |", "|" + " --- |" * 7]  # fmt: skip
+          "(connections) | p99 ms at 4 / 16 / 32 conn. | gain | requests per pass at 1 / 4 "
+          "/ 16 / 32 conn. | passes formed at 32 conn. |", "|" + " --- |" * 9]  # fmt: skip
     notes: list[str] = []
     for name in dict.fromkeys(r["stack"] for r in records):
         by = {r["preset"]: r for r in records if r["stack"] == name}
@@ -103,8 +110,9 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str],
                 continue
             tails = " / ".join(f"{lv['p99_ms']:.1f}" for lv in r["levels"][1:])
             shown = "" if preset == DEFAULT or ratio is None else f"{ratio:.2f}×"
+            passes = f"{passes_per_level(r['levels'])} | {formed(r['levels'][-1])}"
             md.append(f"| {name} | {preset} | {r['p50_1_ms']:.3f} | {r['p99_1_ms']:.3f} "
-                      f"| {capacity_cell(r)} | {tails} | {shown} |")  # fmt: skip
+                      f"| {capacity_cell(r)} | {tails} | {shown} | {passes} |")  # fmt: skip
         if len(by) == 2:
             differs = config_difference(by[OURS]["config_read_back"],
                                         by[DEFAULT]["config_read_back"])  # fmt: skip

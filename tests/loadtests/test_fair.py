@@ -38,7 +38,8 @@ def test_the_report_judges_each_stack_against_the_goal() -> None:
                run("flask_torch", DEFAULT, 1800.0, {"worker_class": "sync"}),
                run("flask_torch", OURS, 1900.0, {"worker_class": "gevent"})]  # fmt: skip
     md = "\n".join(fair.markdown(records, {"tf_serving": "no binary"}, {"x": "same"}))
-    assert "| torchserve | ours | 1.000 | 2.000 | 2000 (16) | 4.0 / 9.0 / 40.0 | 2.00× |" in md
+    assert ("| torchserve | ours | 1.000 | 2.000 | 2000 (16) | 4.0 / 9.0 / 40.0 | 2.00× "
+            "| – / – / – / – | – |") in md
     assert ("- torchserve: default = ours with `DIGITNET_BATCHING=off`; read back: "
             "batch_size: 1 → 8. Goal met (2.00×).") in md
     assert "worker_class: sync → gevent. Goal **not met** (1.06×): a worker per core" in md
@@ -63,3 +64,6 @@ def test_the_default_preset_reaches_the_real_server(artifacts, tmp_path) -> None
     assert got[OURS]["config_read_back"]["worker_class"] == "gevent"
     for record in got.values():
         assert all(lv["errors"] == 0 and lv["rps"] > 0 for lv in record["levels"])
+        # Flask answers one request per forward pass, whatever the worker class.
+        assert all(lv["batch_hist"] == {"1": lv["batch_hist"]["1"]} for lv in record["levels"])
+        assert all(lv["batch_mean"] == 1.0 for lv in record["levels"])
