@@ -71,7 +71,11 @@ on a 2-core box): wrk on the predict path, the server's timings and the null ser
 that concurrency, where the queue stage (the admission gate's wait for the worker's turn)
 takes its share; the client's share is the null server's p50 there, the HTTP server's its
 own stages there (`near_capacity` in the record); where the server counts its jobs, the job
-queue and the worker protocol are the counters' means over the timed run there.
+queue and the worker protocol are the counters' means over the timed run there; where it
+has neither (Ray Serve's proxy: FROM_OWN_CLIENT), the HTTP server's share is the time
+each request spends outside its handler, a client of ours at that concurrency timing each
+round trip less the span its handler names in the same reply (outside_handler), less
+the client's share, and the report sets that client's median round trip beside wrk's.
 Where a stack batches across requests (ServingStack.server_batching), its twin waits for
 a batch as its predict path does, so the default policy's floor is mostly that wait. The
 stack is then started again, twin included, under the `latency` batching preset
@@ -90,6 +94,7 @@ import json
 import socket
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -147,7 +152,8 @@ LATENCY_FLOOR_GOAL = 2.0
 # How an attribution got its client's and HTTP server's shares (its "method"): the
 # server's own HTTP stages on the path (MEASURED), the twin's p50 less the null server's
 # and the twin's app time (FROM_TWIN, where the server does not time its HTTP stages), or,
-# near capacity, its HTTP work at one connection (FROM_ONE_CONNECTION).
+# near capacity, its HTTP work at one connection (FROM_ONE_CONNECTION, where nothing
+# better is read there).
 MEASURED = "measured"
 FROM_TWIN = "from the twin"
 FROM_ONE_CONNECTION = "from one connection"
@@ -156,6 +162,10 @@ FROM_ONE_CONNECTION = "from one connection"
 FROM_COUNTERS = "from the server's counters"
 # Near capacity, the job queue's share as its mean over the timed run (see near_capacity).
 FROM_COUNTERS_MEAN = "from the server's counters, the queue a mean"
+# Near capacity, where the server times neither its HTTP stages nor its queue (Ray Serve's
+# proxy): the HTTP server's share from this process's own requests at that concurrency,
+# each one's round trip less the span its handler named (outside_handler).
+FROM_OWN_CLIENT = "from our own client's requests"
 # What the report's attribution line says of each method.
 METHOD_NOTES = {MEASURED: "the HTTP server's own stages",
                 FROM_TWIN: "the HTTP server from the twin",
@@ -164,7 +174,10 @@ METHOD_NOTES = {MEASURED: "the HTTP server's own stages",
                                "back-to-back requests",
                 FROM_COUNTERS_MEAN: "the HTTP front as at one connection, the job "
                                     "queue and the job's time beyond it the counters' "
-                                    "means over the run"}  # fmt: skip
+                                    "means over the run",
+                FROM_OWN_CLIENT: "the HTTP server's share at this load: each request's "
+                                 "round trip less its handler's span, by a client of "
+                                 "ours at the same concurrency"}  # fmt: skip
 # Bursts of back-to-back requests with the server's counters read between them (the read
 # that closes one burst opens the next): a burst's difference of a cumulative counter is
 # the mean of its requests. One read between bursts, not one before and one after each,
@@ -199,8 +212,10 @@ COUNTER_READ_PAUSE_S = 0.001
 HTTP_FRONT = "HTTP front"
 JOB_QUEUE = "job queue"
 WORKER_PROTOCOL = "worker protocol"
+# The HTTP server's whole share, where the server's own stages or its twin give it.
+HTTP_SERVER = "HTTP server"
 # The server's shares of an attribution (outside the client's and the app's), by method.
-SERVER_SHARES = ("HTTP server", HTTP_FRONT, JOB_QUEUE, WORKER_PROTOCOL)
+SERVER_SHARES = (HTTP_SERVER, HTTP_FRONT, JOB_QUEUE, WORKER_PROTOCOL)
 
 
 @dataclass(frozen=True)
@@ -321,7 +336,7 @@ def attribution(predict_p50_ms: float, noop_p50_ms: float, null_p50_ms: float | 
     shares, noop_span = measured_shares(app, http), server_span(noop_app, noop_http)
     if shares is not None and noop_span is not None:
         got = attributed(predict_p50_ms, {"client and network": noop_p50_ms - noop_span,
-                                          "HTTP server": shares[0]}, shares[1], stages)
+                                          HTTP_SERVER: shares[0]}, shares[1], stages)
         return {**got, "method": MEASURED, "http_ms": http, "null_p50_ms": null_p50_ms}
     if app is None or noop_app is None or null_p50_ms is None:
         return None
@@ -334,7 +349,7 @@ def attribution(predict_p50_ms: float, noop_p50_ms: float, null_p50_ms: float | 
         return {**attributed(predict_p50_ms, server, app, stages), "method": FROM_COUNTERS,
                 "counted": {"predict": predict_counted, "noop": noop_counted}}  # fmt: skip
     got = attributed(predict_p50_ms, {"client and network": null_p50_ms,
-                                      "HTTP server": noop_p50_ms - null_p50_ms - noop_app},
+                                      HTTP_SERVER: noop_p50_ms - null_p50_ms - noop_app},
                      app, stages)  # fmt: skip
     return {**got, "method": FROM_TWIN}
 
@@ -685,20 +700,70 @@ def near_capacity(url: str, body: bytes, headers: dict[str, str], plan: FloorPla
     app_ms, stages, http = split_timings({k: v[0] for k, v in timed.items()})
     server, method = dict(server_ms), FROM_ONE_CONNECTION
     shares = measured_shares(app_ms, http)
+    outside = None
     if shares is not None:
-        server, app_ms, method = {"HTTP server": shares[0]}, shares[1], MEASURED
+        server, app_ms, method = {HTTP_SERVER: shares[0]}, shares[1], MEASURED
     elif JOB_QUEUE in server and mean.get("server_queue_ms") is not None:
         server[JOB_QUEUE], method = mean["server_queue_ms"], FROM_COUNTERS_MEAN
         if app_ms is not None and WORKER_PROTOCOL in server:
             server[WORKER_PROTOCOL] = worker_protocol_ms(mean, app_ms)
+    elif set(server) == {HTTP_SERVER} and null_got is not None:
+        with pinned(plan.cores):
+            outside = outside_handler(url, body, headers, connections, plan.duration_s)
+        if outside is not None:
+            server = {HTTP_SERVER: outside["outside_ms"] - null_got["p50_ms"]}
+            method = FROM_OWN_CLIENT
     whole = None
     if app_ms is not None and null_got is not None:
         whole = {**attributed(got["p50_ms"], {"client and network": null_got["p50_ms"],
                                               **server}, app_ms, stages),
-                 "method": method, "http_ms": http}  # fmt: skip
+                 "method": method, "http_ms": http, "outside": outside}  # fmt: skip
     return {"connections": connections, "predict": got, "null": null_got,
             "timings_under_wrk": {"predict": timed}, "server_ms": server,
             "counted_mean": mean or None, "attribution": whole}  # fmt: skip
+
+
+def outside_handler(url: str, body: bytes, headers: Mapping[str, str], connections: int,
+                    seconds: float) -> dict | None:  # fmt: skip
+    """Each request's time outside its handler, at `connections` concurrency: this
+    process's own keep-alive connections, one thread each, sending back to back for
+    `seconds`, each request's round trip less the span its handler named (APP_STAGE) in
+    the same reply. Per request, so no figure is a difference of figures read apart: the
+    median (ms) over the 200 replies that named their span, the round trip's median
+    beside it (how close our client's pace came to wrk's), and the counts; None when no
+    reply named its span."""
+    trips: list[tuple[float, float]] = []
+    failed = 0
+    deadline = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def one_connection() -> None:
+        nonlocal failed
+        connection = KeepAlive(url, body, headers)
+        try:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                status, fields = connection.post()
+                trip = (time.perf_counter() - started) * 1000.0
+                span = parse_server_timing(fields.get(STAGE_HEADER.lower())).get(APP_STAGE)
+                with lock:
+                    if status != 200 or span is None:
+                        failed += 1
+                    else:
+                        trips.append((trip, span))
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=one_connection) for _ in range(connections)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if not trips:
+        return None
+    return {"outside_ms": statistics.median(trip - span for trip, span in trips),
+            "client_p50_ms": statistics.median(trip for trip, _ in trips),
+            "requests": len(trips), "failed": failed, "connections": connections}
 
 
 def worker_protocol_ms(mean: Mapping[str, float], app_ms: float) -> float:
@@ -767,6 +832,12 @@ def _attributed(whole: dict, wrk_p50_ms: float | None = None) -> str:
     parts = ", ".join(f"{name} {ms:.3f}" for name, ms in whole["stages_ms"].items())
     http = whole.get("http_ms") or {}
     notes = [METHOD_NOTES[whole["method"]]] if whole.get("method") in METHOD_NOTES else []
+    outside = whole.get("outside")
+    if outside is not None and wrk_p50_ms is not None:
+        notes.append(f"{outside['requests']} of our requests at {outside['connections']} "
+                     f"connections, {outside['outside_ms']:.3f} outside the handler at the "
+                     f"median, their round trip {outside['client_p50_ms']:.3f} against "
+                     f"wrk's {wrk_p50_ms:.3f}")  # fmt: skip
     bursts = (whole.get("counted") or {}).get("predict")
     if bursts and bursts.get("client_p50_ms") is not None and wrk_p50_ms is not None:
         # The counters are read in bursts of this process's own, not under wrk: how close
@@ -799,7 +870,8 @@ def _near_line(r: dict) -> str | None:
     return (f"- {_label(r)}/{r['device']} near capacity, at {near['connections']} "
             f"connections: predict p50 {near['predict']['p50_ms']:.3f} "
             f"({near['predict']['rps']:.0f} req/s) attributed the same way, the client's "
-            f"share the null server's p50 there: {_attributed(near['attribution'])}.")
+            f"share the null server's p50 there: "
+            f"{_attributed(near['attribution'], near['predict']['p50_ms'])}.")
 
 
 def _stages_line(r: dict) -> str | None:

@@ -472,3 +472,66 @@ def test_make_floors_skips_a_stack_that_cannot_run_here(artifacts, tmp_path) -> 
     # Once, with how to get it, and no preset run of a server that cannot start.
     assert [(r["stack"], r["skipped"]) for r in records] == [("tf_serving", reason)]
     assert not (tmp_path / "servers").exists()
+
+
+class ProxiedServer(BaseHTTPRequestHandler):
+    """A server whose handler is behind a slow front, as Serve's replica is behind its
+    proxy: each request waits FRONT_S before the handler, whose span (APP_MS, named in
+    Server-Timing) holds none of it; every `fail_every`-th request answers 503."""
+
+    FRONT_S, APP_MS = 0.004, 1.0
+    protocol_version = "HTTP/1.1"
+    replies = 0
+    fail_every = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.FRONT_S)
+        type(self).replies += 1
+        failing = self.fail_every and self.replies % self.fail_every == 0
+        body = b"{}"
+        self.send_response(503 if failing else 200)
+        self.send_header(STAGE_HEADER, server_timing({APP_STAGE: self.APP_MS / 1e3}))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_our_client_times_each_requests_stay_outside_its_handler() -> None:
+    handler = type("Handler", (ProxiedServer,), {"replies": 0, "fail_every": 5})
+    with serving(handler) as server:
+        got = framework_floor.outside_handler(base_url(server) + "/predict", b"{}",
+                                              {"Content-Type": "application/json"}, 3, 0.5)
+    assert got is not None and got["connections"] == 3
+    # Every reply counted once: a 503 as failed, the others with their span.
+    assert got["requests"] + got["failed"] == handler.replies
+    assert got["failed"] == handler.replies // 5 and got["requests"] > 0
+    # The front's wait is outside the handler's span, and the round trip holds both.
+    assert got["outside_ms"] >= ProxiedServer.FRONT_S * 1000 - ProxiedServer.APP_MS
+    assert got["client_p50_ms"] == pytest.approx(got["outside_ms"] + ProxiedServer.APP_MS,
+                                                 abs=0.5)  # fmt: skip
+
+
+@pytest.mark.integration
+def test_near_capacity_a_front_without_timers_is_read_by_our_own_client(tmp_path) -> None:
+    if not (wrk_available()[0] and nginx_available()[0]):
+        pytest.skip("needs wrk and nginx")
+    handler = type("Handler", (ProxiedServer,), {"replies": 0, "fail_every": 0})
+    plan = FloorPlan(runs=1, duration_s=1, cores=None)
+    with serving(handler) as server:
+        near = framework_floor.near_capacity(base_url(server) + "/predict", b"{}",
+                                             {"Content-Type": "application/json"}, plan,
+                                             tmp_path, {"HTTP server": 0.5}, connections=2)
+    whole = near["attribution"]
+    assert whole["method"] == framework_floor.FROM_OWN_CLIENT
+    outside = whole["outside"]
+    assert outside["connections"] == 2 and outside["requests"] > 0
+    # The server's share at this load: the requests' time outside the handler less the
+    # client's (the null server's p50), not the 0.5 ms it was at one connection.
+    assert whole["stages_ms"]["HTTP server"] == pytest.approx(
+        outside["outside_ms"] - near["null"]["p50_ms"])
+    line = framework_floor._near_line({"stack": "x", "device": "cpu", "near_capacity": near})
+    assert f"{outside['requests']} of our requests at 2 connections" in line
