@@ -739,7 +739,12 @@ def outside_handler(url: str, body: bytes, headers: Mapping[str, str], connectio
 
     def one_connection() -> None:
         nonlocal failed
-        connection = KeepAlive(url, body, headers)
+        try:
+            connection = KeepAlive(url, body, headers)
+        except OSError:
+            with lock:
+                failed += 1
+            return
         try:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
@@ -751,6 +756,10 @@ def outside_handler(url: str, body: bytes, headers: Mapping[str, str], connectio
                         failed += 1
                     else:
                         trips.append((trip, span))
+        except (OSError, ValueError):
+            # A connection the server closed (or a reply it cut): this one stops, counted.
+            with lock:
+                failed += 1
         finally:
             connection.close()
 

@@ -483,11 +483,13 @@ class ProxiedServer(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     replies = 0
     fail_every = 0
+    close_after = 0  # closes each connection after this many replies (0: never)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers["Content-Length"]))
         time.sleep(self.FRONT_S)
         type(self).replies += 1
+        self.on_this_connection = getattr(self, "on_this_connection", 0) + 1
         failing = self.fail_every and self.replies % self.fail_every == 0
         body = b"{}"
         self.send_response(503 if failing else 200)
@@ -495,6 +497,8 @@ class ProxiedServer(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        if self.close_after and self.on_this_connection == self.close_after:
+            self.close_connection = True
 
     def log_message(self, *args: object) -> None:
         pass
@@ -513,6 +517,15 @@ def test_our_client_times_each_requests_stay_outside_its_handler() -> None:
     assert got["outside_ms"] >= ProxiedServer.FRONT_S * 1000 - ProxiedServer.APP_MS
     assert got["client_p50_ms"] == pytest.approx(got["outside_ms"] + ProxiedServer.APP_MS,
                                                  abs=0.5)  # fmt: skip
+
+
+def test_a_connection_the_server_closes_stops_and_is_counted() -> None:
+    handler = type("Handler", (ProxiedServer,), {"replies": 0, "close_after": 3})
+    with serving(handler) as server:
+        got = framework_floor.outside_handler(base_url(server) + "/predict", b"{}", {}, 2, 0.5)
+    # Each connection's three replies are kept; its next request finds it closed.
+    assert got is not None
+    assert (got["requests"], got["failed"]) == (6, 2) and handler.replies == 6
 
 
 @pytest.mark.integration
