@@ -17,6 +17,9 @@ the same code, twin off.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from digitnet.spec import ModelSpec
 
 NOOP_ENV = "DIGITNET_NOOP_TWIN"
@@ -30,6 +33,12 @@ NOOP_MODEL_SUFFIX = "_noop"
 def noop_enabled(value: str | None) -> bool:
     """Whether NOOP_ENV's value turns the twin on (only "1": anything else is off)."""
     return (value or "").strip() == "1"
+
+
+def noop_requested(env: Mapping[str, str] | None) -> bool:
+    """Whether a server started with extra environment `env` over this process's own (as
+    the plugins' start() gets it) is to serve its twin."""
+    return noop_enabled({**os.environ, **(env or {})}.get(NOOP_ENV))
 
 
 def noop_model_name(spec: ModelSpec) -> str:

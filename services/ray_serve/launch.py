@@ -39,7 +39,7 @@ import requests
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import FLASK_READY_PATH, TFS_PREDICT_PATH, Predictor, RestClient
-from digitnet.noop import NOOP_ENV, noop_enabled
+from digitnet.noop import NOOP_ENV, noop_requested
 from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
 from digitnet.wire import BINARY, JSON
 from services.process import (
@@ -233,7 +233,7 @@ class RayServeStack(ServingStack):
         if len(str(temp_dir)) > MAX_TEMP_DIR_CHARS:
             raise ValueError(f"Ray temp dir {temp_dir} is too long for Ray's socket paths")
         (run_dir / TEMP_DIR_FILE).write_text(str(temp_dir))
-        noop = noop_enabled({**os.environ, **(env or {})}.get(NOOP_ENV))
+        noop = noop_requested(env)
         settings = self.settings_for(paths, run_dir, ports, cores, temp_dir, noop)
         server_env = {
             **settings.to_env(),

@@ -17,7 +17,6 @@ their own network namespace.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ from digitnet.clients import (
     TfServingGrpcClient,
     tf_serving_rest,
 )
-from digitnet.noop import NOOP_ENV, NOOP_MODEL_SUFFIX, noop_enabled, noop_model_name
+from digitnet.noop import NOOP_ENV, NOOP_MODEL_SUFFIX, noop_model_name, noop_requested
 from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
 from services.process import (
     LOOPBACK,
@@ -224,7 +223,7 @@ class TfServingStack(ServingStack):
         if not paths.savedmodel.is_dir():
             raise FileNotFoundError(f"no SavedModel at {paths.savedmodel}; run `make artifacts`")
         core_count = len(cores) if cores else len(usable_cores())
-        noop = noop_enabled({**os.environ, **(env or {})}.get(NOOP_ENV))
+        noop = noop_requested(env)
         configs = write_run_configs(paths, run_dir, core_count, noop)
         argv = server_argv(configs, ports["grpc"], ports["rest"], core_count, binary=self.binary)
         server = start_process(

@@ -30,7 +30,7 @@ import psutil
 from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import TORCHSERVE_PREDICT_PATH, Predictor, torchserve_rest
 from digitnet.env import env_optional_int
-from digitnet.noop import NOOP_ENV, NOOP_MODEL_SUFFIX, noop_enabled, noop_model_name
+from digitnet.noop import NOOP_ENV, NOOP_MODEL_SUFFIX, noop_model_name, noop_requested
 from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
 from digitnet.wire import BINARY, JSON
 from services.cores import CoreSplit, split_cores
@@ -372,7 +372,7 @@ class TorchServeStack(ServingStack):
         cores: Sequence[int] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ServerProcess:
-        noop = noop_enabled({**os.environ, **(env or {})}.get(NOOP_ENV))
+        noop = noop_requested(env)
         for mar in [mar_path(paths), *([noop_mar_path(paths)] if noop else [])]:
             if not mar.exists():
                 raise FileNotFoundError(f"{mar} is missing: run `make artifacts` first")
