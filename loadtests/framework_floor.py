@@ -728,10 +728,10 @@ def outside_handler(url: str, body: bytes, headers: Mapping[str, str], connectio
     """Each request's time outside its handler, at `connections` concurrency: this
     process's own keep-alive connections, one thread each, sending back to back for
     `seconds`, each request's round trip less the span its handler named (APP_STAGE) in
-    the same reply. Per request, so no figure is a difference of figures read apart: the
-    median (ms) over the 200 replies that named their span, the round trip's median
-    beside it (how close our client's pace came to wrk's), and the counts; None when no
-    reply named its span."""
+    the same reply (a burst of one, _burst). Per request, so no figure is a difference of
+    figures read apart: the median (ms) over the replies with status 200 that named their
+    span, the round trip's median beside it (how close our client's pace came to wrk's),
+    and the counts; None when no reply named its span."""
     trips: list[tuple[float, float]] = []
     failed = 0
     deadline = time.perf_counter() + seconds
@@ -747,15 +747,12 @@ def outside_handler(url: str, body: bytes, headers: Mapping[str, str], connectio
             return
         try:
             while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                status, fields = connection.post()
-                trip = (time.perf_counter() - started) * 1000.0
-                span = parse_server_timing(fields.get(STAGE_HEADER.lower())).get(APP_STAGE)
+                sent = _burst(connection, 1)
                 with lock:
-                    if status != 200 or span is None:
+                    if sent is None or not sent.app_ms:
                         failed += 1
                     else:
-                        trips.append((trip, span))
+                        trips.append((sent.client_ms[0], sent.app_ms[0]))
         except (OSError, ValueError):
             # A connection the server closed (or a reply it cut): this one stops, counted.
             with lock:
