@@ -104,7 +104,7 @@ local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args) timing_names = {}; batch_counts = {} end
 function response(status, headers, body)
-  local shared = headers["@BATCH@"] or headers[string.lower("@BATCH@")]
+  local shared = headers["@BATCH@"] or headers["@BATCH_LOWER@"]
   if status == 200 and shared and string.match(shared, "^%d+$") then
     batch_counts[shared] = (batch_counts[shared] or 0) + 1
   end
@@ -152,7 +152,7 @@ function report_timings()
   io.write("@BATCHES@{" .. table.concat(shares, ", ") .. "}\\n")
 end
 """.replace("@TIMINGS@", TIMINGS_MARKER).replace("@BATCHES@", BATCHES_MARKER).replace(
-    "@BATCH@", BATCH_HEADER)
+    "@BATCH@", BATCH_HEADER).replace("@BATCH_LOWER@", BATCH_HEADER.lower())
 
 
 def render_lua(body: bytes, headers: Mapping[str, str], method: str = "POST",
