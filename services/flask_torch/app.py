@@ -173,9 +173,10 @@ class AdmissionGate:
     predictor.py), so the order costs nothing, and the queue length times the service
     time is exactly the wait a newcomer faces (AdmissionPolicy's derivation).
 
-    The one exception: an idle worker whose request came on its only open connection
-    (`alone`, connections.OPEN) takes the turn at once, for nothing else can be waiting
-    to be read; the hand-off through the event loop cost a lone client ~45 us of a 0.66
+    The one exception: an idle worker whose request came on its only open connection,
+    with no other connection waiting to be accepted or started (`alone`,
+    connections.OPEN), takes the turn at once, for nothing else can be waiting to be
+    read; the hand-off through the event loop cost a lone client ~45 us of a 0.66
     ms p50 (measured: flask_torch, wrk at one connection, the gate off 0.62 ms).
     """
 

@@ -1,7 +1,17 @@
 """The client connections a gunicorn gevent worker holds open, counted by its connection
 handler: the admission gate (app.py, AdmissionGate) takes an idle worker's turn at once
-when the request's own connection is the only one, for then no other request can be
-waiting to be read. Attached in the worker by gunicorn.conf.py's post_worker_init.
+when the request's own connection is the only one and nothing else waits for the worker
+(no connection in its listeners' accept queue, no greenlet queued to run), for then no
+other request can be waiting to be read. Attached in the worker by gunicorn.conf.py's
+post_worker_init.
+
+Why the second condition: a connection is counted when its handler starts, and a
+greenlet that finds its client's next request already in never yields to the event
+loop, so connections not yet accepted, or accepted and not yet started, waited while
+one connection was served back to back. Measured before it (flask_tf, wrk at four
+connections): the first requests of three connections waited 14-270 ms in the worker
+(their http-read stage), and wrk's coordinated-omission correction (loadtests/wrk.py)
+turned those three replies into a p99 of up to 200 ms.
 
 `wrap_handler` is also how http_timing.py reaches each connection: gevent's StreamServer
 calls the worker's `handle` once per accepted connection, for as long as it stays open.
@@ -10,6 +20,7 @@ calls the worker's `handle` once per accepted connection, for as long as it stay
 from __future__ import annotations
 
 import functools
+import select
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -38,12 +49,16 @@ class OpenConnections:
 
     def __init__(self) -> None:
         self.count: int | None = None
+        # Whether anything else waits for the worker (attach() sets it); until then,
+        # something might: the gate keeps its hand-off.
+        self._waiting: Callable[[], bool] = lambda: True
 
     def attach(self, worker: Any) -> bool:
         """Starts counting a gevent worker's connections; False where it cannot."""
         if not wrap_handler(worker, self._counted):
             return False
         self.count = 0
+        self._waiting = _waiting_for(worker)
         return True
 
     def _counted(self, handle: Callable[..., Any], listener: Any, client: Any,
@@ -55,9 +70,30 @@ class OpenConnections:
             self.count -= 1
 
     def alone(self) -> bool:
-        """Whether the calling request's connection is the worker's only one; False
-        whenever connections are not counted, so the gate keeps its hand-off."""
-        return self.count is not None and self.count <= 1
+        """Whether the calling request's connection is the worker's only one and nothing
+        else waits for the worker; False whenever connections are not counted, so the
+        gate keeps its hand-off."""
+        return self.count is not None and self.count <= 1 and not self._waiting()
+
+
+def _waiting_for(worker: Any) -> Callable[[], bool]:
+    """Whether a connection waits in one of the worker's listeners' accept queues (a
+    zero-timeout poll, with the poll gevent's monkey-patching left aside: ~1 us) or the
+    worker's event loop has greenlets queued to run (an accepted connection's handler
+    not started yet, a request woken): either would wait behind a turn taken at once.
+    Where gevent's queue cannot be read (another gevent), always True."""
+    from gevent import get_hub, monkey
+
+    poller = monkey.get_original("select", "poll")()
+    for listener in worker.sockets:
+        poller.register(listener.fileno(), select.POLLIN)
+
+    def waiting() -> bool:
+        # The loop's queue of callbacks (gevent 26's CallbackFIFO, not public API).
+        queued = getattr(get_hub().loop, "_callbacks", None)
+        return queued is None or bool(queued) or bool(poller.poll(0))
+
+    return waiting
 
 
 # One per worker process: gunicorn forks the workers after importing its config.

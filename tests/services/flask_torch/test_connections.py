@@ -4,14 +4,19 @@ gevent worker is in test_admission.py's burst test and test_gunicorn_integration
 
 from __future__ import annotations
 
+import socket
+from types import SimpleNamespace
+
+import gevent
 import pytest
 
-from services.flask_torch.connections import OpenConnections, wrap_handler
+from services.flask_torch.connections import OpenConnections, _waiting_for, wrap_handler
 
 
 def test_a_connection_counts_while_its_handler_runs_and_after_a_failure_no_more() -> None:
     open_ = OpenConnections()
-    open_.count = 0  # as attach() leaves it
+    open_.count = 0  # as attach() leaves it, with nothing waiting for the worker:
+    open_._waiting = lambda: False
     seen: list[tuple[int | None, bool]] = []
 
     def handle(listener, client, addr):
@@ -43,3 +48,24 @@ def test_nothing_counted_means_never_alone() -> None:
     assert open_.alone() is False
     assert wrap_handler(worker, lambda handle, *args: "wrapped") is False
     assert worker.handle(None, "client", None) == "client"
+
+
+def test_one_connection_is_not_alone_while_another_waits_to_be_accepted_or_started() -> None:
+    """A connection in the listener's accept queue, or a greenlet queued to run (an
+    accepted connection's handler not started yet), waits for the worker too."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        open_ = OpenConnections()
+        open_.count = 1  # the calling request's own connection
+        open_._waiting = _waiting_for(SimpleNamespace(sockets=[listener]))
+        assert open_.alone()
+        with socket.create_connection(listener.getsockname()):
+            assert not open_.alone()  # in the accept queue
+            accepted, _ = listener.accept()
+            accepted.close()
+            assert open_.alone()
+        queued = gevent.spawn(lambda: None)  # started on the loop's next turn
+        assert not open_.alone()
+        queued.join()
+        assert open_.alone()
+        open_.count = 2
+        assert not open_.alone()
