@@ -35,6 +35,7 @@ from harness.lifecycle import START_ERRORS, did_not_start, skipped_reason, start
 from loadtests import splits
 from loadtests.closed_wrk import (
     SLO_P99_MS,
+    WRK_P99_NOTE,
     capacity_cell,
     capacity_under_objective,
     formed,
@@ -142,8 +143,9 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str]) -> list[str
     md = ["# Batching policy: latency at low load against capacity", "",
           "Closed-loop wrk at 1, 4, 16 and 32 connections, batch 1 per request. Capacity: the "
           f"most req/s of a level whose p99 ≤ {SLO_P99_MS:g} ms (a closed-loop lower bound of "
-          "the open-loop SLO capacity). ★: on the Pareto front of p99 at one connection "
-          f"against capacity. In brackets: the preset that policy is (`make ... BATCHING=` "
+          f"the open-loop SLO capacity; {WRK_P99_NOTE}). ★: on the Pareto front of p99 at one "
+          "connection against capacity. In brackets: the preset that policy is "
+          "(`make ... BATCHING=` "
           "or DIGITNET_BATCHING_PRESET picks it for every stack; digitnet/spec.py). "
           "Requests per pass: the forward passes the server formed at each level, read in one "
           "more wrk run per level that counts the requests each reply says shared its pass "

@@ -20,6 +20,9 @@ from loadtests.server_metrics import scrape
 from services.stack import CPU, REST
 
 SLO_P99_MS = 50.0
+# How the sweeps' reports name the p99 they check (loadtests/wrk.py says why).
+WRK_P99_NOTE = ("wrk's p99, which wrk corrects for coordinated omission: a few stalled "
+                "replies weigh as the requests an open loop would have sent meanwhile")
 
 
 def capacity_under_objective(levels: Sequence[Mapping], slo_p99_ms: float) -> dict | None:

@@ -33,6 +33,7 @@ from loadtests import splits
 from loadtests.batching import environment
 from loadtests.closed_wrk import (
     SLO_P99_MS,
+    WRK_P99_NOTE,
     capacity_cell,
     capacity_under_objective,
     formed,
@@ -92,7 +93,8 @@ def markdown(records: Sequence[Mapping], skipped: Mapping[str, str],
     md = ["# The fair fight: out of the box against ours", "",
           "Closed-loop wrk at 1, 4, 16 and 32 connections, batch 1, the same cores for both. "
           f"Capacity: the most req/s of a level whose p99 ≤ {SLO_P99_MS:g} ms (a closed-loop "
-          f"lower bound of the open-loop SLO capacity). Goal: ours ≥ {GOAL_GAIN:g} × the "
+          f"lower bound of the open-loop SLO capacity; {WRK_P99_NOTE}). "
+          f"Goal: ours ≥ {GOAL_GAIN:g} × the "
           "default's capacity. Configurations as each running server reported them. "
           "Requests per pass: the forward passes the server formed at each level, counted "
           "in one more wrk run per level from the requests each reply says shared its pass "
