@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import threading
 from pathlib import Path
 
@@ -70,3 +71,22 @@ def test_model_of_the_wrong_size_fails_the_warm_up(settings: Settings, tmp_path:
     model.load()
     assert not model.ready
     assert "wrong model file" in (model.load_error or "")
+
+
+def test_what_the_load_leaves_is_frozen_out_of_the_collectors_reach(
+    settings: Settings, split: DigitsSplit
+) -> None:
+    """The loaded model and everything alive then move to the permanent generation, so a
+    full collection under load scans only what requests leave behind."""
+    gc.unfreeze()
+    try:
+        model = TorchScriptModel(settings)
+        model.load()
+        assert model.ready, model.load_error
+        assert gc.get_freeze_count() > 0
+        assert gc.is_tracked(model)  # an object the collector follows, frozen now
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(model) not in tracked  # frozen objects are out of every generation
+        assert model.predict(split.test_images[:1]).shape == (1, settings.spec.num_classes)
+    finally:
+        gc.unfreeze()
