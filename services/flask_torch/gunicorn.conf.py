@@ -139,6 +139,8 @@ def post_worker_init(worker):
 
 def post_request(worker, req, environ, resp):
     TIMER.written(environ)
+    # The worker's other connections get read before this one's next request.
+    OPEN.take_turns()
     if resp is None or resp.status_code != 413:
         return
     sock = environ.get("gunicorn.socket")

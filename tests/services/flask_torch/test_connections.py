@@ -5,11 +5,19 @@ gevent worker is in test_admission.py's burst test and test_gunicorn_integration
 from __future__ import annotations
 
 import socket
+from contextlib import ExitStack
+from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import gevent
 import pytest
 
+from digitnet.artifacts import ArtifactPaths
+from digitnet.clients import FLASK_LIVE_PATH
+from harness.lifecycle import start_stack
+from loadtests.closed_wrk import rest_request
+from loadtests.framework_floor import KeepAlive
 from services.flask_torch.connections import OpenConnections, _waiting_for, wrap_handler
 
 
@@ -69,3 +77,57 @@ def test_one_connection_is_not_alone_while_another_waits_to_be_accepted_or_start
         assert open_.alone()
         open_.count = 2
         assert not open_.alone()
+
+
+def test_after_a_reply_the_loop_polls_unless_alone_or_it_already_has() -> None:
+    loop = gevent.get_hub().loop
+    open_ = OpenConnections()
+    open_._waiting = lambda: False
+    open_.count = 2  # another connection open: its requests must get read
+    open_.take_turns()  # the worker's first reply: the loop polled to accept it
+    before = loop.iteration
+    open_.take_turns()  # no poll since that reply
+    assert loop.iteration > before  # waited for a poll
+    polled = loop.iteration
+    gevent.sleep(0.001)  # the loop polls meanwhile (a turn handed over through it)
+    open_.take_turns()  # others were read since the last reply: no wait
+    assert loop.iteration == polled + 1
+    open_.count = 1  # alone: nothing to let in
+    now = loop.iteration
+    open_.take_turns()
+    assert loop.iteration == now
+    open_.count = None  # not counted (another worker class): never waits
+    open_.take_turns()
+    assert loop.iteration == now
+
+
+@pytest.mark.integration
+def test_a_pipelined_flood_on_one_connection_lets_another_connection_in(
+    artifacts: ArtifactPaths,
+    tmp_path: Path,
+) -> None:
+    """One keep-alive connection sends many cheap requests at once, so the next is always
+    in before the worker reads again; a predict on a second connection is answered
+    while the flood is still being served, not after it."""
+    flood_count = 1500
+    with ExitStack() as exits:
+        running = start_stack("flask_torch", artifacts, tmp_path, exits,
+                              env={"FLASK_TORCH_WORKERS": "1"})  # fmt: skip
+        url, body, headers = rest_request(running)
+        target = urlsplit(url)
+        address = (target.hostname, target.port)
+        get = f"GET {FLASK_LIVE_PATH} HTTP/1.1\r\nHost: {target.netloc}\r\n\r\n".encode()
+        with socket.create_connection(address, timeout=30) as flood:
+            flood.sendall(get * flood_count)
+            predict = KeepAlive(url, body, headers)
+            status, _fields = predict.post()
+            assert status == 200
+            flood.setblocking(False)
+            answered = b""
+            try:
+                while chunk := flood.recv(1 << 20):
+                    answered += chunk
+            except BlockingIOError:
+                pass
+            # Answered so far when the predict's reply came (all of them, before).
+            assert answered.count(b"HTTP/1.1 200") < flood_count // 2
