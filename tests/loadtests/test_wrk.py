@@ -124,10 +124,28 @@ def test_nothing_to_compare_is_flagged() -> None:
     assert verdict.rps is None
 
 
-class Recorder(BaseHTTPRequestHandler):
-    """Keeps what wrk sent; answers 503 when asked to, to count status errors."""
+class Answering(BaseHTTPRequestHandler):
+    """A keep-alive server's replies: `ok` with the status and headers asked for."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body are two writes: without this, a reply can wait for a delayed ACK.
+    disable_nagle_algorithm = True
+
+    def answer(self, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *_args) -> None:
+        pass
+
+
+class Recorder(Answering):
+    """Keeps what wrk sent; answers 503 when asked to, to count status errors."""
+
     seen: list[tuple[str, str, dict, bytes]] = []
     status = 200
 
@@ -135,13 +153,7 @@ class Recorder(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if len(self.seen) < 5:
             self.seen.append((self.command, self.path, dict(self.headers), body))
-        self.send_response(self.status)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *_args) -> None:
-        pass
+        self.answer(self.status)
 
 
 @pytest.fixture
@@ -203,26 +215,17 @@ def test_the_timings_line_gives_each_stage_its_median_and_count() -> None:
     assert "function response(" not in render_lua(b"{}", {})
 
 
-class Batching(BaseHTTPRequestHandler):
+class Batching(Answering):
     """Answers as a batching server would: every third reply names a pass of 3, the
     others 1; every fifth names a count wrk must not take (not a number)."""
 
-    protocol_version = "HTTP/1.1"
     replies = 0
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         self.rfile.read(int(self.headers["Content-Length"]))
         type(self).replies += 1
         shared = "junk" if self.replies % 5 == 0 else "3" if self.replies % 3 == 0 else "1"
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.send_header(BATCH_HEADER, shared)
-        self.send_header("Server-Timing", "app;dur=0.250")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *_args) -> None:
-        pass
+        self.answer(200, ((BATCH_HEADER, shared), ("Server-Timing", "app;dur=0.250")))
 
 
 @pytest.mark.integration
@@ -245,13 +248,10 @@ def test_without_the_batches_line_there_are_no_counts() -> None:
     assert parse_batches(f'{BATCHES_MARKER}{{"1": 7, "8": 16}}\n') == {1: 7, 8: 16}
 
 
-class SlowFirst(BaseHTTPRequestHandler):
+class SlowFirst(Answering):
     """Answers each connection's first request after STALL_S, the others at once: a
     worker that accepts late, as the Flask stacks' gevent workers did."""
 
-    protocol_version = "HTTP/1.1"
-    # Headers and body are two writes: without this, each reply waits for a delayed ACK.
-    disable_nagle_algorithm = True
     STALL_S = 0.3
 
     def setup(self) -> None:
@@ -263,13 +263,7 @@ class SlowFirst(BaseHTTPRequestHandler):
         if self.first:
             self.first = False
             time.sleep(self.STALL_S)
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *_args) -> None:
-        pass
+        self.answer()
 
 
 @pytest.mark.integration
