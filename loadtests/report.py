@@ -373,6 +373,10 @@ def intro_section(run_dir: Path, env: dict) -> list[str]:
         "(throughput is what the server allows).",
         f"- **open** loop: {spacing}; latency counts from the scheduled start, so queueing "
         "behind a slow request is not hidden (no coordinated omission).",
+        "- **wrk** (the closed loop's cross-check, and the sweeps' levels): its percentiles "
+        "are wrk's, which it corrects for coordinated omission (loadtests/wrk.py): a reply "
+        "slower than twice the mean interval between a connection's requests adds samples "
+        "below it, so a few stalled replies show as a tail Locust's closed loop lacks.",
     ]
 
 
