@@ -218,6 +218,11 @@ def test_the_batching_knobs_reach_serve_batch(running: RunningStack) -> None:
     assert deployment["user_config"]["max_batch_size"] == BATCH_SIZE
 
 
+def test_the_driver_freezes_what_start_up_left(running: RunningStack) -> None:
+    # Its full collections paused every request on the shared core (server.py).
+    assert STACK.serve_status(running.server)["frozen_objects"] > 0
+
+
 def test_replicas_times_threads_fit_the_cores(running: RunningStack) -> None:
     status = STACK.serve_status(running.server)
     replicas = status["settings"]["replicas"]
