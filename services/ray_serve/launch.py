@@ -161,9 +161,10 @@ class RayServeStack(ServingStack):
     # @serve.batch is opt-in: a deployment without it serves one request per call.
     default_preset = {"DIGITNET_BATCHING": "off"}
     tuning_limit = (
-        "on one server core Serve's proxy, controller and replica share it, and a request "
-        "crosses the proxy and an actor call: its p99 misses the objective already at one "
-        "back-to-back connection, batching or not"
+        "on one server core Serve's proxy, controller and replica share it, and each "
+        "request crosses the proxy and an actor call: its p99 meets the objective at one "
+        "back-to-back connection at most, where no requests wait together for a batch to "
+        "form, so batching only adds its wait"
     )
     thread_settings = (REPLICAS_ENV, THREADS_ENV, "OMP_NUM_THREADS")
     warmup_off_env = {WARMUP_ENV: "0"}
