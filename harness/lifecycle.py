@@ -86,6 +86,7 @@ def launch(
     cores: Sequence[int] | None = None,
     env: Mapping[str, str] | None = None,
     timeout_s: float = READY_TIMEOUT_S,
+    ready_poll_s: float | None = None,
 ) -> RunningStack:
     """Starts `stack`, hands the server to `on_start` (register its stop there), waits
     until it is ready and returns it with its clients.
@@ -94,6 +95,7 @@ def launch(
         ports: one port per name in the stack's default_ports; free ports if None.
         cores: CPUs the server may use (pinned with taskset); all usable ones if None.
         env: extra environment for the server (e.g. the plugin's device_env).
+        ready_poll_s: how often to ask whether it is ready; None: the plugin's own.
     """
     plugin = resolve(stack)
     for attempt in range(PORT_RACE_RETRIES + 1):
@@ -102,7 +104,7 @@ def launch(
         server = plugin.start(paths, run_dir, chosen, cores=cores, env=env)
         on_start(server)
         try:
-            ready_s = plugin.wait_ready(server, timeout_s)
+            ready_s = plugin.wait_ready(server, timeout_s, ready_poll_s)
         except (RuntimeError, TimeoutError) as err:
             if ports is not None or attempt == PORT_RACE_RETRIES or not lost_port_race(err):
                 raise

@@ -407,7 +407,9 @@ def gpu_fields(target: Target, sampler: GpuSampler | DcgmSampler | None) -> dict
 
 
 class Progress:
-    """Prints point i of N, elapsed and remaining time, and the last point's figures."""
+    """Prints point i of N, elapsed and remaining time, and the last point's figures. N
+    is an estimate (sweep.planned_points: each level at its most windows, so a run
+    usually ends before it); a point beyond it grows N, never a negative time left."""
 
     def __init__(self, total: int, seconds_per_point: float) -> None:
         self.total = total
@@ -417,6 +419,7 @@ class Progress:
 
     def point(self, label: str, result: dict) -> None:
         self.done += 1
+        self.total = max(self.total, self.done)
         elapsed = time.monotonic() - self.started
         per_point = elapsed / self.done if self.done else self.estimate
         remaining = per_point * (self.total - self.done)

@@ -7,7 +7,8 @@ faults, soak and the k8s validation iterate over the registry and ask the plugin
 
 What a plugin declares, in one object:
   artifacts   build(paths) and artifact_files(paths): what it makes from the shared model
-  lifecycle   available(), start(...), wait_ready(...), stop(...), stop_grace_s
+  lifecycle   available(), start(...), wait_ready(...), stop(...), stop_grace_s,
+              ready_poll_s
   protocols   locust_users (protocol -> Locust user class), clients(...) for a running
               server, remote_client(...) for one elsewhere (a pod); load targets are
               derived from the clients (path, headers and token as data)
@@ -78,6 +79,10 @@ class ServingStack:
     protocol_ports: Mapping[str, str] = {}
     # How long stop() waits after SIGTERM before it kills what is left.
     stop_grace_s: float = 15.0
+    # How often wait_ready asks whether the model can answer, unless the caller says (each
+    # ask is a request the starting server answers; the cold start asks more often, for
+    # its time to ready is only as fine as this).
+    ready_poll_s: float = 0.1
     # True: the stack validates with digitnet.codec, so the robustness matrix judges its
     # answers against the codec's; False: they are recorded as they are (TF Serving).
     validates_with_codec: bool = True
@@ -171,10 +176,15 @@ class ServingStack:
         """
         raise NotImplementedError
 
-    def wait_ready(self, server: ServerProcess, timeout_s: float) -> float:
-        """Blocks until the model can answer (not merely until the port is open);
-        returns the seconds waited."""
+    def wait_ready(self, server: ServerProcess, timeout_s: float,
+                   poll_s: float | None = None) -> float:  # fmt: skip
+        """Blocks until the model can answer (not merely until the port is open), asking
+        every `poll_s` (None: ready_poll_s); returns the seconds waited."""
         raise NotImplementedError
+
+    def poll_interval(self, poll_s: float | None) -> float:
+        """The interval wait_ready asks at: the caller's, else the stack's own."""
+        return self.ready_poll_s if poll_s is None else poll_s
 
     def stop(self, server: ServerProcess) -> None:
         """Stops the server and every process it started."""

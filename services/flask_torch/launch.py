@@ -146,7 +146,8 @@ class FlaskStack(ServingStack):
         server.endpoints = {HTTP: f"http://{LOOPBACK}:{port}"}
         return server
 
-    def wait_ready(self, server: ServerProcess, timeout_s: float) -> float:
+    def wait_ready(self, server: ServerProcess, timeout_s: float,
+                   poll_s: float | None = None) -> float:  # fmt: skip
         url = server.endpoints[HTTP] + FLASK_READY_PATH
         failure: list[str] = []
 
@@ -158,7 +159,8 @@ class FlaskStack(ServingStack):
             return response.status_code == 200
 
         try:
-            waited = wait_until(ready_or_failed, timeout_s, self.name, alive=server.alive)
+            waited = wait_until(ready_or_failed, timeout_s, self.name,
+                                interval_s=self.poll_interval(poll_s), alive=server.alive)
         except (TimeoutError, RuntimeError) as err:
             raise type(err)(f"{err}\n--- {server.log_path} ---\n{server.log_tail()}") from None
         if failure:

@@ -152,6 +152,8 @@ class RayServeStack(ServingStack):
     protocol_ports = {REST: HTTP}
     locust_users = {REST: "RestPredictUser"}
     stop_grace_s = STOP_GRACE_S
+    # Each ask reads the status file and, once RUNNING, asks a replica through the proxy.
+    ready_poll_s = 0.25
     floor_path = "TorchScript"
     framework = "pytorch"
     server_kind = "Ray Serve"
@@ -260,6 +262,25 @@ class RayServeStack(ServingStack):
         """The server's status file (see read_status)."""
         return read_status(server)
 
+    def serving_config(self, server: ServerProcess) -> dict[str, Any]:
+        # What the server read back once it ran (server.py): one replica's @serve.batch
+        # and torch threads, asked through a DeploymentHandle, and the replicas Serve
+        # reports RUNNING; not the settings it was asked to run with.
+        status = read_status(server)
+        batching = status.get("batching") or {}
+        if not batching:
+            return {}
+        wait_s = batching.get("batch_wait_timeout_s")
+        deployment = status.get("application", {}).get("deployments", {}).get(
+            DEPLOYMENT_NAME, {})
+        return {
+            "max_batch_size": batching.get("max_batch_size"),
+            "batch_wait_ms": None if wait_s is None else round(wait_s * 1000.0, 3),
+            "max_concurrent_batches": batching.get("max_concurrent_batches"),
+            "torch_threads": batching.get("torch_threads"),
+            "replicas": deployment.get("replica_states", {}).get("RUNNING"),
+        }
+
     def noop_path(self, server: ServerProcess) -> str | None:
         # Read back from the status file: the settings the server process runs with.
         return read_status(server).get("settings", {}).get("noop_path")
@@ -275,7 +296,8 @@ class RayServeStack(ServingStack):
                                 timeout=PROBE_TIMEOUT_S)  # fmt: skip
         return response.status_code == 200 and response.json().get("status") == "ready"
 
-    def wait_ready(self, server: ServerProcess, timeout_s: float) -> float:
+    def wait_ready(self, server: ServerProcess, timeout_s: float,
+                   poll_s: float | None = None) -> float:  # fmt: skip
         failure: list[str] = []
 
         def ready_or_failed() -> bool:
@@ -286,7 +308,8 @@ class RayServeStack(ServingStack):
                 return True
 
         try:
-            waited = wait_until(ready_or_failed, timeout_s, self.name, interval_s=0.25,
+            waited = wait_until(ready_or_failed, timeout_s, self.name,
+                                interval_s=self.poll_interval(poll_s),
                                 alive=server.alive)  # fmt: skip
         except (TimeoutError, RuntimeError) as err:
             raise type(err)(f"{err}\n--- {server.log_path} ---\n{server.log_tail()}") from None

@@ -162,6 +162,8 @@ class TfServingStack(ServingStack):
     default_ports: Mapping[str, int] = {"rest": DEFAULT_REST_PORT, "grpc": DEFAULT_GRPC_PORT}
     protocol_ports = {REST: "rest", GRPC: "grpc"}
     locust_users = {REST: "RestPredictUser", GRPC: "TfServingGrpcUser"}
+    # Each ask is a model-status call per model the server loads.
+    ready_poll_s = 0.25
     # TF Serving validates with its own code: its answers to bad input are recorded.
     validates_with_codec = False
     floor_path = "SavedModel signature"
@@ -238,7 +240,8 @@ class TfServingStack(ServingStack):
         }
         return server
 
-    def wait_ready(self, server: ServerProcess, timeout_s: float) -> float:
+    def wait_ready(self, server: ServerProcess, timeout_s: float,
+                   poll_s: float | None = None) -> float:  # fmt: skip
         # Ready means a loaded version of every model it serves (the twin too, when on),
         # not an open port: TF Serving listens before loading.
         rest = server.endpoints["rest"]
@@ -247,7 +250,7 @@ class TfServingStack(ServingStack):
             lambda: all(model_is_available(url) for url in status_urls),
             timeout_s,
             f"{self.name} at {', '.join(status_urls)}",
-            interval_s=0.25,
+            interval_s=self.poll_interval(poll_s),
             alive=server.alive,
         )
 

@@ -295,6 +295,8 @@ class TorchServeStack(ServingStack):
     }
     protocol_ports = {"rest": "inference"}
     stop_grace_s = STOP_GRACE_S
+    # Each ask is a management API call per model the server loads.
+    ready_poll_s = 0.25
     devices = (CPU, CUDA)
     server_batching = True
     floor_path = "TorchScript"
@@ -469,7 +471,8 @@ class TorchServeStack(ServingStack):
         status = model_status(server.endpoints["management"], model_name, token)
         return workers_ready(status)
 
-    def wait_ready(self, server: ServerProcess, timeout_s: float) -> float:
+    def wait_ready(self, server: ServerProcess, timeout_s: float,
+                   poll_s: float | None = None) -> float:  # fmt: skip
         # Every model it loads (the no-op twin too, when on): a twin still starting its
         # workers would otherwise compete for the cores with the first measurements.
         names = self._model_names(server)
@@ -478,7 +481,7 @@ class TorchServeStack(ServingStack):
                 lambda: all(self.model_ready(server, name) for name in names),
                 timeout_s,
                 f"{self.name} model {', '.join(names)}",
-                interval_s=0.25,
+                interval_s=self.poll_interval(poll_s),
                 alive=server.alive,
             )
         except (TimeoutError, RuntimeError) as err:

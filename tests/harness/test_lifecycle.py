@@ -22,12 +22,15 @@ class FlakyStack:
         self.failures, self.error = failures, error
         self.started: list[dict] = []
         self.stopped: list[ServerProcess] = []
+        self.polls: list[float | None] = []
 
     def start(self, paths, run_dir, ports, cores=None, env=None) -> ServerProcess:
         self.started.append(dict(ports))
         return ServerProcess(self.name, len(self.started), Path("log"))
 
-    def wait_ready(self, server: ServerProcess, timeout_s: float) -> float:
+    def wait_ready(self, server: ServerProcess, timeout_s: float,
+                   poll_s: float | None = None) -> float:  # fmt: skip
+        self.polls.append(poll_s)
         if server.pid <= self.failures:
             raise self.error
         return 0.5
@@ -77,3 +80,10 @@ def test_ports_the_caller_chose_are_never_changed() -> None:
     with pytest.raises(RuntimeError):
         launch(stack, ports={"http": 8000})
     assert stack.started == [{"http": 8000}]
+
+
+def test_the_callers_ready_interval_reaches_the_plugin_and_none_leaves_its_own() -> None:
+    stack = FlakyStack(0, BIND_LOST)
+    launch(stack)
+    launch(stack, ready_poll_s=0.02)
+    assert stack.polls == [None, 0.02]

@@ -58,6 +58,15 @@ def test_a_start_that_never_gets_ready_is_kept_and_the_others_go_on(artifacts, t
     assert "warm-up off: **" not in md
 
 
+def test_the_table_says_how_fine_its_time_to_ready_is():
+    both = [record("flask_torch", True, 2.0, 9.0), record("flask_torch", False, 2.0, 40.0)]
+    asked = [{**r, "ready_poll_s": 0.02} for r in both]
+    assert "Readiness was asked every 20 ms" in "\n".join(coldstart.markdown(asked))
+    # Records from before the interval was recorded were asked at each stack's own.
+    older = "\n".join(coldstart.markdown(both))
+    assert "each stack's own interval (0.1–0.25 s)" in older
+
+
 def test_stacks_without_a_warmup_switch_run_once_and_say_why():
     tf_serving = load_stack("tf_serving")
     assert coldstart.warmup_modes(tf_serving) == [True]
@@ -81,6 +90,7 @@ def test_one_real_stack_is_started_from_nothing_with_and_without_warmup(artifact
     for r in records:
         assert r["problems"] == [], r
         assert r["ready_s"] > 0 and r["first_ms"] > 0 and r["warm_ms"] > 0
+        assert r["ready_poll_s"] == coldstart.READY_POLL_S
         assert r["rss_mb_at_ready"] > 10
     written = (tmp_path / coldstart.COLDSTART_FILE).read_text().splitlines()
     assert [json.loads(line) for line in written] == records

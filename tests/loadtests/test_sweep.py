@@ -132,3 +132,25 @@ def test_a_trial_the_generator_spoilt_is_measured_again(monkeypatch, tmp_path) -
     assert record["passing"] is not None and record["passing"]["passed"]
     assert len(record["trials"]) == len(measured) - 1
     assert not any(t["invalid"] for t in record["trials"])
+
+
+def test_the_progress_line_never_counts_past_its_total_nor_below_zero(capsys) -> None:
+    from loadtests.runner import Progress
+
+    progress = Progress(2, 1.0)
+    for _ in range(3):
+        progress.point("flask_torch/rest closed-b1-u1 #0", {"rps": 1.0})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("[  3/3]")
+    assert "~ 0.0 min left" in lines[-1] and "-" not in lines[-1].split("elapsed")[1]
+
+
+def test_the_planned_total_counts_every_level_at_its_most_windows() -> None:
+    import dataclasses
+
+    from loadtests.sweep import planned_points
+
+    quick = PROFILES["quick"]
+    more = dataclasses.replace(quick, max_windows=quick.max_windows + 1)
+    levels = sum(len(users) for users in quick.closed_users.values())
+    assert planned_points(more, 1) - planned_points(quick, 1) == levels

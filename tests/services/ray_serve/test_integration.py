@@ -218,6 +218,16 @@ def test_the_batching_knobs_reach_serve_batch(running: RunningStack) -> None:
     assert deployment["user_config"]["max_batch_size"] == BATCH_SIZE
 
 
+def test_its_serving_config_is_what_a_replica_reports(running: RunningStack) -> None:
+    # The fair fight's and the batching sweep's configuration tables read this.
+    config = STACK.serving_config(running.server)
+    status = STACK.serve_status(running.server)
+    assert config["max_batch_size"] == BATCH_SIZE
+    assert config["batch_wait_ms"] == pytest.approx(BATCH_DELAY_MS)
+    assert config["torch_threads"] == status["batching"]["torch_threads"]
+    assert config["replicas"] == status["settings"]["replicas"]
+
+
 def test_the_driver_freezes_what_start_up_left(running: RunningStack) -> None:
     # Its full collections paused every request on the shared core (server.py).
     assert STACK.serve_status(running.server)["frozen_objects"] > 0
