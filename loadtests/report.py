@@ -529,6 +529,20 @@ def neighbours_section(data: RunData) -> list[str]:
         f"(median {float(np.median(values)):.1f}%)."
         + (f" {note[0].upper()}{note[1:]}." if note else "")
     )
+    by_stack: dict[str, list[float]] = {}
+    for p in data.points:
+        for name, cpu in (p.get("neighbours_cpu_by_stack") or {}).items():
+            if cpu is not None:
+                by_stack.setdefault(name, []).append(cpu)
+    if by_stack:
+        # Whose it was: a stack's processes that keep busy while idle (a control loop, a
+        # status poll) take the server's core from every other stack's points.
+        shares = sorted(((float(np.median(v)), max(v), name) for name, v in by_stack.items()),
+                        reverse=True)  # fmt: skip
+        md.append("")
+        md.append("Each idle neighbour, median (highest) % of one core while another stack's "
+                  "point ran: " + ", ".join(f"{name} {median:.1f} ({top:.1f})"
+                                             for median, top, name in shares) + ".")
     return md
 
 

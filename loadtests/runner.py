@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,7 +229,7 @@ def run_point(
     generator_cores: list[int],
     repeat: int,
     generator_cpus: float | None = None,
-    neighbours: list[int] | None = None,
+    neighbours: Mapping[str, int] | None = None,
     label: str = "",
     workers: Workers | None = None,
 ) -> dict:
@@ -237,8 +238,9 @@ def run_point(
     Args:
         generator_cpus: the CPUs Locust may use, when a quota rather than its cores bounds
             it (a pod's CPU limit); len(generator_cores) if None.
-        neighbours: pids of other servers idling on the server cores meanwhile; their CPU
-            is sampled, so the report can show they did not disturb this point.
+        neighbours: other servers idling on the server cores meanwhile (stack -> pid);
+            their CPU is sampled, each tree apart, so the report can show how much they
+            took of the server's cores during this point, and whose it was.
         label: prefixes the raw file names (e.g. "floor" for the generator's floor runs).
         workers: Locust's distributed mode: this process runs the master, the users run
             in `workers.count` worker processes elsewhere (loadtests/distributed.py).
@@ -291,7 +293,8 @@ def run_point(
             gen = sampling.enter_context(TreeSampler(locust.pid))
             sampler = gpu_sampler(target)
             gpu = sampling.enter_context(sampler) if sampler is not None else None
-            idle = [sampling.enter_context(TreeSampler(pid)) for pid in neighbours or []]
+            idle = {name: sampling.enter_context(TreeSampler(pid))
+                    for name, pid in (neighbours or {}).items()}  # fmt: skip
             # A master also waits for its workers, and then for their records.
             wait_s = workers.wait_s + distributed.COLLECT_TIMEOUT_S if workers else 0.0
             code = locust.wait(timeout=run_s + 60 + wait_s)
@@ -333,7 +336,10 @@ def run_point(
         "generator_saturated": generator_saturated(gen.samples, generator_capacity),
         "server_cpu_pct": server_sampler.samples.mean_cpu() if server_sampler else None,
         "server_rss_mb": server_sampler.samples.max_rss() if server_sampler else None,
-        "neighbours_cpu_pct": sum(n.samples.mean_cpu() for n in idle) if idle else None,
+        "neighbours_cpu_pct": (sum(n.samples.mean_cpu() for n in idle.values()) if idle
+                               else None),
+        "neighbours_cpu_by_stack": {name: n.samples.mean_cpu() for name, n in idle.items()}
+                                   or None,
         "generator_processes": processes,
         "arrivals": profile.arrivals if load.mode is Mode.OPEN else None,
         "seed": profile.seed + repeat if load.mode is Mode.OPEN else None,

@@ -148,9 +148,14 @@ class Run:
         with open(self.run_dir / name, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def others(self, target: Target) -> list[int]:
-        return [pid for key, pid in self.neighbours.items()
-                if pid != target.server_pid]  # fmt: skip
+    def others(self, target: Target) -> dict[str, int]:
+        """The other servers idling on the server cores while `target` is measured, by
+        stack, each process tree once (a server's protocols are targets of one pid)."""
+        found: dict[str, int] = {}
+        for key, pid in self.neighbours.items():
+            if pid != target.server_pid and pid not in found.values():
+                found.setdefault(key.split("/", 1)[0], pid)
+        return found
 
 
 # How long a window waits for a new key after the server refused the one in use, and how

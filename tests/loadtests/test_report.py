@@ -129,6 +129,7 @@ def window(stack, users, rps, p50, p99, repeat, protocol="rest", share=0.05, use
         "lateness_p50_ms": lateness / 2, "lateness_p99_ms": lateness,
         "generator_fell_behind": lateness > 0.1 * SLO, "arrivals": "poisson", "seed": 7,
         "neighbours_cpu_pct": 0.2 + k * 0.3, "generator_processes": 1,
+        "neighbours_cpu_by_stack": {"ray_serve": 0.1 + k * 0.2, "torchserve": 0.1 + k * 0.1},
         "drift": {"calibration_before_us": 1000.0 + 50 * k,
                   "calibration_after_us": 1020.0 + 40 * k,
                   "calibration_change": 0.02 - 0.01 * k, "steal_share": 0.001 * k,
@@ -316,6 +317,9 @@ def test_environment_shows_the_generator_floor_tools_drift_and_neighbours(tmp_pa
     assert "highest CPU steal share was 0.2%" in env
     assert "highest CPU while a point ran: 0.8% of one core" in env
     assert "(median 0.5%). Every stack runs for the whole sweep, idle on the server cores." in env
+    # And whose it was, the busiest first.
+    assert ("Each idle neighbour, median (highest) % of one core while another stack's point "
+            "ran: ray_serve 0.3 (0.5), torchserve 0.2 (0.3).") in env
 
 
 def test_an_uncalibrated_run_says_so_plainly(tmp_path):

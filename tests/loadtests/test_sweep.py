@@ -154,3 +154,15 @@ def test_the_planned_total_counts_every_level_at_its_most_windows() -> None:
     more = dataclasses.replace(quick, max_windows=quick.max_windows + 1)
     levels = sum(len(users) for users in quick.closed_users.values())
     assert planned_points(more, 1) - planned_points(quick, 1) == levels
+
+
+def test_each_idle_neighbour_is_sampled_once_by_stack(tmp_path) -> None:
+    from loadtests import sweep as sweep_module
+    from loadtests.runner import Progress, Target
+
+    run = sweep_module.Run(PROFILES["smoke"], None, tmp_path, [0], [1], Progress(0, 1.0))
+    # TF Serving's two protocols are two targets of one server.
+    run.neighbours = {"tf_serving/rest/cpu": 5, "tf_serving/grpc/cpu": 5,
+                      "flask_torch/rest/cpu": 7, "ray_serve/rest/cpu": 9}  # fmt: skip
+    target = Target("flask_torch", "rest", "http://127.0.0.1:9", {}, server_pid=7)
+    assert run.others(target) == {"tf_serving": 5, "ray_serve": 9}
