@@ -3,15 +3,21 @@ instance and Serve in it, on 127.0.0.1.
 
 Processes, all started by the server process and all ended by stop():
     server.py (the Ray driver) -> gcs_server, raylet -> Ray workers: the Serve controller,
-    the HTTP proxy (the inference port) and one replica per worker of the core split
-    (ray::ServeReplica:digitnet:DigitNet), plus Ray's per-node agents.
+    the ingress and one replica per worker of the core split
+    (ray::ServeReplica:digitnet:DigitNet), plus Ray's per-node agents. The ingress
+    (settings.INGRESSES) is ours by default, Ray's high-throughput mode: HAProxy on the
+    inference port (the haproxy process, run by the ray::HAProxyManager actor) sending
+    each request to a replica's own HTTP port, with Serve's Python proxy as its fallback
+    on a port of its own; or Serve's default, the Python proxy (ray::ProxyActor) on the
+    inference port.
 Ready means the application is RUNNING with every replica RUNNING (the status file the
-server keeps, from serve.status()) and a replica answers /readyz through the proxy;
+server keeps, from serve.status()) and a replica answers /readyz through the ingress;
 replicas load and warm their model before they take a request.
 
 Nothing but the inference port is meant to be reached: the dashboard is off, Ray's node
-address is 127.0.0.1 (GCS, raylet, agents and workers bind there), the metrics export
-port is on 127.0.0.1, and the gRPC proxy is not started.
+address is 127.0.0.1 (GCS, raylet, agents, workers and the replicas' own HTTP ports bind
+there), the metrics export port and HAProxy's stats and exporter are on 127.0.0.1, and
+the gRPC proxy is not started.
 
 Deployed the same way (services/ray_serve/Dockerfile runs server.py): the compose service
 ray-serve and the k8s Deployment ray-serve (k8s/base/ray-serve.yaml), a single-node Ray
@@ -56,8 +62,10 @@ from services.ray_serve.settings import (
     DEPLOYMENT_NAME,
     DEVICE_CPU,
     DEVICE_ENV,
+    INGRESS_ENV,
     LAUNCHER_PID_ENV,
     REPLICAS_ENV,
+    SERVE_PROXY,
     THREADS_ENV,
     WARMUP_ENV,
     ServeSettings,
@@ -89,10 +97,12 @@ REPLICA_TITLE = "ray::ServeReplica"
 ROLE_TITLES = (
     (REPLICA_TITLE, "serve replica"),
     ("ray::ProxyActor", "serve proxy"),
+    ("ray::HAProxyManager", "haproxy manager"),
     ("ray::ServeController", "serve controller"),
     ("ray::IDLE", "idle ray worker"),
 )
-ROLE_NAMES = {"gcs_server": "gcs", "raylet": "raylet"}
+HAPROXY_ROLE = "haproxy"
+ROLE_NAMES = {"gcs_server": "gcs", "raylet": "raylet", "haproxy": HAPROXY_ROLE}
 ROLE_SCRIPTS = (
     ("services.ray_serve.server", "server (ray driver)"),
     ("dashboard/agent.py", "dashboard agent"),
@@ -160,13 +170,12 @@ class RayServeStack(ServingStack):
     # On CUDA Ray schedules one GPU and the replicas share it (settings.deployment_options).
     devices = (CPU, CUDA)
     server_batching = True
-    # @serve.batch is opt-in: a deployment without it serves one request per call.
-    default_preset = {"DIGITNET_BATCHING": "off"}
+    # @serve.batch is opt-in: a deployment without it serves one request per call; the
+    # high-throughput ingress too: Serve's Python proxy is what serve.start gives.
+    default_preset = {"DIGITNET_BATCHING": "off", INGRESS_ENV: SERVE_PROXY}
     tuning_limit = (
-        "on one server core Serve's proxy, controller and replica share it, and each "
-        "request crosses the proxy and an actor call: its p99 meets the objective at one "
-        "back-to-back connection at most, where no requests wait together for a batch to "
-        "form, so batching only adds its wait"
+        "on one server core HAProxy, Serve's controller and the replica share it; where "
+        "no requests wait together for a batch to form, batching only adds its wait"
     )
     thread_settings = (REPLICAS_ENV, THREADS_ENV, "OMP_NUM_THREADS")
     warmup_off_env = {WARMUP_ENV: "0"}
@@ -274,12 +283,28 @@ class RayServeStack(ServingStack):
         deployment = status.get("application", {}).get("deployments", {}).get(
             DEPLOYMENT_NAME, {})
         return {
+            "ingress": self.ingress(server),
             "max_batch_size": batching.get("max_batch_size"),
             "batch_wait_ms": None if wait_s is None else round(wait_s * 1000.0, 3),
             "max_concurrent_batches": batching.get("max_concurrent_batches"),
             "torch_threads": batching.get("torch_threads"),
             "replicas": deployment.get("replica_states", {}).get("RUNNING"),
         }
+
+    def ingress(self, server: ServerProcess) -> str:
+        """What holds the inference port, read from the run's processes: "haproxy" where
+        an HAProxy process of this run holds it, else Serve's Python proxy."""
+        port = urlsplit(server.endpoints[HTTP]).port
+        for proc in run_processes(server.pid):
+            try:
+                if self.process_role(proc) != HAPROXY_ROLE:
+                    continue
+                if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                       for c in proc.net_connections(kind="inet")):  # fmt: skip
+                    return "haproxy"
+            except psutil.Error:
+                continue
+        return "serve proxy"
 
     def noop_path(self, server: ServerProcess) -> str | None:
         # Read back from the status file: the settings the server process runs with.

@@ -226,6 +226,9 @@ def test_its_serving_config_is_what_a_replica_reports(running: RunningStack) -> 
     assert config["batch_wait_ms"] == pytest.approx(BATCH_DELAY_MS)
     assert config["torch_threads"] == status["batching"]["torch_threads"]
     assert config["replicas"] == status["settings"]["replicas"]
+    # Read from the process that holds the inference port, not from the settings.
+    assert status["settings"]["ingress"] == "haproxy"
+    assert config["ingress"] == "haproxy"
 
 
 def test_the_driver_freezes_what_start_up_left(running: RunningStack) -> None:
@@ -274,7 +277,9 @@ def test_only_loopback_addresses_listen(running: RunningStack) -> None:
         for conn in connections:
             if conn.status == psutil.CONN_LISTEN:
                 listening.add((conn.laddr.ip, conn.laddr.port, STACK.process_role(proc)))
-    assert (LOOPBACK, running.ports["http"], "serve proxy") in listening
+    # Ours: HAProxy holds the inference port (its stats page and exporter were rewritten
+    # to loopback by haproxy_loopback.sh, else they listen on every interface).
+    assert (LOOPBACK, running.ports["http"], "haproxy") in listening
     assert (LOOPBACK, running.ports["metrics"]) in {(ip, port) for ip, port, _ in listening}
     exposed = {entry for entry in listening if not is_loopback(entry[0])}
     assert not exposed, exposed
@@ -284,7 +289,7 @@ def test_every_process_of_the_run_has_a_role(running: RunningStack) -> None:
     """Soak groups memory by these roles; the run's processes are all found."""
     roles = {STACK.process_role(p) for p in run_processes(running.server.pid)}
     assert {"server (ray driver)", "gcs", "raylet", "serve controller", "serve proxy",
-            "serve replica"} <= roles, roles  # fmt: skip
+            "serve replica", "haproxy", "haproxy manager"} <= roles, roles  # fmt: skip
     assert run_dir_of(running.server).joinpath("serve_status.json").exists()
 
 

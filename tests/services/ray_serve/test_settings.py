@@ -3,6 +3,8 @@ the batching policy turned into Serve's options, and the server's environment.""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,19 +13,32 @@ from digitnet.artifacts import ArtifactPaths
 from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
 from services.cores import CoreSplit
 from services.ray_serve.launch import STACK, application_running
+from services.ray_serve.server import (
+    STATUS_INTERVAL_S,
+    STEADY_STATUS_INTERVAL_S,
+    status_interval,
+)
 from services.ray_serve.settings import (
     BATCHES_IN_FLIGHT,
     DEPLOYMENT_NAME,
     DEVICE_ENV,
+    DIRECT_INGRESS_PORTS,
+    HAPROXY,
+    HAPROXY_BINARY_ENV,
+    HAPROXY_WRAPPER,
     HOST,
     HTTP_HOST_ENV,
+    INGRESS_ENV,
     REPLICAS_ENV,
     REQUESTS_PER_REPLICA,
+    SERVE_PROXY,
     THREADS_ENV,
+    HaproxyPorts,
     ServeSettings,
     batching_config,
     deployment_options,
     describe,
+    ingress_env,
     max_ongoing_requests,
     parallelism_from_env,
 )
@@ -80,6 +95,7 @@ def test_the_server_reads_back_what_the_plugin_wrote(tmp_path, monkeypatch) -> N
         http_host="0.0.0.0",
         device="cuda:1",
         noop=True,
+        ingress="proxy",
     )
     for name, value in written.to_env().items():
         monkeypatch.setenv(name, value)
@@ -175,3 +191,74 @@ def test_the_noop_twin_is_off_unless_asked_and_its_route_is_recorded(tmp_path) -
     assert describe(settings(tmp_path))["noop_path"] is None
     assert settings(tmp_path).to_env()["DIGITNET_NOOP_TWIN"] == "0"
     assert describe(settings(tmp_path, noop=True))["noop_path"] == "/v1/models/digitnet:noop"
+
+
+PORTS = HaproxyPorts(stats=41001, metrics=41002, fallback_http=41003, fallback_grpc=41004,
+                     replica_http=41005, replica_grpc=41100)  # fmt: skip
+
+
+def test_ours_is_rays_high_throughput_ingress_and_the_default_its_proxy(tmp_path) -> None:
+    ours = settings(tmp_path, split=CoreSplit(2, 1))
+    assert ours.ingress == HAPROXY
+    env = ingress_env(ours, PORTS, "/opt/haproxy")
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    # Ray runs the wrapper, which runs the binary it was given.
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(HAPROXY_WRAPPER)
+    assert env[HAPROXY_BINARY_ENV] == "/opt/haproxy"
+    # HAProxy's threads: the replicas' CPUs, not Ray's 4 on any machine.
+    assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "2"
+    assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
+    # Every port is one picked for this run, none of Ray's fixed ones (8404, 9101, 8500).
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "41001"
+    assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "41002"
+    assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "41003"
+    assert env["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "41004"
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "41005"
+    assert int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == 41005 + DIRECT_INGRESS_PORTS
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == "41100"
+    # Every file under the run's own temp dir, none in /tmp/haproxy-serve.
+    files = [v for k, v in env.items() if k.endswith(("_LOC", "_PATH", "_BASE", "_FILE"))
+             and k != "RAY_SERVE_HAPROXY_BINARY_PATH"]  # fmt: skip
+    assert len(files) == 5
+    assert all(Path(f).is_relative_to(ours.temp_dir) for f in files), files
+    assert Path(env["RAY_SERVE_HAPROXY_LOG_TARGET"]).is_relative_to(ours.temp_dir)
+    # The default preset: Serve's Python proxy, Ray left as it ships.
+    assert STACK.default_preset[INGRESS_ENV] == SERVE_PROXY
+    assert ingress_env(settings(tmp_path, ingress=SERVE_PROXY), PORTS, "/opt/haproxy") == {}
+    with pytest.raises(ValueError, match=INGRESS_ENV):
+        settings(tmp_path, ingress="nginx")
+
+
+def test_the_wrapper_binds_haproxys_own_ports_to_loopback_and_runs_the_binary(
+        tmp_path) -> None:  # fmt: skip
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "frontend prometheus\n    bind :41002\n    mode http\n"
+        "frontend http_frontend\n    bind 0.0.0.0:8002\n"
+        "listen stats\n  bind *:41001\n  stats enable\n"
+    )
+    # A stand-in for HAProxy that prints the arguments it was run with.
+    binary = tmp_path / "haproxy"
+    binary.write_text('#!/bin/sh\necho "$@"\n')
+    binary.chmod(0o755)
+    done = subprocess.run([str(HAPROXY_WRAPPER), "-db", "-f", str(config), "-sf", "12"],
+                          env={**os.environ, HAPROXY_BINARY_ENV: str(binary)},
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.split() == ["-db", "-f", str(config), "-sf", "12"]
+    binds = [line.strip() for line in config.read_text().splitlines() if "bind" in line]
+    # The stats page and the exporter on loopback; the inference port as Serve asked.
+    assert binds == ["bind 127.0.0.1:41002", "bind 0.0.0.0:8002", "bind 127.0.0.1:41001"]
+
+
+def test_the_status_file_is_refreshed_fast_only_until_every_replica_runs() -> None:
+    def app(status: str, running: int) -> dict:
+        return {"status": status,
+                "deployments": {DEPLOYMENT_NAME: {"replica_states": {"RUNNING": running}}}}
+
+    # Readiness reads it while starting or while a replica comes back; once every replica
+    # runs, each refresh only costs the shared cores (server.py).
+    assert status_interval({"status": "STARTING"}, 1) == STATUS_INTERVAL_S
+    assert status_interval(app("DEPLOYING", 1), 1) == STATUS_INTERVAL_S
+    assert status_interval(app("RUNNING", 1), 2) == STATUS_INTERVAL_S
+    assert status_interval(app("RUNNING", 2), 2) == STEADY_STATUS_INTERVAL_S
+    assert STEADY_STATUS_INTERVAL_S > STATUS_INTERVAL_S
