@@ -21,9 +21,10 @@ the gRPC proxy is not started.
 
 Deployed the same way (services/ray_serve/Dockerfile runs server.py): the compose service
 ray-serve and the k8s Deployment ray-serve (k8s/base/ray-serve.yaml), a single-node Ray
-per pod whose HTTP proxy alone binds 0.0.0.0 (DIGITNET_RAY_HTTP_HOST); on clusters with
+per pod whose ingress alone binds 0.0.0.0 (DIGITNET_RAY_HTTP_HOST); on clusters with
 KubeRay, the optional RayService of k8s/components/rayservice runs the same deployment
-(deployment.app_builder) on a head and a worker group.
+(deployment.app_builder) on a head and a worker group, behind Serve's Python proxy (its
+pods' environment would need the ingress's variables, which server.py sets here).
 """
 
 from __future__ import annotations

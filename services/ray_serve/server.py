@@ -4,8 +4,10 @@
 
 It starts a private local Ray instance (never one found on the machine) with only the
 server's CPUs, every Ray address on 127.0.0.1, no dashboard and its own temp dir; starts
-Serve's HTTP proxy on 127.0.0.1 (on DIGITNET_RAY_HTTP_HOST when set: 0.0.0.0 in the
-container, for that one port); runs the deployment (deployment.py); then keeps the
+Serve's ingress on 127.0.0.1 (on DIGITNET_RAY_HTTP_HOST when set: 0.0.0.0 in the
+container, for that one port), HAProxy under the ingress we run (its Ray variables set
+here before ray is imported: set_ingress_env) or Serve's Python proxy; runs the
+deployment (deployment.py); then keeps the
 application's status in a file that the plugin's wait_ready reads, until SIGTERM or
 SIGINT, when it shuts Serve and then Ray down, which ends every process Ray started.
 """

@@ -35,7 +35,7 @@ from services.cores import CoreSplit, split_from_env
 
 MODEL_PATH_ENV = "DIGITNET_RAY_MODEL_PATH"
 HTTP_PORT_ENV = "DIGITNET_RAY_HTTP_PORT"
-# The address Serve's HTTP proxy (the inference port, and nothing else) binds: loopback
+# The address the ingress's inference port (and nothing else) binds: loopback
 # for native runs, 0.0.0.0 in the container (its Dockerfile), where the port is published.
 HTTP_HOST_ENV = "DIGITNET_RAY_HTTP_HOST"
 DEVICE_ENV = "DIGITNET_RAY_DEVICE"
@@ -73,11 +73,12 @@ DEPLOYMENT_NAME = "DigitNet"
 # (an 8x8 conv net takes ~50 us), so a second batch could not overlap it anyway.
 BATCHES_IN_FLIGHT = 1
 # Requests one replica may hold, most of them waiting for their body or their batch.
-# Serve's proxy hands a request to a replica as soon as its headers arrive and streams
-# the body after it, so a slow upload holds a replica slot for as long as it trickles:
-# with only a batch's worth of slots, 32 slow clients starved every other client
-# (tests/reliability/test_faults.py). A waiting request is one coroutine; the Flask
-# stack's gevent workers take 1000 connections each for the same reason.
+# The ingress (HAProxy, or Serve's proxy) hands a request to a replica as soon as its
+# headers arrive and streams the body after it, so a slow upload holds a replica slot for
+# as long as it trickles: with only a batch's worth of slots, 32 slow clients starved
+# every other client (tests/reliability/test_faults.py). A waiting request is one
+# coroutine; the Flask stack's gevent workers take 1000 connections each for the same
+# reason.
 REQUESTS_PER_REPLICA = 1000
 # The object store only carries small request objects here; Ray's default (30% of RAM,
 # in /dev/shm) would reserve gigabytes for nothing. 75 MiB is Ray's minimum.
@@ -116,7 +117,7 @@ class ServeSettings:
     # Forward passes each replica runs before it counts as started (see predictor.py of
     # flask_torch, whose loader the replica reuses).
     warmup_iterations: int = 3
-    # Serve's HTTP proxy only; Ray's own ports stay on HOST whatever this says.
+    # The inference port only; Ray's own ports stay on HOST whatever this says.
     http_host: str = HOST
     # Where the replicas run the model: "cpu", or "cuda"/"cuda:N" (one GPU, shared).
     device: str = DEVICE_CPU
