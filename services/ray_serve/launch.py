@@ -70,6 +70,7 @@ from services.ray_serve.settings import (
     THREADS_ENV,
     WARMUP_ENV,
     ServeSettings,
+    ingress_from_env,
     parallelism_from_env,
 )
 from services.stack import CPU, CUDA, DEPLOYMENT_GRACE_S, REST, ServingStack, SignalPlan
@@ -228,6 +229,7 @@ class RayServeStack(ServingStack):
             limits=ServingLimits.from_env(),
             policy=BatchingPolicy.from_env(),
             noop=noop,
+            ingress=ingress_from_env(),
         )
 
     def start(

@@ -92,6 +92,13 @@ GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 0.5
 HEALTH_CHECK_PERIOD_S = 2.0
 
 
+def ingress_from_env() -> str:
+    """DIGITNET_RAY_INGRESS, HAPROXY when unset: the plugin reads it where it starts a
+    server (the fair fight's default preset sets it there), the server from what the
+    plugin wrote."""
+    return os.environ.get(INGRESS_ENV, "").strip().lower() or HAPROXY
+
+
 def parallelism_from_env(cores: int) -> CoreSplit:
     """services.cores.split_cores with DIGITNET_RAY_REPLICAS / DIGITNET_RAY_THREADS as overrides
     (services.cores.split_from_env)."""
@@ -203,7 +210,7 @@ class ServeSettings:
             http_host=os.environ.get(HTTP_HOST_ENV, "").strip() or HOST,
             device=os.environ.get(DEVICE_ENV, "").strip() or DEVICE_CPU,
             noop=noop_enabled(os.environ.get(NOOP_ENV)),
-            ingress=os.environ.get(INGRESS_ENV, "").strip().lower() or HAPROXY,
+            ingress=ingress_from_env(),
         )
 
     @classmethod

@@ -115,6 +115,12 @@ def test_knobs_in_the_environment_reach_the_plugins_settings(tmp_path, monkeypat
     assert s.limits.max_batch == 16
     assert s.split.workers * s.split.threads <= 2
     assert deployment_options(s)["max_ongoing_requests"] >= 5
+    # Ours unless the environment names Serve's proxy, as the fair fight's default does.
+    assert s.ingress == HAPROXY
+    monkeypatch.setenv(INGRESS_ENV, SERVE_PROXY)
+    s = STACK.settings_for(paths, tmp_path, {"http": 1, "metrics": 2}, [0, 1], tmp_path)
+    assert s.ingress == SERVE_PROXY
+    assert s.to_env()[INGRESS_ENV] == SERVE_PROXY
 
 
 def test_ready_needs_every_replica_running() -> None:
