@@ -7,9 +7,9 @@ server's CPUs, every Ray address on 127.0.0.1, no dashboard and its own temp dir
 Serve's ingress on 127.0.0.1 (on DIGITNET_RAY_HTTP_HOST when set: 0.0.0.0 in the
 container, for that one port), HAProxy under the ingress we run (its Ray variables set
 here before ray is imported: set_ingress_env) or Serve's Python proxy; runs the
-deployment (deployment.py); then keeps the
-application's status in a file that the plugin's wait_ready reads, until SIGTERM or
-SIGINT, when it shuts Serve and then Ray down, which ends every process Ray started.
+deployment (deployment.py); then keeps the application's status in a file that the
+plugin's wait_ready reads, until SIGTERM or SIGINT, when it shuts Serve and then Ray
+down, which ends every process Ray started.
 """
 
 from __future__ import annotations
