@@ -70,6 +70,7 @@ from services.ray_serve.settings import (
     THREADS_ENV,
     WARMUP_ENV,
     ServeSettings,
+    all_replicas_running,
     ingress_from_env,
     parallelism_from_env,
 )
@@ -130,12 +131,8 @@ def read_status(server: ServerProcess) -> dict[str, Any]:
 
 def application_running(status: Mapping[str, Any]) -> bool:
     """RUNNING, with as many RUNNING replicas as the settings ask for."""
-    app = status.get("application", {})
-    if app.get("status") != "RUNNING":
-        return False
-    deployment = app.get("deployments", {}).get(DEPLOYMENT_NAME, {})
-    wanted = status.get("settings", {}).get("replicas", 1)
-    return deployment.get("replica_states", {}).get("RUNNING", 0) >= wanted
+    return all_replicas_running(status.get("application", {}),
+                                status.get("settings", {}).get("replicas", 1))  # fmt: skip
 
 
 def run_processes(launcher_pid: int) -> list[psutil.Process]:

@@ -36,6 +36,7 @@ from services.ray_serve.settings import (
     OBJECT_STORE_BYTES,
     HaproxyPorts,
     ServeSettings,
+    all_replicas_running,
     describe,
     ingress_env,
 )
@@ -92,10 +93,7 @@ def application_status() -> dict[str, Any]:
 def status_interval(app: dict[str, Any], replicas: int) -> float:
     """STEADY_STATUS_INTERVAL_S while `app` is RUNNING with `replicas` replicas RUNNING,
     else STATUS_INTERVAL_S."""
-    deployment = app.get("deployments", {}).get(DEPLOYMENT_NAME, {})
-    running = deployment.get("replica_states", {}).get(RUNNING, 0)
-    steady = app.get("status") == RUNNING and running >= replicas
-    return STEADY_STATUS_INTERVAL_S if steady else STATUS_INTERVAL_S
+    return STEADY_STATUS_INTERVAL_S if all_replicas_running(app, replicas) else STATUS_INTERVAL_S
 
 
 def read_back_batching() -> dict[str, Any]:

@@ -92,6 +92,15 @@ GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 0.5
 HEALTH_CHECK_PERIOD_S = 2.0
 
 
+def all_replicas_running(app: Mapping[str, Any], replicas: int) -> bool:
+    """An application's status (server.py's status file form): RUNNING, with at least
+    `replicas` replicas RUNNING."""
+    if app.get("status") != "RUNNING":
+        return False
+    deployment = app.get("deployments", {}).get(DEPLOYMENT_NAME, {})
+    return deployment.get("replica_states", {}).get("RUNNING", 0) >= replicas
+
+
 def ingress_from_env() -> str:
     """DIGITNET_RAY_INGRESS, HAPROXY when unset: the plugin reads it where it starts a
     server (the fair fight's default preset sets it there), the server from what the
