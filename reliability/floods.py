@@ -17,7 +17,9 @@ Judged per stack:
   workers   none lost: the worker set (where the stack has one) is the same processes
             after every phase as before, so a crash or a kernel OOM kill shows
   fds       bounded: the server tree's peak at most baseline + the connections held +
-            FD_SLACK, and back within FD_SLACK of baseline once they are closed
+            FD_SLACK (the slow phase's, whose requests are in flight, times the fds the
+            stack holds per request: ServingStack.fds_per_request, 3 behind a proxy), and
+            back within FD_SLACK of baseline once they are closed
   big       clean: every answer right, 413 (over the limit only) or 503 (refused); RSS
             bounded: its peak in the phase's second half at most RSS_PLATEAU above the
             first half's (the bodies in flight are held, not accumulated); and stated: the
@@ -234,9 +236,12 @@ def _wait_fds(usage: UsageSampler, at_most: int, timeout_s: float) -> int:
         time.sleep(0.1)
 
 
-def flood_verdicts(phases: dict, settings: FloodSettings, held: dict[str, int]) -> dict:
+def flood_verdicts(phases: dict, settings: FloodSettings, held: dict[str, int],
+                   fds_per_request: int = 1) -> dict:  # fmt: skip
     """Per phase: what was judged and whether it held (pure: tested on synthetic figures).
-    `held`: connections each flood phase held open at its start."""
+    `held`: connections each flood phase held open at its start; `fds_per_request`: the
+    fds the server holds for each slow client's request in flight (an idle connection's
+    is one, its request answered)."""
     base = phases["baseline"]
     base_p99 = base["normal"]["p99_ms"]
     base_fds = base["usage"]["server_fds"] or 0
@@ -246,12 +251,13 @@ def flood_verdicts(phases: dict, settings: FloodSettings, held: dict[str, int]) 
         p99 = phase["normal"]["p99_ms"]
         ratio = p99 / base_p99 if p99 is not None and base_p99 else None
         peak = phase["usage"]["server_fds"]
+        bound = base_fds + held[name] * (fds_per_request if name == "slow" else 1) + FD_SLACK
         verdicts[name] = {
             "p99_ratio": ratio,
             "normal_ok": phase["normal"]["failed"] == 0 and ratio is not None
             and ratio <= settings.max_p99_ratio,
-            "fds_bound": base_fds + held[name] + FD_SLACK,
-            "fds_ok": peak is not None and peak <= base_fds + held[name] + FD_SLACK
+            "fds_bound": bound,
+            "fds_ok": peak is not None and peak <= bound
             and phase["fds_after_close"] <= base_fds + FD_SLACK,
             "workers_ok": not phase["workers_lost"],
         }
@@ -366,7 +372,8 @@ def floods(running: RunningStack, settings: FloodSettings,
         phases["big"] = phase
         settled_rss = usage.read()[2]
 
-    verdicts = flood_verdicts(phases, settings, held)
+    fds_each = running.stack.fds_per_request(running.server)
+    verdicts = flood_verdicts(phases, settings, held, fds_each)
     passed = all(all(verdict_checks(verdict)) for verdict in verdicts.values())
     return {"stack": running.name, "settings": {name: getattr(settings, name)
                                                 for name in settings.__dataclass_fields__},

@@ -257,6 +257,13 @@ class ServingStack:
         use the process name."""
         return None
 
+    def fds_per_request(self, server: ServerProcess) -> int:
+        """File descriptors the running server's process tree holds for one client
+        connection whose request is in flight (floods bounds its fds by it): 1 where the
+        process that accepts it also serves it; a proxy in the tree adds its own
+        upstream socket and the upstream's accepted one."""
+        return 1
+
     def signal_plan(self) -> SignalPlan:
         """How its container runtime delivers SIGTERM, and the grace it gives."""
         return SignalPlan(False, DEPLOYMENT_GRACE_S, "container stop grace")

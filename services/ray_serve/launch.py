@@ -65,6 +65,8 @@ from services.ray_serve.settings import (
     DEVICE_ENV,
     INGRESS_ENV,
     LAUNCHER_PID_ENV,
+    METRICS_ENV,
+    RAY_METRICS_ENV,
     REPLICAS_ENV,
     SERVE_PROXY,
     THREADS_ENV,
@@ -73,6 +75,7 @@ from services.ray_serve.settings import (
     all_replicas_running,
     ingress_from_env,
     parallelism_from_env,
+    ray_metrics_from_env,
 )
 from services.stack import CPU, CUDA, DEPLOYMENT_GRACE_S, REST, ServingStack, SignalPlan
 
@@ -170,8 +173,10 @@ class RayServeStack(ServingStack):
     devices = (CPU, CUDA)
     server_batching = True
     # @serve.batch is opt-in: a deployment without it serves one request per call; the
-    # high-throughput ingress too: Serve's Python proxy is what serve.start gives.
-    default_preset = {"DIGITNET_BATCHING": "off", INGRESS_ENV: SERVE_PROXY}
+    # high-throughput ingress too: Serve's Python proxy is what serve.start gives; Ray's
+    # metrics pipeline is on unless turned off.
+    default_preset = {"DIGITNET_BATCHING": "off", INGRESS_ENV: SERVE_PROXY,
+                      METRICS_ENV: "on"}  # fmt: skip
     tuning_limit = (
         "on one server core HAProxy, Serve's controller and the replica share it; where "
         "no requests wait together for a batch to form, batching only adds its wait"
@@ -227,6 +232,7 @@ class RayServeStack(ServingStack):
             policy=BatchingPolicy.from_env(),
             noop=noop,
             ingress=ingress_from_env(),
+            ray_metrics=ray_metrics_from_env(),
         )
 
     def start(
@@ -284,6 +290,7 @@ class RayServeStack(ServingStack):
             DEPLOYMENT_NAME, {})
         return {
             "ingress": self.ingress(server),
+            "ray_metrics": self.ray_metrics(server),
             "max_batch_size": batching.get("max_batch_size"),
             "batch_wait_ms": None if wait_s is None else round(wait_s * 1000.0, 3),
             "max_concurrent_batches": batching.get("max_concurrent_batches"),
@@ -305,6 +312,24 @@ class RayServeStack(ServingStack):
             except psutil.Error:
                 continue
         return "serve proxy"
+
+    def fds_per_request(self, server: ServerProcess) -> int:
+        # Behind HAProxy a request in flight holds the client's socket and HAProxy's to a
+        # replica in HAProxy, and the replica's accepted one; Serve's proxy hands it to
+        # the replica by an actor call over a channel it keeps anyway.
+        return 3 if self.ingress(server) == "haproxy" else 1
+
+    def ray_metrics(self, server: ServerProcess) -> str | None:
+        """Whether Ray's metrics pipeline runs, read from a replica process's environment
+        (Ray reads RAY_enable_metrics_collection there when the process starts; unset, it
+        is on): "on", "off", or None without a replica to read."""
+        for proc in self.workers(server):
+            try:
+                value = proc.environ().get(RAY_METRICS_ENV, "1")
+            except psutil.Error:
+                continue
+            return "off" if value.strip().lower() in ("0", "false") else "on"
+        return None
 
     def noop_path(self, server: ServerProcess) -> str | None:
         # Read back from the status file: the settings the server process runs with.

@@ -6,7 +6,8 @@ It starts a private local Ray instance (never one found on the machine) with onl
 server's CPUs, every Ray address on 127.0.0.1, no dashboard and its own temp dir; starts
 Serve's ingress on 127.0.0.1 (on DIGITNET_RAY_HTTP_HOST when set: 0.0.0.0 in the
 container, for that one port), HAProxy under the ingress we run (its Ray variables set
-here before ray is imported: set_ingress_env) or Serve's Python proxy; runs the
+here before ray is imported: set_ingress_env) or Serve's Python proxy, with Ray's metrics
+pipeline off unless asked for (settings.metrics_env); runs the
 deployment (deployment.py); then keeps the application's status in a file that the
 plugin's wait_ready reads, until SIGTERM or SIGINT, when it shuts Serve and then Ray
 down, which ends every process Ray started.
@@ -39,6 +40,7 @@ from services.ray_serve.settings import (
     all_replicas_running,
     describe,
     ingress_env,
+    metrics_env,
 )
 
 log = logging.getLogger("services.ray_serve.server")
@@ -207,6 +209,7 @@ def main() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     settings = ServeSettings.from_env()
     set_ingress_env(settings)
+    os.environ.update(metrics_env(settings))
     # Every process Ray starts inherits this: launch.py finds them all by it.
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     # Anonymous usage reports would try the network; the machine has none to offer.

@@ -61,6 +61,20 @@ def test_a_flood_within_the_bounds_passes_every_check() -> None:
                                "copies_per_sender": 4.0, "workers_ok": True}
 
 
+def test_slow_requests_in_flight_may_hold_the_fds_of_every_hop() -> None:
+    # Behind a proxy each slow request holds three fds (client, proxy -> upstream, the
+    # upstream's accepted socket): 200 slow clients then open 600, not a leak; idle
+    # connections, their one request answered, stay at one each.
+    behind_proxy = copy.deepcopy(figures())
+    behind_proxy["slow"]["usage"]["server_fds"] = 20 + 3 * 200 + FD_SLACK
+    assert not flood_verdicts(behind_proxy, SETTINGS, HELD)["slow"]["fds_ok"]
+    verdicts = flood_verdicts(behind_proxy, SETTINGS, HELD, fds_per_request=3)
+    assert verdicts["slow"]["fds_ok"] and verdicts["slow"]["fds_bound"] == 20 + 600 + FD_SLACK
+    assert verdicts["idle"]["fds_bound"] == 20 + 1000 + FD_SLACK
+    behind_proxy["slow"]["usage"]["server_fds"] += 1
+    assert not flood_verdicts(behind_proxy, SETTINGS, HELD, fds_per_request=3)["slow"]["fds_ok"]
+
+
 @pytest.mark.parametrize("spoil, phase_name, check", [
     (lambda f: f["idle"]["normal"].update(p99_ms=4.1), "idle", "normal_ok"),  # 2.05x
     (lambda f: f["slow"]["normal"].update(failed=1), "slow", "normal_ok"),

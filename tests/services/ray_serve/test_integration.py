@@ -229,6 +229,13 @@ def test_its_serving_config_is_what_a_replica_reports(running: RunningStack) -> 
     # Read from the process that holds the inference port, not from the settings.
     assert status["settings"]["ingress"] == "haproxy"
     assert config["ingress"] == "haproxy"
+    # Floods bounds the fds of slow requests by it: client, HAProxy -> replica, replica.
+    assert STACK.fds_per_request(running.server) == 3
+    # Read from a replica process's environment: ours runs without Ray's metrics
+    # pipeline, whose exporter then never opens the metrics export port.
+    assert status["settings"]["ray_metrics"] is False
+    assert config["ray_metrics"] == "off"
+    assert running.ports["metrics"] not in {port for _, port, _ in listening(running)}
 
 
 def test_the_driver_freezes_what_start_up_left(running: RunningStack) -> None:
@@ -266,9 +273,9 @@ def is_loopback(ip: str) -> bool:
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-def test_only_loopback_addresses_listen(running: RunningStack) -> None:
-    """Dashboard off, every Ray address on 127.0.0.1: nothing listens beyond loopback."""
-    listening = set()
+def listening(running: RunningStack) -> set[tuple[str, int, str | None]]:
+    """(address, port, role) of every listening socket of the run's processes."""
+    found = set()
     for proc in run_processes(running.server.pid):
         try:
             connections = proc.net_connections(kind="inet")
@@ -276,12 +283,18 @@ def test_only_loopback_addresses_listen(running: RunningStack) -> None:
             continue
         for conn in connections:
             if conn.status == psutil.CONN_LISTEN:
-                listening.add((conn.laddr.ip, conn.laddr.port, STACK.process_role(proc)))
+                found.add((conn.laddr.ip, conn.laddr.port, STACK.process_role(proc)))
+    return found
+
+
+def test_only_loopback_addresses_listen(running: RunningStack) -> None:
+    """Dashboard off, every Ray address on 127.0.0.1: nothing listens beyond loopback."""
+    sockets = listening(running)
     # Ours: HAProxy holds the inference port (its stats page and exporter were rewritten
     # to loopback by haproxy_loopback.sh, else they listen on every interface).
-    assert (LOOPBACK, running.ports["http"], "haproxy") in listening
-    assert (LOOPBACK, running.ports["metrics"]) in {(ip, port) for ip, port, _ in listening}
-    exposed = {entry for entry in listening if not is_loopback(entry[0])}
+    assert (LOOPBACK, running.ports["http"], "haproxy") in sockets
+    assert len(sockets) > 5, sockets  # GCS, raylet, agents, replica, HAProxy's own ports
+    exposed = {entry for entry in sockets if not is_loopback(entry[0])}
     assert not exposed, exposed
 
 

@@ -29,6 +29,8 @@ from services.ray_serve.settings import (
     HOST,
     HTTP_HOST_ENV,
     INGRESS_ENV,
+    METRICS_ENV,
+    RAY_METRICS_ENV,
     REPLICAS_ENV,
     REQUESTS_PER_REPLICA,
     SERVE_PROXY,
@@ -40,6 +42,7 @@ from services.ray_serve.settings import (
     describe,
     ingress_env,
     max_ongoing_requests,
+    metrics_env,
     parallelism_from_env,
 )
 from services.registry import all_stacks, load_stack
@@ -96,6 +99,7 @@ def test_the_server_reads_back_what_the_plugin_wrote(tmp_path, monkeypatch) -> N
         device="cuda:1",
         noop=True,
         ingress="proxy",
+        ray_metrics=True,
     )
     for name, value in written.to_env().items():
         monkeypatch.setenv(name, value)
@@ -121,6 +125,14 @@ def test_knobs_in_the_environment_reach_the_plugins_settings(tmp_path, monkeypat
     s = STACK.settings_for(paths, tmp_path, {"http": 1, "metrics": 2}, [0, 1], tmp_path)
     assert s.ingress == SERVE_PROXY
     assert s.to_env()[INGRESS_ENV] == SERVE_PROXY
+    # Ray's metrics likewise: off unless the environment asks.
+    assert not s.ray_metrics
+    monkeypatch.setenv(METRICS_ENV, "on")
+    s = STACK.settings_for(paths, tmp_path, {"http": 1, "metrics": 2}, [0, 1], tmp_path)
+    assert s.ray_metrics and s.to_env()[METRICS_ENV] == "on"
+    monkeypatch.setenv(METRICS_ENV, "sometimes")
+    with pytest.raises(ValueError, match=METRICS_ENV):
+        STACK.settings_for(paths, tmp_path, {"http": 1, "metrics": 2}, [0, 1], tmp_path)
 
 
 def test_ready_needs_every_replica_running() -> None:
@@ -233,6 +245,14 @@ def test_ours_is_rays_high_throughput_ingress_and_the_default_its_proxy(tmp_path
     assert ingress_env(settings(tmp_path, ingress=SERVE_PROXY), PORTS, "/opt/haproxy") == {}
     with pytest.raises(ValueError, match=INGRESS_ENV):
         settings(tmp_path, ingress="nginx")
+
+
+def test_rays_metrics_pipeline_is_off_in_ours_and_on_in_the_default(tmp_path) -> None:
+    # Ray reads its switch from each process's environment; off is "0", on is Ray's own.
+    assert metrics_env(settings(tmp_path)) == {RAY_METRICS_ENV: "0"}
+    assert metrics_env(settings(tmp_path, ray_metrics=True)) == {RAY_METRICS_ENV: "1"}
+    assert describe(settings(tmp_path))["ray_metrics"] is False
+    assert STACK.default_preset[METRICS_ENV] == "on"
 
 
 def test_the_wrapper_binds_haproxys_own_ports_to_loopback_and_runs_the_binary(
