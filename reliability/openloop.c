@@ -449,6 +449,18 @@ int main(int argc, char **argv) {
                     finish(c, K_TIMEOUT, 0);
                 }
             }
+            /* A slot still waiting for a connection after the timeout (every connection
+             * held by the server) is given up as a timeout, never sent, as a client with
+             * a deadline would; the oldest wait at the head. Without this a server that
+             * holds every connection leaves them queued past the hard end. */
+            while (wait_head < wait_tail && t - records[waiting[wait_head]].scheduled > timeout_s) {
+                Record *r = &records[waiting[wait_head++]];
+                r->picked = r->end = t;
+                r->start = r->scheduled;
+                r->kind = K_TIMEOUT;
+                r->status = 0;
+                remaining--;
+            }
             next_sweep = t + 0.01;
         }
         if (t > hard_end) {

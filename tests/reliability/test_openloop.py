@@ -81,10 +81,10 @@ def server() -> Iterator[tuple[str, int]]:
 
 
 def run(address: tuple[str, int], path: str, rate: float = 200.0, seconds: float = 0.5,
-        timeout_s: float = 2.0) -> tuple[float, list, dict]:
+        timeout_s: float = 2.0, max_conns: int = 1024) -> tuple[float, list, dict]:
     endpoint = Endpoint(address[0], address[1], path, {"X-Token": "secret"})
     offsets, _ = piecewise_schedule([(rate, seconds)])
-    return openloop.run(endpoint, BODY, "application/json", offsets, timeout_s)
+    return openloop.run(endpoint, BODY, "application/json", offsets, timeout_s, max_conns)
 
 
 def kinds(records: list) -> Counter:
@@ -126,6 +126,19 @@ def test_a_reply_later_than_the_timeout_is_a_timeout(server) -> None:
     assert kinds(records) == {TIMEOUT: 5}
     for sample, _ in records:
         assert 0.2 <= sample.end_s - sample.start_s < 0.5
+
+
+def test_slots_that_never_get_a_connection_time_out_unsent(server) -> None:
+    # One connection, held by a reply slower than the timeout: the later slots wait for it
+    # and those still waiting after the timeout are given up, so every slot ends (a
+    # server that holds every connection once left requests open past the hard end).
+    _, records, summary = run(server, "/slow", rate=40.0, seconds=0.5, timeout_s=0.1,
+                              max_conns=1)
+    assert kinds(records) == {TIMEOUT: 20} and summary["unfinished"] == 0
+    unsent = [(s, picked) for s, picked in records if picked - s.scheduled_s > 0.1]
+    assert unsent, "every slot got a connection"
+    for sample, picked in unsent:
+        assert sample.start_s == sample.scheduled_s and sample.end_s == picked
 
 
 def test_a_connection_closed_without_a_reply_is_a_reset(server) -> None:
