@@ -25,6 +25,21 @@ def test_gain_is_ours_over_the_default_and_none_without_both_capacities() -> Non
     assert gain({"capacity_rps": 3000.0}, {"capacity_rps": None}) is None
 
 
+def test_a_default_that_meets_the_objective_nowhere_bounds_the_gain_from_below() -> None:
+    ours = {"capacity_rps": 1641.0}
+    nowhere = {"capacity_rps": None, "levels": [{"connections": 1, "rps": 73.0}]}
+    assert fair.gain_at_least(ours, nowhere) == pytest.approx(1641.0 / 73.0)
+    assert fair.gain_at_least(ours, {"capacity_rps": 800.0,
+                                     "levels": [{"connections": 1, "rps": 73.0}]}) is None
+    assert fair.gain_at_least({"capacity_rps": None}, nowhere) is None
+    records = [run("ray_serve", DEFAULT, None, {"ingress": "serve proxy"}),
+               run("ray_serve", OURS, 1641.0, {"ingress": "haproxy"})]
+    records[0]["levels"][0].update(connections=1, rps=73.0)
+    md = "\n".join(fair.markdown(records, {}, {}))
+    assert "| 4.0 / 9.0 / 40.0 | > 22.5× |" in md
+    assert "Goal met (more than 22.5×: the default met the objective at no level" in md
+
+
 def test_the_difference_lists_only_keys_whose_values_differ() -> None:
     ours = {"batch_size": 8, "max_batch_delay_ms": 5, "workers": 1}
     default = {"batch_size": 1, "max_batch_delay_ms": 100, "workers": 1}
