@@ -36,15 +36,25 @@ def capacity_under_objective(levels: Sequence[Mapping], slo_p99_ms: float) -> di
     return max(meeting, key=lambda lv: lv["rps"], default=None)
 
 
+def capacity_below(record: Mapping) -> float | None:
+    """The rate a record's capacity lies below where no level met the objective: a stack
+    whose p99 misses it already at one back-to-back connection has a capacity below that
+    level's req/s, which only an open-loop search (`make bench`) can find. None where a
+    level met it or the first level was not one connection."""
+    if record.get("capacity_rps") is not None:
+        return None
+    first = (record.get("levels") or [{}])[0]
+    return first.get("rps") if first.get("connections") == 1 else None
+
+
 def capacity_cell(record: Mapping) -> str:
-    """A record's capacity for a report table: "req/s (connections)", or why there is none.
-    A stack whose p99 misses the objective already at one back-to-back connection has a
-    capacity below that rate, which only an open-loop search (`make bench`) can find."""
+    """A record's capacity for a report table: "req/s (connections)", or why there is none
+    (capacity_below)."""
     if record["capacity_rps"] is not None:
         return f"{record['capacity_rps']:.0f} ({record['capacity_connections']})"
-    first = (record.get("levels") or [{}])[0]
-    if first.get("connections") == 1:
-        return (f"none meets the objective: below one connection's {first['rps']:.0f} req/s "
+    below = capacity_below(record)
+    if below is not None:
+        return (f"none meets the objective: below one connection's {below:.0f} req/s "
                 "(`make bench` searches it open-loop)")
     return "none meets the objective"
 

@@ -34,6 +34,7 @@ from loadtests.batching import environment
 from loadtests.closed_wrk import (
     SLO_P99_MS,
     WRK_P99_NOTE,
+    capacity_below,
     capacity_cell,
     capacity_under_objective,
     formed,
@@ -64,12 +65,11 @@ def gain(ours: Mapping, default: Mapping) -> float | None:
 def gain_at_least(ours: Mapping, default: Mapping) -> float | None:
     """A lower bound of the gain where the default meets the objective at no level but
     ours does: the default's capacity is then below what it served at one connection
-    (closed_wrk.capacity_cell), so the gain is above ours over that rate. None otherwise."""
-    first = (default.get("levels") or [{}])[0]
-    if (not ours.get("capacity_rps") or default.get("capacity_rps")
-            or first.get("connections") != 1 or not first.get("rps")):
+    (closed_wrk.capacity_below), so the gain is above ours over that rate. None otherwise."""
+    below = capacity_below(default)
+    if not ours.get("capacity_rps") or not below:
         return None
-    return ours["capacity_rps"] / first["rps"]
+    return ours["capacity_rps"] / below
 
 
 def config_difference(ours: Mapping, default: Mapping) -> dict[str, tuple]:
