@@ -9,7 +9,7 @@
 # Under admission control (settings.haproxy_env says what and why) it also adds
 #   DIGITNET_RAY_BUFFER_BODIES=1     "option http-buffer-request" to the defaults
 #   DIGITNET_RAY_SERVER_OPTIONS      these options to every "default-server" line
-#   DIGITNET_RAY_BACKEND_RULE        this line after each of them (one per backend)
+#   DIGITNET_RAY_BACKEND_RULES       these lines after each of them (one per backend)
 # once per file, whatever number of times Ray hands the same file over.
 set -eu
 config=""
@@ -28,13 +28,13 @@ if [ -n "$config" ]; then
             BEGIN {
                 buffer = ENVIRON["DIGITNET_RAY_BUFFER_BODIES"] == "1"
                 options = ENVIRON["DIGITNET_RAY_SERVER_OPTIONS"]
-                rule = ENVIRON["DIGITNET_RAY_BACKEND_RULE"]
-                if (buffer || options != "" || rule != "") print marker
+                rules = split(ENVIRON["DIGITNET_RAY_BACKEND_RULES"], rule, "\n")
+                if (buffer || options != "" || rules > 0) print marker
             }
             /^defaults[[:space:]]*$/ && buffer { print; print "    option http-buffer-request"; next }
-            /^[[:space:]]*default-server[[:space:]]/ && (options != "" || rule != "") {
+            /^[[:space:]]*default-server[[:space:]]/ && (options != "" || rules > 0) {
                 print (options != "" ? $0 " " options : $0)
-                if (rule != "") print "    " rule
+                for (i = 1; i <= rules; i++) print "    " rule[i]
                 next
             }
             { print }

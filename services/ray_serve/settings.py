@@ -77,7 +77,7 @@ HAPROXY_BINARY_ENV = "DIGITNET_RAY_HAPROXY_BINARY"
 # line, and one rule for every backend.
 HAPROXY_BUFFER_ENV = "DIGITNET_RAY_BUFFER_BODIES"
 HAPROXY_SERVER_OPTIONS_ENV = "DIGITNET_RAY_SERVER_OPTIONS"
-HAPROXY_BACKEND_RULE_ENV = "DIGITNET_RAY_BACKEND_RULE"
+HAPROXY_BACKEND_RULES_ENV = "DIGITNET_RAY_BACKEND_RULES"
 # Set by the server process on itself before ray.init: every process Ray starts inherits
 # it, so stop() finds all of them (workers included) by this value, the server's pid.
 LAUNCHER_PID_ENV = "DIGITNET_RAY_LAUNCHER_PID"
@@ -354,21 +354,27 @@ def haproxy_env(settings: ServeSettings) -> dict[str, str]:
         return {}
     running = max_ongoing_requests(settings.policy, admission)
     queued = queued_per_replica(settings.policy, admission) * settings.split.workers
+    wait_ms = admission.objective_ms * admission.queue_share
     body = json.dumps({
-        "error": f"server overloaded: {queued} request(s) queued already for "
-                 f"{settings.split.workers} replica(s) running {running} each, as many as "
-                 f"they answer within the {admission.objective_ms:g} ms objective; retry "
-                 f"after {admission.retry_after_s} s",
+        "error": f"server overloaded: {queued} request(s) queued already, or one waited "
+                 f"{wait_ms:g} ms, for {settings.split.workers} replica(s) running "
+                 f"{running} each (or no replica is up); retry after "
+                 f"{admission.retry_after_s} s",
         "reason": "overloaded"}, separators=(",", ":"))  # fmt: skip
     # Inside HAProxy's single quotes nothing is interpreted; the body has none.
     assert "'" not in body
+    reply = (f"content-type application/json string '{body}' "
+             f"hdr retry-after {admission.retry_after_s}")
     return {
         HAPROXY_BUFFER_ENV: "1",
         HAPROXY_SERVER_OPTIONS_ENV: f"maxconn {running}",
-        HAPROXY_BACKEND_RULE_ENV: (
-            f"http-request return status 503 content-type application/json "
-            f"string '{body}' hdr retry-after {admission.retry_after_s} "
-            f"if {{ path_end :predict }} {{ queue() ge {queued} }}"),
+        HAPROXY_BACKEND_RULES_ENV: "\n".join((
+            f"timeout queue {wait_ms:g}ms",
+            f"http-error status 503 {reply}",
+            "http-request set-log-level silent",
+            f"http-request return status 503 {reply} "
+            f"if {{ path_end :predict }} {{ queue() ge {queued} }}",
+        )),
     }
 
 
