@@ -7,8 +7,9 @@ launcher generates its server's own config from ServingLimits and BatchingPolicy
 (TF Serving's batching parameters, TorchServe's config.properties and per-model batching,
 Flask's limits), and the committed copies for compose and k8s are generated from the
 defaults (tests/digitnet/test_knobs.py sets each variable and reads every config back).
-AdmissionPolicy applies only where we own the server (the Flask app); TorchServe and TF
-Serving bound their queues their own way.
+AdmissionPolicy applies where we own the server (the Flask app) or configure its front
+(Ray Serve: its HAProxy and max_queued_requests, services/ray_serve/settings.py); TorchServe
+and TF Serving bound their queues their own way.
 """
 
 from __future__ import annotations

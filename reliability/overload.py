@@ -45,6 +45,7 @@ import numpy as np
 import psutil
 
 from digitnet.codec import JSON_CONTENT_TYPE
+from digitnet.env import TRUE_WORDS
 from harness.lifecycle import RunningStack
 from harness.payload import PayloadSet
 from loadtests.analysis import GENERATOR_SATURATED_PCT
@@ -76,11 +77,12 @@ CAPACITY_FILE = "capacity.jsonl"
 # A run's SLO capacity this far below its closed-loop peak is flagged in the output.
 PEAK_WARNING_RATIO = 2.0
 
-# Overload measures the servers as they would run in production under it: with the
-# admission control of the servers we own on (off by default: digitnet/spec.py
-# AdmissionPolicy says why), and behind the nginx front that refuses for them in C
-# (services/guard.py) where nginx is installed, unless DIGITNET_ADMISSION / DIGITNET_GUARD
-# say otherwise. The other stacks ignore both.
+# Overload measures the servers as they would run in production under it: with admission
+# control on (off by default: digitnet/spec.py AdmissionPolicy says why) in the servers we
+# own and in Ray Serve's HAProxy (services/ray_serve/settings.py haproxy_env), and the
+# Flask stacks behind the nginx front that refuses for them in C (services/guard.py) where
+# nginx is installed, unless DIGITNET_ADMISSION / DIGITNET_GUARD say otherwise. TorchServe
+# ignores both.
 OVERLOAD_ENV = {
     "DIGITNET_ADMISSION": os.environ.get("DIGITNET_ADMISSION", "on"),
     GUARD_ENV: os.environ.get(GUARD_ENV) or (NGINX if nginx_binary() else OFF),
@@ -88,12 +90,17 @@ OVERLOAD_ENV = {
 
 
 def guard_line() -> str:
-    """Which front the servers we own run behind, and why."""
+    """Which front the servers we own run behind, and why; and whether admission control
+    is on (the Flask apps and Ray Serve's HAProxy bound what they hold)."""
+    admission = ("admission control on (DIGITNET_ADMISSION; Ray Serve's in its HAProxy)"
+                 if OVERLOAD_ENV["DIGITNET_ADMISSION"].strip().lower() in TRUE_WORDS
+                 else "admission control OFF (DIGITNET_ADMISSION): nothing bounds the queues")
     if OVERLOAD_ENV[GUARD_ENV] == NGINX:
-        return "the Flask stacks behind the nginx front (services/guard.py)"
+        return f"the Flask stacks behind the nginx front (services/guard.py); {admission}"
     why = ("nginx is not installed: `make tools`" if nginx_binary() is None
            else f"{GUARD_ENV}={OVERLOAD_ENV[GUARD_ENV]}")
-    return f"the Flask stacks WITHOUT the nginx front ({why}): refusals cost Python time"
+    return (f"the Flask stacks WITHOUT the nginx front ({why}): refusals cost Python time; "
+            f"{admission}")
 
 
 def split_cores(cores: list[int]) -> tuple[list[int], list[int]]:
