@@ -335,10 +335,11 @@ def haproxy_env(settings: ServeSettings) -> dict[str, str]:
     its environment ({} when admission is off).
 
     Measured with Serve's own shedding alone (admission_options; `make overload`, one
-    server core): a refusal answered by the replica's Python costs it about as much as an
-    answer, so goodput was 66% of capacity at 1.5x, 2% at 2x and nothing at 5x, refusals
-    taking 15-3200 ms at the p99. So HAProxy, already in front and written in C, holds
-    the bound, as nginx does for the Flask stacks (services/guard.py):
+    server core, the C client): a refusal answered by the replica's Python costs it about
+    as much as an answer: offered 2006 / 2675 / 6688 req/s (2-7x what it served that
+    hour), it answered 888 / 21 / 0 req/s within the objective, refusals taking 15 / 53 /
+    3200 ms at the p99. So HAProxy, already in front and written in C, holds the bound,
+    as nginx does for the Flask stacks (services/guard.py):
 
       every server      `maxconn` = what a replica runs at once (max_ongoing_requests):
                         HAProxy queues the rest itself, and a finished batch frees as many
@@ -350,9 +351,12 @@ def haproxy_env(settings: ServeSettings) -> dict[str, str]:
                         also stands in for Ray's 500 when no replica is up). The bound
                         assumes the policy's service time; the wait cuts where a replica
                         runs slower (a slower machine, a bigger model, HAProxy's own
-                        refusals on the same core): with the bound alone, at 2x the
-                        accepted p99 was 56 ms and at 5x goodput 22%, with the wait
-                        146% and 120% of the measured peak, every accepted p99 <= 37 ms
+                        refusals on the same core): with the bound alone, goodput at
+                        1.5x / 2x / 5x the closed-loop peak was 96 / 92 / 22%, accepted
+                        p99 47 / 56 / 187 ms; with the wait too, 126 / 146 / 120%,
+                        37 / 34 / 37 ms (another hour, another peak); refusals by the
+                        wait take its 25 ms, so the refusal p99 reads ~25-33 ms where
+                        more than 1% of refusals are those
       every backend     a predict body declared over ServingLimits.max_body_bytes gets
                         the app's 413 at once, not a 503 while the queue is full
       defaults          `option http-buffer-request`: HAProxy reads each body before it
