@@ -12,17 +12,13 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
-import numpy as np
 import pytest
 import requests
-import torch
 
 from digitnet.artifacts import ArtifactPaths
 from digitnet.clients import FLASK_LIVE_PATH, FLASK_READY_PATH
-from digitnet.codec import decode_predictions, encode_request
 from digitnet.data import DigitsSplit
 from digitnet.spec import AdmissionPolicy
-from digitnet.torchscript import load_torchscript
 from harness.lifecycle import RunningStack, start_stack
 from loadtests.profiles import PROFILES
 from services.flask_torch.app import (
@@ -33,6 +29,7 @@ from services.flask_torch.app import (
 )
 from services.flask_torch.predictor import TorchScriptModel
 from services.flask_torch.settings import Settings
+from tests.services.burst import check_a_bounded_stack
 from tests.services.flask_torch.test_app import (
     WAIT_S,
     GatedLoaderDouble,
@@ -47,7 +44,6 @@ ADMIT_ENV = [
     "DIGITNET_ADMIT_LIMIT", "DIGITNET_ADMIT_RETRY_AFTER_S",
 ]
 HTTP_TIMEOUT_S = 10.0
-JSON_HEADERS = {"Content-Type": "application/json"}
 # Concurrent requests per burst against a bound of one request per worker, and how many
 # bursts at most until one is refused (the first almost always is).
 BURST = 24
@@ -289,61 +285,12 @@ def bounded_stack(artifacts: ArtifactPaths,
                           exits, env=env)
 
 
-def _burst(url: str, body: bytes, count: int) -> list[requests.Response]:
-    """`count` POSTs released together, each on its own connection."""
-    barrier = threading.Barrier(count)
-    answers: list[requests.Response] = []
-    lock = threading.Lock()
-
-    def one() -> None:
-        barrier.wait(WAIT_S)
-        response = requests.post(url, data=body, headers=JSON_HEADERS, timeout=HTTP_TIMEOUT_S)
-        with lock:
-            answers.append(response)
-
-    threads = [threading.Thread(target=one) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(HTTP_TIMEOUT_S + WAIT_S)
-    return answers
-
-
 @pytest.mark.integration
 def test_real_stack_refuses_part_of_a_burst_and_answers_every_sequential_request(
     bounded_stack: RunningStack, artifacts: ArtifactPaths, split: DigitsSplit
 ) -> None:
-    url = bounded_stack.rest.url
-    images = split.test_images[:64]  # a full batch: each request computes a while
-    body = json.dumps(encode_request(images)).encode()
-    with torch.inference_mode():
-        expected = load_torchscript(artifacts.torchscript)(torch.from_numpy(images)).numpy()
-    refused: list[requests.Response] = []
-    answered: list[requests.Response] = []
-    for _ in range(MAX_BURSTS):
-        answers = _burst(url, body, BURST)
-        assert len(answers) == BURST
-        refused += [a for a in answers if a.status_code == 503]
-        answered += [a for a in answers if a.status_code == 200]
-        assert all(a.status_code in (200, 503) for a in answers), [a.text for a in answers]
-        if refused:
-            break
-    assert refused, f"no 503 in {MAX_BURSTS} bursts of {BURST} against a bound of one"
-    assert answered, "a bound of one still admits one request at a time"
-    for answer in refused:
-        assert answer.headers["Retry-After"] == str(AdmissionPolicy().retry_after_s)
-        assert answer.headers["Content-Type"].startswith("application/json")
-        assert answer.json()["reason"] == OVERLOADED_REASON
-    for answer in answered:
-        logits, _ = decode_predictions(answer.json(), len(images), artifacts.spec.num_classes)
-        np.testing.assert_allclose(logits, expected, atol=1e-4)
-    # One at a time, every request is admitted; the worker is the same and answers right.
-    workers = {p.pid for p in bounded_stack.stack.workers(bounded_stack.server)}
-    for _ in range(20):
-        logits, _classes = bounded_stack.rest.predict(images[:2])
-        np.testing.assert_allclose(logits, expected[:2], atol=1e-4)
-    assert {p.pid for p in bounded_stack.stack.workers(bounded_stack.server)} == workers
-    assert bounded_stack.ready(HTTP_TIMEOUT_S)
+    check_a_bounded_stack(bounded_stack, artifacts.torchscript, split.test_images[:64],
+                          BURST, MAX_BURSTS, HTTP_TIMEOUT_S)  # fmt: skip
     base = bounded_stack.rest.base_url.rstrip("/")
     assert requests.get(base + FLASK_LIVE_PATH, timeout=HTTP_TIMEOUT_S).status_code == 200
 
