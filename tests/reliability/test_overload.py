@@ -25,6 +25,7 @@ from reliability.overload import (
     capacity_from_run,
     check_generator_cpu,
     generator_figures,
+    guard_line,
     judge_goals,
     level_figures,
     overload,
@@ -42,6 +43,14 @@ OBJECTIVE_MS = 50.0
 SETTINGS = OverloadSettings(levels=(2.0,), phase_s=1.0, recovery_s=1.0, recovery_window_s=0.25,
                             recovered_share=0.99, objective_ms=OBJECTIVE_MS,
                             max_generator_late_ms=5.0)
+
+
+def test_the_run_says_whether_admission_control_is_on(monkeypatch) -> None:
+    monkeypatch.setitem(OVERLOAD_ENV, "DIGITNET_ADMISSION", "on")
+    assert "admission control on" in guard_line()
+    assert "Ray Serve's in its HAProxy" in guard_line()
+    monkeypatch.setitem(OVERLOAD_ENV, "DIGITNET_ADMISSION", "off")
+    assert "admission control OFF" in guard_line()
 
 
 def shot(scheduled: float, latency_ms: float, kind: str = OK, late_ms: float = 0.0,
