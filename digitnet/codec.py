@@ -132,6 +132,18 @@ def _nesting_depth(raw: bytes | bytearray | str) -> int:
     return deepest
 
 
+# The reason of the 503 every bound of ours answers (the Flask app's gate, the nginx front,
+# Ray Serve's HAProxy) when it refuses a request for overload.
+OVERLOADED_REASON = "overloaded"
+
+
+def too_large_document(limits: ServingLimits) -> dict[str, str]:
+    """The apps' 413 for a body over the limit (services/flask_torch/app.py's and the Ray
+    deployment's text), as a front (nginx, HAProxy) answers it for them."""
+    return {"error": f"request body exceeds the maximum of {limits.max_body_bytes} bytes",
+            "reason": "body_too_large"}
+
+
 def check_body_size(size: int, limits: ServingLimits) -> None:
     """Refuses a body over limits.max_body_bytes (every codec's first check).
 

@@ -29,6 +29,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from digitnet.codec import OVERLOADED_REASON, too_large_document
 from digitnet.env import env_str
 from digitnet.spec import AdmissionPolicy, ServingLimits
 
@@ -65,16 +66,6 @@ def guard_inflight(policy: AdmissionPolicy, workers: int) -> int:
     policy's service time (AdmissionPolicy.bound), so the queue behind the front drains
     within objective x queue share."""
     return max(1, workers) * policy.bound()
-
-
-OVERLOADED_REASON = "overloaded"
-
-
-def too_large_document(limits: ServingLimits) -> dict[str, str]:
-    """The app's 413 for a body over the limit, as a front answers it for the app (the
-    text of services/flask_torch/app.py's and the Ray deployment's)."""
-    return {"error": f"request body exceeds the maximum of {limits.max_body_bytes} bytes",
-            "reason": "body_too_large"}
 
 
 def _json_string(document: dict) -> str:

@@ -43,6 +43,7 @@ from digitnet.codec import (
     DEVICE_HEADER,
     INFERENCE_TIME_HEADER,
     JSON_CONTENT_TYPE,
+    OVERLOADED_REASON,
     STAGE_HEADER,
     PayloadError,
     dumps,
@@ -58,7 +59,6 @@ from services.flask_torch.settings import Settings
 
 EXTENSION_KEY = "flask_torch"
 ADMISSION_KEY = "flask_torch.admission"
-OVERLOADED_REASON = "overloaded"
 # Seconds a client should wait before retrying while the model loads.
 RETRY_AFTER_S = "1"
 

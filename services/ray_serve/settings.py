@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from digitnet.codec import OVERLOADED_REASON, too_large_document
 from digitnet.env import env_bool, env_int
 from digitnet.noop import NOOP_ENV, NOOP_PATH, noop_enabled
 from digitnet.spec import AdmissionPolicy, BatchingPolicy, ModelSpec, ServingLimits
 from services.cores import CoreSplit, split_from_env
-from services.guard import OVERLOADED_REASON, too_large_document
 
 MODEL_PATH_ENV = "DIGITNET_RAY_MODEL_PATH"
 HTTP_PORT_ENV = "DIGITNET_RAY_HTTP_PORT"

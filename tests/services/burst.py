@@ -11,11 +11,10 @@ import numpy as np
 import requests
 import torch
 
-from digitnet.codec import decode_predictions, encode_request
+from digitnet.codec import OVERLOADED_REASON, decode_predictions, encode_request
 from digitnet.spec import AdmissionPolicy
 from digitnet.torchscript import load_torchscript
 from harness.lifecycle import RunningStack
-from services.guard import OVERLOADED_REASON
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 

@@ -16,11 +16,10 @@ import pytest
 import requests
 
 from digitnet.artifacts import ArtifactPaths
-from digitnet.codec import encode_request
+from digitnet.codec import encode_request, too_large_document
 from digitnet.data import DigitsSplit
 from digitnet.spec import ServingLimits
 from harness.lifecycle import RunningStack, skipped_reason, start_stack
-from services.guard import too_large_document
 from services.ray_serve.launch import STACK, read_status
 from tests.services.burst import JSON_HEADERS, check_a_bounded_stack
 
