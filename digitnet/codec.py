@@ -137,10 +137,10 @@ def _nesting_depth(raw: bytes | bytearray | str) -> int:
 OVERLOADED_REASON = "overloaded"
 
 
-def too_large_document(limits: ServingLimits) -> dict[str, str]:
-    """The apps' 413 for a body over the limit (services/flask_torch/app.py's and the Ray
-    deployment's text), as a front (nginx, HAProxy) answers it for them."""
-    return {"error": f"request body exceeds the maximum of {limits.max_body_bytes} bytes",
+def too_large_document(max_body_bytes: int) -> dict[str, str]:
+    """The 413 for a body over the limit, one text wherever it is answered: the Flask app,
+    the Ray deployment, and the fronts that answer for them (nginx, HAProxy)."""
+    return {"error": f"request body exceeds the maximum of {max_body_bytes} bytes",
             "reason": "body_too_large"}
 
 

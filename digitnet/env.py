@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 
 def env_optional_int(name: str) -> int | None:
@@ -42,9 +43,10 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
 
 
-def env_bool(name: str, default: bool) -> bool:
-    """`default` when `name` is unset or empty; else on/off, true/false, yes/no or 1/0."""
-    raw = os.environ.get(name, "").strip().lower()
+def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
+    """`default` when `name` is unset or empty in `environ` (this process's environment
+    unless given); else on/off, true/false, yes/no or 1/0."""
+    raw = (os.environ if environ is None else environ).get(name, "").strip().lower()
     if not raw:
         return default
     if raw in TRUE_WORDS:

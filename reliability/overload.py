@@ -45,7 +45,7 @@ import numpy as np
 import psutil
 
 from digitnet.codec import JSON_CONTENT_TYPE
-from digitnet.env import TRUE_WORDS
+from digitnet.env import env_bool
 from harness.lifecycle import RunningStack
 from harness.payload import PayloadSet
 from loadtests.analysis import GENERATOR_SATURATED_PCT
@@ -93,7 +93,7 @@ def guard_line() -> str:
     """Which front the servers we own run behind, and why; and whether admission control
     is on (the Flask apps and Ray Serve's HAProxy bound what they hold)."""
     admission = ("admission control on (DIGITNET_ADMISSION; Ray Serve's in its HAProxy)"
-                 if OVERLOAD_ENV["DIGITNET_ADMISSION"].strip().lower() in TRUE_WORDS
+                 if env_bool("DIGITNET_ADMISSION", False, OVERLOAD_ENV)
                  else "admission control OFF (DIGITNET_ADMISSION): nothing bounds the queues")
     if OVERLOAD_ENV[GUARD_ENV] == NGINX:
         return f"the Flask stacks behind the nginx front (services/guard.py); {admission}"

@@ -48,6 +48,7 @@ from digitnet.codec import (
     PayloadError,
     dumps,
     server_timing,
+    too_large_document,
 )
 from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import AdmissionPolicy
@@ -439,8 +440,7 @@ def _http_error(error: HTTPException) -> Response:
         allowed = ", ".join(sorted(set(error.valid_methods or ()) - {"OPTIONS", "HEAD"}))
         message = f"{request.method} is not allowed on {request.path}; use {allowed}"
     elif isinstance(error, RequestEntityTooLarge):
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        message = f"request body exceeds the maximum of {limit} bytes"
+        message = too_large_document(current_app.config["MAX_CONTENT_LENGTH"])["error"]
     # Keep headers such as Allow on a 405, but not Werkzeug's HTML Content-Type.
     headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
     return _error(code, _HTTP_REASONS.get(code, "http_error"), message, headers)

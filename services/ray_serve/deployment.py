@@ -48,6 +48,7 @@ from digitnet.codec import (
     PayloadError,
     dumps,
     server_timing,
+    too_large_document,
 )
 from digitnet.noop import NOOP_PATH, noop_reply
 from digitnet.spec import BatchingPolicy
@@ -285,8 +286,8 @@ class DigitNet:
             else:
                 chunks.clear()
         if size > limit:
-            raise HttpError(413, "body_too_large",
-                            f"request body exceeds the maximum of {limit} bytes")
+            too_large = too_large_document(limit)
+            raise HttpError(413, too_large["reason"], too_large["error"])
         return b"".join(chunks)
 
     def _status(self, name: str) -> Response:

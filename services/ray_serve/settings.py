@@ -381,6 +381,7 @@ def haproxy_env(settings: ServeSettings) -> dict[str, str]:
         "reason": OVERLOADED_REASON}  # fmt: skip
     refusal = (f"status 503 {_haproxy_json(overloaded)} "
                f"hdr retry-after {admission.retry_after_s}")
+    max_body = settings.limits.max_body_bytes
     predict = "{ path_end :predict }"
     return {
         HAPROXY_BUFFER_ENV: "1",
@@ -389,8 +390,8 @@ def haproxy_env(settings: ServeSettings) -> dict[str, str]:
             f"timeout queue {wait_ms:g}ms",
             f"http-error {refusal}",
             "http-request set-log-level silent",
-            f"http-request return status 413 {_haproxy_json(too_large_document(settings.limits))} "
-            f"if {predict} {{ req.hdr_val(content-length) gt {settings.limits.max_body_bytes} }}",
+            f"http-request return status 413 {_haproxy_json(too_large_document(max_body))} "
+            f"if {predict} {{ req.hdr_val(content-length) gt {max_body} }}",
             f"http-request return {refusal} if {predict} {{ queue() ge {queued} }}",
         )),
     }

@@ -86,7 +86,7 @@ def test_a_body_over_the_limit_gets_the_apps_413_from_haproxy(
     answer = requests.post(bounded.rest.url, data=b" " * (limits.max_body_bytes + 1),
                            headers=JSON_HEADERS, timeout=HTTP_TIMEOUT_S)  # fmt: skip
     assert answer.status_code == 413
-    assert answer.json() == too_large_document(limits)
+    assert answer.json() == too_large_document(limits.max_body_bytes)
     # HAProxy's answer, not the replica's (uvicorn names itself in every reply).
     assert "server" not in {name.lower() for name in answer.headers}
     logits, _classes = bounded.rest.predict(split.test_images[:1])
